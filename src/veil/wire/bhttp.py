@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Literal
 
-from veil.wire.errors import Malformed, MessageTooLarge
+from veil.wire.errors import Malformed, MessageTooLarge, Truncated
 from veil.wire.varint import encode_varint, peek_varint
 
 __all__ = [
@@ -328,12 +328,13 @@ class MessageParser:
         if self._state is _State.HEADERS and not pending and not self._awaiting_info_headers:
             events.append(self._head(()))
             events.append(End())
-        elif self._state is _State.CONTENT and not pending and not self._mid_content():
-            events.append(End())
-        elif self._state is _State.TRAILERS and not pending:
+        elif not pending and (
+            (self._state is _State.CONTENT and not self._mid_content())
+            or self._state is _State.TRAILERS
+        ):
             events.append(End())
         else:
-            raise Malformed("message truncated")
+            raise Truncated("message truncated")
         self._done = True
         return events
 
@@ -554,4 +555,3 @@ def decode_response(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Response:
     head, content, trailers = _collect("response", data, limits)
     assert isinstance(head, ResponseHead)
     return Response(head.status, head.headers, content, trailers, head.informational)
-

@@ -97,7 +97,7 @@ class UnsupportedSuite(WireError):
 
 
 class DecryptionFailed(WireError):
-    """AEAD authentication or KEM decapsulation failed: the bytes were changed or the key is wrong."""
+    """AEAD authentication or KEM decapsulation failed: bytes were changed or the key is wrong."""
 
     code = "decryption-failed"
 
@@ -112,7 +112,14 @@ _BY_PROBLEM: dict[str, type[WireError]] = {
     OHTTP_KEY_PROBLEM: UnknownKeyId,
     **{
         PROBLEM_PREFIX + cls.code: cls
-        for cls in (Malformed, Truncated, MessageTooLarge, UnsupportedSuite, DecryptionFailed, ReplayedRequest)
+        for cls in (
+            Malformed,
+            Truncated,
+            MessageTooLarge,
+            UnsupportedSuite,
+            DecryptionFailed,
+            ReplayedRequest,
+        )
     },
 }
 

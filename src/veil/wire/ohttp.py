@@ -532,7 +532,7 @@ class ChunkedResponseSealer:
         return self._aead.encrypt(nonce, data, aad)
 
     def seal_chunk(self, data: bytes) -> bytes:
-        """A non-final chunk; `data` must not be empty (the draft forbids empty non-final chunks)."""
+        """A non-final chunk; `data` must not be empty (the draft forbids that)."""
         if not data:
             raise ValueError("a non-final chunk cannot be empty")
         sealed = self._seal(data, b"")
@@ -614,4 +614,3 @@ def _xor_counter(nonce: bytes, counter: int) -> bytes:
     if counter >= 1 << 32:  # far below 256**Nn; no response has this many chunks
         raise MessageTooLarge("too many chunks")
     return (int.from_bytes(nonce, "big") ^ counter).to_bytes(len(nonce), "big")
-

@@ -1,4 +1,4 @@
-"""QUIC variable-length integers (RFC 9000 section 16), the length encoding of BHTTP and chunked OHTTP."""
+"""QUIC variable-length integers (RFC 9000 section 16): the lengths of BHTTP and chunked OHTTP."""
 
 from __future__ import annotations
 
