@@ -59,7 +59,7 @@ from veil.wire.ohttp import (
     encapsulate_chunked_request,
     encapsulate_request,
 )
-from veil.wire.problem import parse_problem
+from veil.wire.problem import RELAY_PROBLEM_PREFIX, parse_problem
 
 __all__ = [
     "DEFAULT_FORWARDED_HEADERS",
@@ -76,7 +76,6 @@ DEFAULT_FORWARDED_HEADERS = frozenset({"content-type", "accept"})
 _FORWARDED_PREFIX = "x-veil-"
 _MAX_KEYS_BYTES = 64 * 1024
 _MAX_PLAIN_RESPONSE = 16 * 1024 * 1024
-RELAY_PROBLEM_PREFIX = "urn:veil:relay:"
 
 
 def relay_url_for(relay_url: str, node_id: str) -> str:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["MEDIA_PROBLEM", "parse_problem", "problem_body"]
+__all__ = ["MEDIA_PROBLEM", "RELAY_PROBLEM_PREFIX", "parse_problem", "problem_body"]
 
 MEDIA_PROBLEM = "application/problem+json"
+# Problem types of relay refusals; a client tells relay errors from gateway errors by this.
+RELAY_PROBLEM_PREFIX = "urn:veil:relay:"
 
 
 def problem_body(problem_type: str, title: str, status: int, detail: str = "") -> bytes:
