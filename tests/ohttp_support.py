@@ -120,3 +120,33 @@ def _serve_gateway(key_file: str, port: str, seen_file: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "gateway":
         _serve_gateway(*sys.argv[2:5])
+
+
+class GatewayStandIn:
+    """Plays the relay for client tests: routes relay URLs to a gateway app in-process.
+
+    Records every request the client sends (url, headers, body) and can tamper with answers.
+    """
+
+    def __init__(self, app: Any, tamper: Any = None) -> None:
+        from starlette.testclient import TestClient
+
+        self.client = TestClient(app)
+        self.sent: list[tuple[str, dict[str, str], bytes]] = []
+        self.tamper = tamper
+
+    def __call__(self, request: Any) -> Any:
+        import httpx
+
+        body = request.read()
+        self.sent.append((str(request.url), dict(request.headers), body))
+        if request.url.path.endswith("/ohttp-keys"):
+            answer = self.client.get("/.well-known/ohttp-keys")
+        else:
+            media = request.headers["content-type"]
+            answer = self.client.post("/gateway", content=body, headers={"content-type": media})
+        content = answer.content
+        if self.tamper is not None and answer.status_code == 200:
+            content = self.tamper(content)
+        media = answer.headers.get("content-type", "")
+        return httpx.Response(answer.status_code, headers={"content-type": media}, content=content)
