@@ -162,6 +162,12 @@ def _outer_request(plan: _Plan, sealed: bytes) -> httpx.Request:
     return request
 
 
+def _keys_request(plan: _Plan) -> httpx.Request:
+    """A bare GET: built directly so no client default header (user-agent...) is added."""
+    assert plan.keys_url is not None
+    return httpx.Request("GET", plan.keys_url, headers={"accept": MEDIA_KEYS})
+
+
 def _refusal(status: int, body: bytes) -> tuple[Exception, bool]:
     """(error to raise, whether a key refetch may help) for a non-success outer answer."""
     problem_type, detail = parse_problem(body)
@@ -280,7 +286,7 @@ class OhttpTransport(httpx.BaseTransport):
         if self._plan.keys_url is None:
             raise KeyConfigError("no keys_url to refetch from")
         try:
-            response = self._http.get(self._plan.keys_url, headers={"accept": MEDIA_KEYS})
+            response = self._http.send(_keys_request(self._plan))
         except httpx.HTTPError as err:
             raise KeyConfigError(f"key list fetch failed: {type(err).__name__}") from None
         self._configs = _accept_keys(self._plan, response)
@@ -313,13 +319,13 @@ class OhttpTransport(httpx.BaseTransport):
     ) -> httpx.Response:
         if isinstance(opener, ResponseOpener):
             try:
-                data = _read_capped(outer.iter_raw(), _MAX_PLAIN_RESPONSE)
+                data = _read_capped(outer.iter_bytes(), _MAX_PLAIN_RESPONSE)
             finally:
                 outer.close()
             whole = _open_whole(opener, data)
             return _httpx_response(whole, content=whole.content)
         decoder = _StreamDecoder(opener)
-        raw = outer.iter_raw()
+        raw = outer.iter_bytes()
         pending: list[bytes] = []
         try:
             for piece in raw:
@@ -411,7 +417,7 @@ class AsyncOhttpTransport(httpx.AsyncBaseTransport):
         if self._plan.keys_url is None:
             raise KeyConfigError("no keys_url to refetch from")
         try:
-            response = await self._http.get(self._plan.keys_url, headers={"accept": MEDIA_KEYS})
+            response = await self._http.send(_keys_request(self._plan))
         except httpx.HTTPError as err:
             raise KeyConfigError(f"key list fetch failed: {type(err).__name__}") from None
         self._configs = _accept_keys(self._plan, response)
@@ -445,7 +451,7 @@ class AsyncOhttpTransport(httpx.AsyncBaseTransport):
         if isinstance(opener, ResponseOpener):
             data = bytearray()
             try:
-                async for piece in outer.aiter_raw():
+                async for piece in outer.aiter_bytes():
                     data += piece
                     if len(data) > _MAX_PLAIN_RESPONSE:
                         raise ResponseRefused("answer too large")
@@ -456,7 +462,7 @@ class AsyncOhttpTransport(httpx.AsyncBaseTransport):
             whole = _open_whole(opener, bytes(data))
             return _httpx_response(whole, content=whole.content)
         decoder = _StreamDecoder(opener)
-        raw = outer.aiter_raw()
+        raw = outer.aiter_bytes()
         pending: list[bytes] = []
         try:
             async for piece in raw:
