@@ -166,9 +166,8 @@ def create_relay_app(
         headers = {"content-type": media}
         if media == MEDIA_CHUNKED_REQUEST:
             headers["incremental"] = "?1"
-        outgoing = _client().build_request("POST", node.gateway_url, content=body, headers=headers)
-        for name in ("user-agent", "accept", "accept-encoding"):
-            outgoing.headers.pop(name, None)
+        # Built bare, so the HTTP client adds none of its default headers.
+        outgoing = httpx.Request("POST", node.gateway_url, content=body, headers=headers)
         try:
             answer = await _client().send(outgoing, stream=True)
         except httpx.TimeoutException:
@@ -194,7 +193,8 @@ def create_relay_app(
         node = directory.get(node_id)
         assert node is not None
         try:
-            answer = await _client().get(node.keys_url, headers={"accept": MEDIA_KEYS})
+            bare = httpx.Request("GET", node.keys_url, headers={"accept": MEDIA_KEYS})
+            answer = await _client().send(bare)
         except httpx.TimeoutException:
             return _problem(504, "upstream-timeout", "the node did not answer in time")
         except httpx.HTTPError:
