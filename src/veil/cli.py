@@ -2,7 +2,10 @@
 
 import typer
 
+from veil.relay.cli import relay_app
+
 app = typer.Typer(help="Veil: private, verifiable, decentralized AI inference.", no_args_is_help=True)
+app.add_typer(relay_app, name="relay")
 
 
 @app.command()

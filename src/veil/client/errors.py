@@ -1,0 +1,62 @@
+"""Errors the Veil client raises; none of them carries request or response content.
+
+```
+VeilError
+ └─ ClientError
+     ├─ RequestNotSendable    the request cannot be carried as binary HTTP (nothing was sent)
+     ├─ KeyConfigError        the node's key list could not be fetched, parsed or accepted
+     ├─ RelayRefused          the relay answered with an error (rate limit, size, unknown node...)
+     ├─ GatewayRefused        the node's gateway refused the encapsulated request
+     └─ ResponseRefused       the answer failed authentication or is malformed: nothing is shown
+         └─ TruncatedResponse the answer stopped before its final authenticated chunk
+```
+"""
+
+from __future__ import annotations
+
+from veil.errors import VeilError
+
+__all__ = [
+    "ClientError",
+    "GatewayRefused",
+    "KeyConfigError",
+    "RelayRefused",
+    "RequestNotSendable",
+    "ResponseRefused",
+    "TruncatedResponse",
+]
+
+
+class ClientError(VeilError):
+    """Base of the client's errors."""
+
+
+class RequestNotSendable(ClientError):
+    """The request cannot be encoded (a method or header binary HTTP refuses); nothing was sent."""
+
+
+class KeyConfigError(ClientError):
+    """No usable key configuration: fetch failed, the list is malformed, or the check refused it."""
+
+
+class _Refused(ClientError):
+    def __init__(self, message: str, *, status: int, problem_type: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem_type = problem_type
+
+
+class RelayRefused(_Refused):
+    """The relay refused to forward (or could not reach the node); `status`, `problem_type`."""
+
+
+class GatewayRefused(_Refused):
+    """The gateway refused the request (unknown key after a refetch, replay, bad suite...)."""
+
+
+class ResponseRefused(ClientError):
+    """The encapsulated answer did not authenticate or parse; its content is never returned."""
+
+
+class TruncatedResponse(ResponseRefused):
+    """The answer ended before its final chunk: it was cut in transit or by the node."""

@@ -1,0 +1,50 @@
+"""`veil relay ...`: run the oblivious relay. Imports stay light until a command runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+relay_app = typer.Typer(help="Oblivious relay: forwards sealed requests to known nodes.")
+
+
+@relay_app.command()
+def serve(
+    nodes: Path = typer.Option(..., "--nodes", help="Node list file (TOML or JSON)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8080, help="Port to listen on."),
+    max_body: int = typer.Option(1024 * 1024, help="Largest encapsulated request, bytes."),
+    rate: float = typer.Option(5.0, help="Requests per second per client address."),
+    burst: int = typer.Option(20, help="Requests a client may make at once."),
+    connect_timeout: float = typer.Option(5.0, help="Seconds to connect to a node."),
+    read_timeout: float = typer.Option(120.0, help="Longest wait for the next answer piece."),
+) -> None:
+    """Serve the relay. No access log: the relay must not record who asked."""
+    import uvicorn
+
+    from veil.relay.app import RelayConfig, create_relay_app
+    from veil.relay.directory import NodeConfigError, load_nodes
+
+    try:
+        directory = load_nodes(nodes)
+    except NodeConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    config = RelayConfig(
+        max_body_bytes=max_body,
+        rate_per_s=rate,
+        burst=burst,
+        connect_timeout_s=connect_timeout,
+        read_timeout_s=read_timeout,
+    )
+    typer.echo(f"relay: {len(directory)} node(s), listening on {host}:{port}")
+    uvicorn.run(
+        create_relay_app(directory, config),
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="info",
+        server_header=False,
+        date_header=False,
+    )

@@ -1,0 +1,177 @@
+"""The relay: forwards only to known nodes, strips headers, enforces limits, typed refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ohttp_support import ANSWER, SECRET_PROMPT, make_inner_app
+from veil.client import AsyncOhttpTransport, RelayRefused, relay_keys_url
+from veil.node.gateway import NodeKeys, create_gateway_app
+from veil.relay.app import RateLimiter, RelayConfig, create_relay_app
+from veil.relay.directory import Node, NodeConfigError, StaticNodeDirectory, load_nodes
+from veil.wire import ohttp
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """The node side of the relay: records what arrives, answers with the gateway app."""
+
+    def __init__(self, app) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        self.seen.append((str(request.url), dict(request.headers), body))
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.fixture
+def keys() -> NodeKeys:
+    return NodeKeys.generate(1)
+
+
+@pytest.fixture
+def node_side(keys: NodeKeys) -> Recorder:
+    return Recorder(create_gateway_app(make_inner_app([]), keys))
+
+
+def relay_client(node_side: Recorder, **config) -> httpx.AsyncClient:
+    directory = StaticNodeDirectory([Node("node-a", "http://node-a.test")])
+    app = create_relay_app(directory, RelayConfig(**config), upstream=node_side)
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 4000))
+    return httpx.AsyncClient(transport=transport, base_url="http://relay")
+
+
+async def test_chat_through_relay_and_headers_stripped(node_side: Recorder) -> None:
+    relay = relay_client(node_side)
+    transport = AsyncOhttpTransport(
+        "http://relay",
+        "node-a",
+        keys_url=relay_keys_url("http://relay", "node-a"),
+        outer=relay._transport,
+    )
+    async with httpx.AsyncClient(transport=transport) as http:
+        answer = await http.post(
+            "https://node.veil.invalid/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": SECRET_PROMPT}]},
+            headers={"x-client-secret": "yes", "user-agent": "me"},
+        )
+    assert answer.json()["choices"][0]["message"]["content"] == ANSWER
+    posts = [s for s in node_side.seen if s[0].endswith("/gateway")]
+    assert posts and all(SECRET_PROMPT.encode() not in body for _, _, body in posts)
+    for _url, headers, _ in node_side.seen:
+        assert set(headers) <= {"host", "content-type", "content-length", "incremental", "accept"}
+        assert "198.51.100.7" not in str(headers)
+
+
+async def test_outer_client_headers_are_not_forwarded(node_side: Recorder, keys: NodeKeys) -> None:
+    relay = relay_client(node_side)
+    sealed, _ = ohttp.encapsulate_request(keys.current.config, b"\x00\x03GET\x00\x00\x08/healthz")
+    answer = await relay.post(
+        "/relay/node-a",
+        content=sealed,
+        headers={
+            "content-type": ohttp.MEDIA_REQUEST,
+            "cookie": "c=1",
+            "x-forwarded-for": "10.0.0.1",
+            "authorization": "Bearer t",
+            "user-agent": "client/1",
+        },
+    )
+    assert answer.status_code == 200
+    assert set(answer.headers) <= {"content-type", "cache-control", "transfer-encoding", "date"}
+    _, headers, _ = node_side.seen[-1]
+    assert set(headers) == {"host", "content-type", "content-length"}
+
+
+@pytest.mark.parametrize(
+    ("path", "media", "body", "status", "code"),
+    [
+        ("/relay/nobody", ohttp.MEDIA_REQUEST, b"x", 404, "unknown-node"),
+        ("/relay/NODE-A", ohttp.MEDIA_REQUEST, b"x", 404, "unknown-node"),
+        ("/relay/node-a", "application/json", b"{}", 415, "media-type"),
+        ("/relay/node-a", ohttp.MEDIA_REQUEST, b"x" * 2000, 413, "too-large"),
+    ],
+)
+async def test_refusals(node_side: Recorder, path, media, body, status, code) -> None:
+    relay = relay_client(node_side, max_body_bytes=1000)
+    answer = await relay.post(path, content=body, headers={"content-type": media})
+    assert answer.status_code == status
+    assert answer.json()["type"] == "urn:veil:relay:" + code
+    assert answer.json()["error"]["message"]
+    assert node_side.seen == []
+
+
+async def test_rate_limit(node_side: Recorder) -> None:
+    relay = relay_client(node_side, rate_per_s=0.001, burst=2)
+    statuses = [
+        (
+            await relay.post(
+                "/relay/nobody", content=b"x", headers={"content-type": ohttp.MEDIA_REQUEST}
+            )
+        ).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [404, 404, 429]
+
+
+async def test_unreachable_node_is_502() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    directory = StaticNodeDirectory([Node("node-a", "http://node-a.test")])
+    app = create_relay_app(directory, upstream=httpx.MockTransport(refuse))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://r"
+    ) as relay:
+        answer = await relay.post(
+            "/relay/node-a", content=b"x", headers={"content-type": ohttp.MEDIA_REQUEST}
+        )
+        assert answer.status_code == 502
+        assert (await relay.get("/relay/node-a/ohttp-keys")).status_code == 502
+    transport = AsyncOhttpTransport(
+        "http://r",
+        "node-a",
+        keys_url="http://r/relay/node-a/ohttp-keys",
+        outer=httpx.ASGITransport(app=app),
+    )
+    with pytest.raises(Exception) as info:
+        await transport.handle_async_request(httpx.Request("GET", "https://n.invalid/v1/models"))
+    assert not isinstance(info.value, RelayRefused) or info.value.status == 502
+
+
+async def test_path_tricks_reach_no_node(node_side: Recorder) -> None:
+    relay = relay_client(node_side)
+    for path in ("/relay/..%2Fadmin", "/relay/node-a/../x", "/relay/http:%2F%2Fevil"):
+        answer = await relay.post(path, content=b"x", headers={"content-type": ohttp.MEDIA_REQUEST})
+        assert answer.status_code in (404, 405)
+    assert node_side.seen == []
+
+
+def test_rate_limiter_refills() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=1.0, burst=1, max_clients=2, clock=lambda: now[0])
+    assert limiter.allow("a") == 0 and limiter.allow("a") > 0
+    now[0] = 1.0
+    assert limiter.allow("a") == 0
+
+
+def test_node_list_files(tmp_path: Path) -> None:
+    toml = tmp_path / "nodes.toml"
+    toml.write_text('[[nodes]]\nid = "node-a"\nurl = "http://127.0.0.1:8001/"\n')
+    assert load_nodes(toml).get("node-a") == Node("node-a", "http://127.0.0.1:8001")
+    js = tmp_path / "nodes.json"
+    js.write_text('{"nodes": [{"id": "b", "url": "https://b.example"}]}')
+    assert load_nodes(js).get("b").gateway_url == "https://b.example/gateway"
+    for bad in (
+        '{"nodes": [{"id": "a/b", "url": "http://x"}]}',
+        '{"nodes": [{"id": "a", "url": "ftp://x"}]}',
+        '{"nodes": 3}',
+        "not json",
+    ):
+        js.write_text(bad)
+        with pytest.raises(NodeConfigError):
+            load_nodes(js)
