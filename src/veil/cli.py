@@ -2,9 +2,13 @@
 
 import typer
 
+from veil.node.cli import node_app
 from veil.relay.cli import relay_app
 
-app = typer.Typer(help="Veil: private, verifiable, decentralized AI inference.", no_args_is_help=True)
+app = typer.Typer(
+    help="Veil: private, verifiable, decentralized AI inference.", no_args_is_help=True
+)
+app.add_typer(node_app, name="node")
 app.add_typer(relay_app, name="relay")
 
 

@@ -1,4 +1,4 @@
-"""Root of Veil's exception tree; each room (wire, engine, chain, attest, node, client) subclasses it."""
+"""Root of the exception tree; every room (wire, engine, chain, node, client...) subclasses it."""
 
 __all__ = ["VeilError"]
 

@@ -255,7 +255,7 @@ class Engine:
     def _drop_cancelled(self) -> None:
         keep = [i for i, seq in enumerate(self._rows) if not seq.handle.cancelled]
         if len(keep) < len(self._rows):
-            for i, seq in enumerate(self._rows):
+            for seq in self._rows:
                 if seq.handle.cancelled:
                     seq.handle.push(
                         Finished(
@@ -285,4 +285,3 @@ def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
         return t
     b, h, _, d = t.shape
     return torch.cat([t.new_zeros((b, h, n, d)), t], dim=2)
-

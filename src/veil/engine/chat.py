@@ -29,7 +29,9 @@ def encode_chat(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
                 f"messages[{i}].role {m.role!r} is not one of {', '.join(ROLES)}",
                 f"messages[{i}].role",
             )
-        rendered.append({"role": "system" if m.role == "developer" else m.role, "content": m.content})
+        rendered.append(
+            {"role": "system" if m.role == "developer" else m.role, "content": m.content}
+        )
     ids = tokenizer.apply_chat_template(
         rendered, add_generation_prompt=True, tokenize=True, return_dict=False
     )

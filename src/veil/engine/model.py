@@ -1,4 +1,4 @@
-"""Loading a causal LM (GGUF file or Hugging Face directory) and identifying it by weights digest."""
+"""Loading a causal LM (GGUF file or Hugging Face directory); its identity is a weights digest."""
 
 from __future__ import annotations
 
@@ -79,7 +79,9 @@ def packaged_model_path() -> Path:
     return files[0]
 
 
-def locate_model(path: str | os.PathLike[str] | None = None, model_id: str | None = None) -> ModelFiles:
+def locate_model(
+    path: str | os.PathLike[str] | None = None, model_id: str | None = None
+) -> ModelFiles:
     """Resolve a model path (GGUF file, directory, or None for the packaged model)."""
     if path is None:
         gguf = packaged_model_path()
@@ -163,9 +165,7 @@ def load_model(
         kwargs["gguf_file"] = files.gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(files.directory, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            files.directory, dtype=torch.float32, **kwargs
-        )
+        model = AutoModelForCausalLM.from_pretrained(files.directory, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model from {files.directory}: {exc}") from exc
     model.eval()

@@ -10,7 +10,7 @@ import torch
 
 from veil.engine.errors import InvalidGenerationRequest
 
-__all__ = ["SamplingParams", "Sampler"]
+__all__ = ["Sampler", "SamplingParams"]
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
@@ -63,7 +63,7 @@ class SamplingParams:
 
 
 class Sampler:
-    """Chooses next tokens for one sequence; owns its random generator so batching can't perturb it."""
+    """Picks next tokens for one sequence; its own generator keeps batching from perturbing it."""
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params

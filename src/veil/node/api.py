@@ -1,0 +1,329 @@
+"""The node's plaintext OpenAI-compatible API (the inner surface the OHTTP gateway carries).
+
+No handler logs message or completion text; logs carry ids, token counts and timings only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from veil.engine import (
+    ChatMessage,
+    ContextLengthExceeded,
+    Engine,
+    EngineClosed,
+    EngineOverloaded,
+    Failed,
+    Finished,
+    GenerationHandle,
+    InvalidGenerationRequest,
+    SamplingParams,
+    TokenDelta,
+)
+from veil.node.config import NodeConfig
+from veil.node.errors import APIError, error_body
+from veil.node.gateway import GatewayConfig, NodeKeys, gateway_router
+from veil.node.schemas import ChatCompletionRequest, parse_chat_request
+from veil.wire import bhttp
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("veil.node")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
+    return bytes(body)
+
+
+def _sampling(
+    req: ChatCompletionRequest, prompt_tokens: int, engine: Engine, config: NodeConfig
+) -> SamplingParams:
+    requested = req.completion_limit
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    if requested is not None:
+        if requested < 1:
+            raise APIError(400, f"{param} must be at least 1", param=param)
+        if requested > config.max_tokens_limit:
+            raise APIError(
+                400,
+                f"{param} is {requested}, above this node's limit of {config.max_tokens_limit}",
+                param=param,
+            )
+    if prompt_tokens >= engine.context_length:
+        raise APIError(
+            400,
+            f"this model's context window is {engine.context_length} tokens, but the messages "
+            f"take {prompt_tokens} tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    room = engine.context_length - prompt_tokens
+    if requested is not None and requested > room:
+        raise APIError(
+            400,
+            f"this model's context window is {engine.context_length} tokens; the messages take "
+            f"{prompt_tokens} and {param} asks for {requested} more",
+            param=param,
+            code="context_length_exceeded",
+        )
+    try:
+        return SamplingParams(
+            max_tokens=requested if requested is not None else min(config.default_max_tokens, room),
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            stop=req.stop_sequences,
+            seed=req.seed,
+        )
+    except InvalidGenerationRequest as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
+
+
+class _Completion:
+    """Per-request bookkeeping shared by the streamed and the whole response."""
+
+    def __init__(self, model: str) -> None:
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.model = model
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **extra,
+        }
+        return _sse(body)
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _usage(fin: Finished) -> dict[str, int]:
+    return {
+        "prompt_tokens": fin.prompt_tokens,
+        "completion_tokens": fin.completion_tokens,
+        "total_tokens": fin.prompt_tokens + fin.completion_tokens,
+    }
+
+
+def _failure(event: Failed) -> APIError:
+    if isinstance(event.error, EngineClosed):
+        return APIError(503, "the node is shutting down", type_="server_error", code="unavailable")
+    return APIError(500, str(event.error), type_="server_error", code="inference_failed")
+
+
+def create_app(
+    engine: Engine, config: NodeConfig | None = None, keys: NodeKeys | None = None
+) -> FastAPI:
+    """The FastAPI app serving `engine`; with `keys`, also the OHTTP gateway in front of it."""
+    config = config or NodeConfig()
+    app = FastAPI(title="Veil node", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.state.config = config
+    model_info = {
+        "id": engine.model_id,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "veil-node",
+        "weights_sha256": engine.loaded.weights_sha256,
+        "context_length": engine.context_length,
+    }
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), code=code), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body(f"invalid request: {exc.errors()[0]['msg']}"), status_code=400
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": engine.model_id,
+            "weights_sha256": engine.loaded.weights_sha256,
+            "requests": engine.stats.requests,
+            "tokens_generated": engine.stats.tokens_generated,
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_info]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != engine.model_id:
+            raise APIError(
+                404, f"the model {model_id!r} does not exist", param="model", code="model_not_found"
+            )
+        return model_info
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        req = parse_chat_request(await _read_body(request, config.max_body_bytes))
+        if req.model != engine.model_id:
+            raise APIError(
+                404,
+                f"the model {req.model!r} does not exist on this node; "
+                f"it serves {engine.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
+        messages = [ChatMessage(m.role, m.text()) for m in req.messages]
+        prompt_ids = await asyncio.to_thread(engine.encode_chat, messages)
+        params = _sampling(req, len(prompt_ids), engine, config)
+        try:
+            handle = engine.submit(prompt_ids, params)
+        except EngineOverloaded as exc:
+            raise APIError(503, str(exc), type_="server_error", code="overloaded") from None
+        except EngineClosed:
+            raise APIError(
+                503, "the node is shutting down", type_="server_error", code="unavailable"
+            ) from None
+        except ContextLengthExceeded as exc:
+            raise APIError(
+                400, str(exc), param="messages", code="context_length_exceeded"
+            ) from None
+        completion = _Completion(engine.model_id)
+        started = time.monotonic()
+        log.info(
+            "request %s accepted: %d prompt tokens, stream=%s",
+            completion.id,
+            len(prompt_ids),
+            req.stream,
+        )
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                _stream(handle, completion, include_usage, started),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+        return await _whole(request, handle, completion, started)
+
+    if keys is not None:
+        limits = bhttp.Limits(max_content_bytes=config.max_body_bytes)
+        gateway = GatewayConfig(max_request_bytes=config.max_body_bytes + 4096, bhttp_limits=limits)
+        app.include_router(gateway_router(app, keys, gateway))
+    return app
+
+
+def _log_done(completion: _Completion, fin: Finished, started: float) -> None:
+    log.info(
+        "request %s finished: reason=%s prompt_tokens=%d completion_tokens=%d in %.2fs",
+        completion.id,
+        fin.reason,
+        fin.prompt_tokens,
+        fin.completion_tokens,
+        time.monotonic() - started,
+    )
+
+
+async def _stream(
+    handle: GenerationHandle, completion: _Completion, include_usage: bool, started: float
+) -> AsyncIterator[bytes]:
+    try:
+        yield completion.chunk({"role": "assistant", "content": ""})
+        async for event in handle:
+            if isinstance(event, TokenDelta):
+                if event.text:
+                    yield completion.chunk({"content": event.text})
+            elif isinstance(event, Finished):
+                _log_done(completion, event, started)
+                if event.text:
+                    yield completion.chunk({"content": event.text})
+                usage = _usage(event)
+                yield completion.chunk({}, event.reason, usage=usage)
+                if include_usage:
+                    yield _sse(
+                        {
+                            "id": completion.id,
+                            "object": "chat.completion.chunk",
+                            "created": completion.created,
+                            "model": completion.model,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+            else:
+                err = _failure(event)
+                log.warning("request %s failed: %s", completion.id, err.code)
+                yield _sse(err.body())
+        yield b"data: [DONE]\n\n"
+    finally:
+        handle.cancel()  # no-op when finished; stops decoding when the client went away
+
+
+async def _whole(
+    request: Request, handle: GenerationHandle, completion: _Completion, started: float
+) -> Response:
+    async def watch_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        handle.cancel()
+
+    watcher = asyncio.create_task(watch_disconnect())
+    parts: list[str] = []
+    try:
+        async for event in handle:
+            if isinstance(event, TokenDelta):
+                parts.append(event.text)
+            elif isinstance(event, Finished):
+                parts.append(event.text)
+                _log_done(completion, event, started)
+                if event.reason == "cancelled":
+                    return Response(status_code=499)
+                return JSONResponse(
+                    {
+                        "id": completion.id,
+                        "object": "chat.completion",
+                        "created": completion.created,
+                        "model": completion.model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": "".join(parts)},
+                                "logprobs": None,
+                                "finish_reason": event.reason,
+                            }
+                        ],
+                        "usage": _usage(event),
+                    }
+                )
+            else:
+                raise _failure(event)
+        raise APIError(500, "the generation ended without a result", type_="server_error")
+    finally:
+        watcher.cancel()
+        handle.cancel()

@@ -1,0 +1,71 @@
+"""The node's settings, from a TOML file and command-line flags (flags win)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from veil.errors import VeilError
+
+__all__ = ["NodeConfig", "NodeConfigError"]
+
+
+class NodeConfigError(VeilError):
+    """The configuration file or a flag is invalid."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    host: str = "127.0.0.1"  # bind address; loopback unless the operator opens it up
+    port: int = 8700  # TCP port of the node API
+    model_path: str | None = None  # GGUF file or HF model directory; None = packaged SmolLM2
+    model_id: str | None = None  # name clients ask for; default derives from the model
+    context_length: int = 2048  # tokens per sequence (prompt + completion), at most
+    max_tokens_limit: int = 1024  # largest max_tokens a request may ask for
+    default_max_tokens: int = 256  # completion budget when a request names none
+    max_batch: int = 8  # sequences decoded together
+    max_queue: int = 64  # requests waiting for a batch slot before 503s
+    max_body_bytes: int = 1 << 20  # request bodies above this get 413
+    threads: int | None = None  # torch CPU threads; None = torch's default
+    keys_path: str | None = None  # OHTTP key file (created if missing); None = keys in memory
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.port <= 65535, "port must be 1..65535"),
+            (self.context_length >= 16, "context_length must be at least 16"),
+            (self.max_tokens_limit >= 1, "max_tokens_limit must be positive"),
+            (
+                1 <= self.default_max_tokens <= self.max_tokens_limit,
+                "default_max_tokens must be between 1 and max_tokens_limit",
+            ),
+            (1 <= self.max_batch <= 256, "max_batch must be 1..256"),
+            (self.max_queue >= 1, "max_queue must be positive"),
+            (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
+            (self.threads is None or self.threads >= 1, "threads must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise NodeConfigError(message)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> NodeConfig:
+        """Read `[node]` (or top-level keys) from a TOML file, then apply non-None overrides."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise NodeConfigError(f"cannot read config {path}: {exc}") from exc
+            values = data.get("node", data)
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise NodeConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        try:
+            config = cls(**values)
+        except TypeError as exc:
+            raise NodeConfigError(str(exc)) from exc
+        return replace(config, **{k: v for k, v in overrides.items() if v is not None})

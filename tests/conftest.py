@@ -1,0 +1,79 @@
+"""Shared fixtures. The real model loads once per test session, only for tests that ask for it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def loaded_model():  # type: ignore[no-untyped-def]
+    from veil.engine import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def engine(loaded_model):  # type: ignore[no-untyped-def]
+    from veil.engine import Engine
+
+    eng = Engine(loaded_model, max_batch=8, context_length=2048)
+    yield eng
+    eng.close()
+
+
+def wait_idle(engine, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not engine.idle:
+        if time.monotonic() > deadline:
+            raise AssertionError("engine still busy")
+        time.sleep(0.01)
+
+
+class ServerThread:
+    """A real uvicorn server on a free loopback port, in a thread of the test process."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def node_server(engine) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
+    from veil.node.api import create_app
+    from veil.node.config import NodeConfig
+
+    app = create_app(engine, NodeConfig(max_tokens_limit=512, context_length=2048))
+    with ServerThread(app) as server:
+        yield server
