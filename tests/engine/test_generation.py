@@ -138,7 +138,7 @@ def test_context_limit_clamps_completion(loaded_model) -> None:  # type: ignore[
     try:
         ids = prompt(small, "Hi")
         assert len(ids) < 40
-        tokens, _, fin = run(small, ids, SamplingParams(max_tokens=500, temperature=0))
+        _, _, fin = run(small, ids, SamplingParams(max_tokens=500, temperature=0))
         assert fin.prompt_tokens + fin.completion_tokens <= 40
         with pytest.raises(ContextLengthExceeded):
             small.submit(list(range(100, 140)), SamplingParams())
