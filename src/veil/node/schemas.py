@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from veil.node.errors import APIError
 
@@ -23,7 +23,7 @@ class TextPart(BaseModel):
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: str = Field(strict=True)
-    content: str | list[TextPart] = Field(strict=True)
+    content: StrictStr | list[TextPart]
     name: str | None = None
 
     def text(self) -> str:
@@ -47,7 +47,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, strict=True)
     temperature: float | None = None
     top_p: float | None = None
-    stop: str | list[str] | None = None
+    stop: StrictStr | list[StrictStr] | None = None
     seed: int | None = Field(default=None, strict=True)
     stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
