@@ -1,7 +1,10 @@
 """The `veil` command."""
 
+from pathlib import Path
+
 import typer
 
+from veil.client.cli import chat
 from veil.node.cli import node_app
 from veil.relay.cli import relay_app
 
@@ -18,3 +21,66 @@ def version() -> None:
     from veil import __version__
 
     typer.echo(__version__)
+
+
+app.command("chat")(chat)
+
+
+@app.command()
+def up(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="State directory (default $VEIL_HOME or ./.veil)."
+    ),
+    prompt: str = typer.Option(
+        "In two sentences, why does privacy matter when using AI?",
+        "--prompt",
+        "-p",
+        help="First message sent once the network is up.",
+    ),
+    interactive: bool | None = typer.Option(
+        None,
+        "--interactive/--no-interactive",
+        help="Keep chatting after the first answer (default: when the terminal is interactive).",
+    ),
+    max_tokens: int = typer.Option(96, help="Longest answer, in tokens."),
+) -> None:
+    """Start a local Veil network (node + relay), then chat with it through the relay."""
+    import sys
+
+    from rich.console import Console
+
+    from veil.client.cli import run_repl, stream_reply
+    from veil.client.sdk import private_openai
+    from veil.up import NODE_ID, LocalNetwork, default_data_dir
+
+    console = Console()
+    net = LocalNetwork(data_dir or default_data_dir())
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    try:
+        net.start(console)
+        client = private_openai(net.relay_url, NODE_ID)
+        params = {"max_tokens": max_tokens, "temperature": 0.7}
+        history = [{"role": "user", "content": prompt}]
+        console.print(
+            f"\n[bold]you>[/] {prompt}\n"
+            f"[dim](sealed with OHTTP to {NODE_ID}, sent through the relay)[/]"
+        )
+        sys.stdout.write("assistant> ")
+        answer = stream_reply(client, "smollm2-135m-instruct", history, sys.stdout, **params)
+        history.append({"role": "assistant", "content": answer})
+        if interactive:
+            console.print(
+                f"\nThe network stays up while you chat. Other shells can use it too:\n"
+                f"  veil chat --relay {net.relay_url} --node {NODE_ID}"
+            )
+            run_repl(client, "smollm2-135m-instruct", history, params)
+    except KeyboardInterrupt:
+        console.print("\ninterrupted")
+    except RuntimeError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        with console.status("stopping the network..."):
+            net.stop()
+        console.print("stopped.")

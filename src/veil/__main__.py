@@ -1,0 +1,5 @@
+"""`python -m veil` is the `veil` command."""
+
+from veil.cli import app
+
+app()

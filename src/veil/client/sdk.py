@@ -1,0 +1,43 @@
+"""The official `openai` SDK, unchanged, over Veil's Oblivious HTTP transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from veil.client.transport import AsyncOhttpTransport, OhttpTransport, relay_keys_url
+
+__all__ = ["INVALID_BASE_URL", "private_async_openai", "private_openai"]
+
+# Requests are sealed to the node; the outer host is never contacted. An `.invalid` name makes
+# any misconfiguration that would send plaintext fail to resolve instead of leaking.
+INVALID_BASE_URL = "http://node.veil.invalid/v1"
+
+
+def private_openai(relay_url: str, node_id: str, **transport_kwargs: Any):  # type: ignore[no-untyped-def]
+    """An `openai.OpenAI` whose requests are all OHTTP-sealed to `node_id`, sent via the relay."""
+    import openai
+
+    transport_kwargs.setdefault("keys_url", relay_keys_url(relay_url, node_id))
+    transport = OhttpTransport(relay_url, node_id, **transport_kwargs)
+    return openai.OpenAI(
+        base_url=INVALID_BASE_URL,
+        api_key="veil",  # dropped by the transport; the SDK insists on one
+        max_retries=0,
+        http_client=httpx.Client(transport=transport),
+    )
+
+
+def private_async_openai(relay_url: str, node_id: str, **transport_kwargs: Any):  # type: ignore[no-untyped-def]
+    """The async twin of `private_openai`."""
+    import openai
+
+    transport_kwargs.setdefault("keys_url", relay_keys_url(relay_url, node_id))
+    transport = AsyncOhttpTransport(relay_url, node_id, **transport_kwargs)
+    return openai.AsyncOpenAI(
+        base_url=INVALID_BASE_URL,
+        api_key="veil",
+        max_retries=0,
+        http_client=httpx.AsyncClient(transport=transport),
+    )
