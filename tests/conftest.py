@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -10,13 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from netsupport import free_port
+
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,10 @@ the relay handles, and the inner app must see no client address and no client he
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from netsupport import Tap, free_port, wait_ready
 from ohttp_support import ANSWER, ANSWER_TOKENS, SECRET_PROMPT
 from veil.client import OhttpTransport, relay_keys_url
 from veil.node.gateway import NodeKeys
@@ -28,64 +26,6 @@ from veil.node.gateway import NodeKeys
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Tap:
-    """A TCP forwarder on a free port that records all bytes in both directions."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = target_port
-        self.data = bytearray()
-        self.lock = threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while chunk := src.recv(65536):
-                with self.lock:
-                    self.data += chunk
-                dst.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.server.close()
-
-
-def wait_ready(url: str, procs: list[subprocess.Popen]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.poll() is None, "a server exited early"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} never came up")
 
 
 def test_chat_streams_through_relay_without_exposing_content(tmp_path: Path) -> None:
