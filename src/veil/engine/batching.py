@@ -235,7 +235,7 @@ class Engine:
         self.stats.tokens_generated += 1
         seq.last_token = token
         seq.position += 1
-        eos = token in self.loaded.eos_token_ids
+        eos = token in self.loaded.eos_token_ids and not seq.sampler.params.ignore_eos
         delta = "" if eos else seq.text.add(token)
         if delta or not eos:
             seq.handle.push(TokenDelta(token, delta))

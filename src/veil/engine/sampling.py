@@ -26,6 +26,7 @@ class SamplingParams:
     top_p: float = 1.0  # nucleus mass kept, in (0, 1]
     stop: tuple[str, ...] = ()  # the text ends before the first of these
     seed: int | None = None  # fixes the sampled tokens; None draws a fresh seed
+    ignore_eos: bool = False  # decode exactly max_tokens (benchmarks); not exposed over HTTP
     _resolved_seed: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
