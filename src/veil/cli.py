@@ -2,10 +2,12 @@
 
 import typer
 
+from veil.attest.cli import verify_app
 from veil.relay.cli import relay_app
 
 app = typer.Typer(help="Veil: private, verifiable, decentralized AI inference.", no_args_is_help=True)
 app.add_typer(relay_app, name="relay")
+app.add_typer(verify_app, name="verify")
 
 
 @app.command()

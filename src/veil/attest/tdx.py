@@ -201,7 +201,7 @@ class TdxVerifier:
             detail.append(f"quote v{quote.header.version}, {len(evidence.quote)} bytes")
         with log.step("tee_type") as detail:
             if not quote.is_tdx():
-                raise TeeTypeMismatch(f"a {quote.quote_type()} quote, where TDX is required")
+                raise TeeTypeMismatch(f"the quote is {quote.quote_type()}, where TDX is required")
             detail.append("TDX")
         with log.step("collateral") as detail:
             if self.collateral is not None:
