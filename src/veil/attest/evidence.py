@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from veil.attest.errors import EvidenceMalformed
+from veil.identity.codec import check_depth
 
 __all__ = [
     "HARDWARE_KINDS",
@@ -39,6 +40,8 @@ _MAX_QUOTE = 64 * 1024
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
+    if not check_depth(data):
+        raise EvidenceMalformed("evidence JSON is nested too deep")
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError, UnicodeDecodeError):

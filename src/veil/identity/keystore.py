@@ -79,10 +79,11 @@ def _read_private(path: Path) -> bytes:
     except OSError as err:
         # ELOOP: a symlink, refused so nobody can point the node at another file
         raise KeystoreUnreadable(f"cannot open keystore {path}: {err.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise KeystoreUnreadable(f"keystore {path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise KeystoreUnreadable(f"keystore {path} is not a regular file")
         if info.st_uid != os.getuid():
             raise KeystorePermissions(f"keystore {path} belongs to another user")
         if info.st_mode & 0o077:
