@@ -6,10 +6,10 @@ import base64
 import json
 
 import pytest
-from attest_support import dev_descriptor, mutate_body
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from attest_support import dev_descriptor, mutate_body
 from veil.identity import (
     Descriptor,
     DescriptorError,
