@@ -83,13 +83,14 @@ class HistoryKey:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as err:
             raise HistoryLocked(f"cannot open history key file {path}: {err.strerror}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            os.close(fd)
+            raise HistoryLocked(
+                f"history key file {path} has mode {stat.S_IMODE(info.st_mode):04o}, another "
+                "owner, or is not a file; it must be your own regular file, mode 0600"
+            )
         with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if info.st_uid != os.getuid() or info.st_mode & 0o077:
-                raise HistoryLocked(
-                    f"history key file {path} has mode {stat.S_IMODE(info.st_mode):04o} "
-                    "or another owner; it must be yours and 0600"
-                )
             key = f.read(33)
         if len(key) != 32:
             raise HistoryLocked(f"history key file {path} does not hold 32 bytes")
