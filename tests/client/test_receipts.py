@@ -135,9 +135,9 @@ def test_duplicate_receipt_is_refused(tmp_path: Path) -> None:
         store.add(receipt_for())
         with pytest.raises(ReceiptStoreError, match="already stored"):
             store.add(receipt_for())
-    with ReceiptStore.open(tmp_path / "h.sqlite", passphrase="pw", scrypt_n=FAST) as store:
-        with pytest.raises(ReceiptStoreError, match="no receipt"):
-            store.history(b"\x00" * 32)
+    history = ReceiptStore.open(tmp_path / "h.sqlite", passphrase="pw", scrypt_n=FAST)
+    with history, pytest.raises(ReceiptStoreError, match="no receipt"):
+        history.history(b"\x00" * 32)
 
 
 def test_receipts_by_node_newest_first(tmp_path: Path) -> None:
