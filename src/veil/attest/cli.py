@@ -68,9 +68,9 @@ def _read(path: Path) -> bytes:
         raise typer.Exit(2) from None
 
 
-def _verdict(console: Console, ok: bool, failure: str = "") -> None:
+def _verdict(console: Console, ok: bool, failure: str = "", *, note: str = "") -> None:
     if ok:
-        console.print("[bold green]VERIFIED[/]")
+        console.print("[bold green]VERIFIED[/]" + (f" [bold yellow]({note})[/]" if note else ""))
         return
     console.print(f"[bold red]REFUSED[/] {failure}")
     raise typer.Exit(1)
@@ -147,6 +147,7 @@ def descriptor(
     now: int | None = typer.Option(None, "--now", help="Verification time, UNIX s (default now)."),
 ) -> None:
     """Verify a node descriptor under a privacy mode's policy, as a client would."""
+    from veil.attest.report import NO_HARDWARE_ISOLATION
     from veil.attest.tdx import CollateralFile, PccsCollateral
     from veil.client.errors import NodeRejected, PolicyConfigError
     from veil.client.policy import LocalReleases, Policy
@@ -191,7 +192,8 @@ def descriptor(
         console.print(f"[bold yellow]warning:[/] {warning}")
     if report.verified:
         console.print("approved models: " + ", ".join(m.model_id for m in report.approved_models))
-    _verdict(console, report.verified, failure)
+    note = "" if report.hardware_isolated else NO_HARDWARE_ISOLATION
+    _verdict(console, report.verified, failure, note=note)
 
 
 @verify_app.command("receipt")
