@@ -1,9 +1,17 @@
-"""Veil client: Oblivious HTTP transports for httpx (and so for the `openai` SDK)."""
+"""Veil client: Oblivious HTTP transports for httpx (and so for the `openai` SDK).
+
+Node verification (`veil.client.policy`) and receipts (`veil.client.receipts`) are imported
+from their modules, so importing the transports stays light.
+"""
 
 from veil.client.errors import (
     ClientError,
     GatewayRefused,
+    HistoryLocked,
     KeyConfigError,
+    NodeRejected,
+    PolicyConfigError,
+    ReceiptStoreError,
     RelayRefused,
     RequestNotSendable,
     ResponseRefused,
@@ -21,8 +29,12 @@ __all__ = [
     "AsyncOhttpTransport",
     "ClientError",
     "GatewayRefused",
+    "HistoryLocked",
     "KeyConfigError",
+    "NodeRejected",
     "OhttpTransport",
+    "PolicyConfigError",
+    "ReceiptStoreError",
     "RelayRefused",
     "RequestNotSendable",
     "ResponseRefused",

@@ -7,19 +7,32 @@ VeilError
      ├─ KeyConfigError        the node's key list could not be fetched, parsed or accepted
      ├─ RelayRefused          the relay answered with an error (rate limit, size, unknown node...)
      ├─ GatewayRefused        the node's gateway refused the encapsulated request
-     └─ ResponseRefused       the answer failed authentication or is malformed: nothing is shown
-         └─ TruncatedResponse the answer stopped before its final authenticated chunk
+     ├─ ResponseRefused       the answer failed authentication or is malformed: nothing is shown
+     │   └─ TruncatedResponse the answer stopped before its final authenticated chunk
+     ├─ NodeRejected          a node failed verification under the policy (`check`, `report`)
+     ├─ PolicyConfigError     a policy or release list that cannot be used as configured
+     └─ ReceiptStoreError     the local receipt store cannot be opened or written
+         └─ HistoryLocked     stored history needs the right passphrase or key file
 ```
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from veil.errors import VeilError
+
+if TYPE_CHECKING:
+    from veil.client.policy import VerificationReport
 
 __all__ = [
     "ClientError",
     "GatewayRefused",
+    "HistoryLocked",
     "KeyConfigError",
+    "NodeRejected",
+    "PolicyConfigError",
+    "ReceiptStoreError",
     "RelayRefused",
     "RequestNotSendable",
     "ResponseRefused",
@@ -60,3 +73,36 @@ class ResponseRefused(ClientError):
 
 class TruncatedResponse(ResponseRefused):
     """The answer ended before its final chunk: it was cut in transit or by the node."""
+
+
+class NodeRejected(ClientError):
+    """The node failed a verification step: no request may be sent to it.
+
+    `check` names the failed step, `report` lists every step (`veil verify` prints it), and
+    `cause` is the typed error the step raised (a descriptor, attestation or policy error).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        check: str,
+        report: VerificationReport | None = None,
+        cause: VeilError | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.check = check
+        self.report = report
+        self.cause = cause
+
+
+class PolicyConfigError(ClientError):
+    """The policy is inconsistent (e.g. `tee` accepting dev evidence) or its release list is bad."""
+
+
+class ReceiptStoreError(ClientError):
+    """The receipt store cannot be opened, is not one, or refuses a write."""
+
+
+class HistoryLocked(ReceiptStoreError):
+    """Encrypted history needs its passphrase or key file, and the one given does not open it."""
