@@ -54,20 +54,6 @@ def stream_once(client: httpx.Client, url: str, tokens: int) -> tuple[float, flo
     return first - start, (count - 1) / (last - first), count
 
 
-def wait(url: str, service: Service, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not service.alive():
-            raise SystemExit(f"{service.name} died:\n{service.log_tail()}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{service.name} not ready")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8, help="requests per path (alternating)")
@@ -99,8 +85,8 @@ def main() -> None:
         print("starting node (loading model) and relay...", flush=True)
         node.start()
         relay.start()
-        wait(f"{node_url}/healthz", node, 300)
-        wait(f"{relay_url}/relay/n1/ohttp-keys", relay, 60)
+        node.wait_ready(f"{node_url}/healthz", 300)
+        relay.wait_ready(f"{relay_url}/relay/n1/ohttp-keys", 60)
         direct = httpx.Client(timeout=120)
         sealed = httpx.Client(
             transport=OhttpTransport(relay_url, "n1", keys_url=relay_keys_url(relay_url, "n1")),

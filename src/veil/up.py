@@ -74,6 +74,18 @@ class Service:
             self._log.close()
             self._log = None
 
+    def wait_ready(self, url: str, timeout: float) -> None:
+        """Poll `url` until it answers 200; fail early, with the log's tail, if the process dies."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited during startup:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not become ready in {timeout:.0f} s")
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -119,25 +131,14 @@ class LocalNetwork:
         )
         with console.status(f"starting {NODE_ID}: loading the model (about 20-30 s)..."):
             self.node.start()
-            self._wait(self.node, f"{self.node_url}/healthz", timeout=300)
+            self.node.wait_ready(f"{self.node_url}/healthz", timeout=300)
         console.print(
             f"[green]✓[/] {NODE_ID} serving at {self.node_url} (log: {self.node.log_path})"
         )
         with console.status("starting the relay..."):
             self.relay.start()
-            self._wait(self.relay, f"{self.relay_url}/relay/{NODE_ID}/ohttp-keys", timeout=60)
+            self.relay.wait_ready(f"{self.relay_url}/relay/{NODE_ID}/ohttp-keys", timeout=60)
         console.print(f"[green]✓[/] relay at {self.relay_url} (log: {self.relay.log_path})")
-
-    def _wait(self, service: Service, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not service.alive():
-                raise RuntimeError(f"{service.name} exited during startup:\n{service.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"{service.name} did not become ready in {timeout:.0f} s")
 
     def check(self) -> None:
         for service in (self.node, self.relay):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from netsupport import Tap, free_port, wait_ready
+from netsupport import Tap, free_port
 from veil.client.sdk import private_openai
 from veil.engine import PACKAGED_MODEL_ID
 from veil.up import Service
@@ -45,8 +45,8 @@ def test_real_model_chat_through_relay_leaks_nothing(tmp_path: Path) -> None:
     try:
         node.start()
         relay.start()
-        wait_ready(f"http://127.0.0.1:{node_port}/healthz", [node.proc], timeout=300)
-        wait_ready(f"http://127.0.0.1:{relay_port}/relay/n1/ohttp-keys", [relay.proc])
+        node.wait_ready(f"http://127.0.0.1:{node_port}/healthz", timeout=300)
+        relay.wait_ready(f"http://127.0.0.1:{relay_port}/relay/n1/ohttp-keys", timeout=30)
         client = private_openai(f"http://127.0.0.1:{client_tap.port}", "n1")
         chunks = list(
             client.chat.completions.create(
