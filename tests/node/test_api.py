@@ -84,6 +84,7 @@ def _with(**changes: object) -> bytes:
 BAD_REQUESTS = [
     ("invalid json", b'{"model": ', 400, None),
     ("not an object", b"[1, 2]", 400, None),
+    ("lone surrogate", _with(messages=[{"role": "user", "content": "\ud800"}]), 400, None),
     ("invalid utf-8", b'{"model": "\xff\xfe"}', 400, None),
     ("missing messages", _with(messages=...), 400, "messages"),
     ("empty messages", _with(messages=[]), 400, "messages"),

@@ -167,6 +167,14 @@ def create_app(
             error_body(f"invalid request: {exc.errors()[0]['msg']}"), status_code=400
         )
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s while serving a request", type(exc).__name__)
+        return JSONResponse(
+            error_body("internal error", type_="server_error", code="internal_error"),
+            status_code=500,
+        )
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {

@@ -103,6 +103,10 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         ) from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "the request contains an unpaired UTF-16 surrogate escape") from None
     for key, feature in _UNSUPPORTED.items():
         if data.get(key) not in (None, False, []):
             raise APIError(400, f"{feature} ({key}) is not supported by this node", param=key)
