@@ -4,9 +4,12 @@
 @notice Probabilistic micropayments (after Livepeer's TicketBroker). A sender funds a
         deposit and a reserve and signs an EIP-712 ticket per request; only winning
         tickets, keccak256(signature ++ recipientRand) < winProb, are redeemed here.
-@dev Redemption credits the recipient's `earnings` instead of transferring tokens, so the
-     hot path touches three storage slots (replay flag, sender deposit, earnings) and
-     makes no external call. Recipients collect with `withdrawEarnings`. Signatures must
+@dev Redemption credits the recipient's cumulative `earned` counter instead of
+     transferring tokens, so the hot path touches three storage slots (replay flag, sender
+     deposit, earned) and makes no external call; recipients collect with
+     `withdrawEarnings`. `earned` and `withdrawn` only grow, so a withdrawal never zeroes
+     the slot a later redemption writes (a zero-to-nonzero write costs 17k gas more: only a
+     recipient's first redemption pays it). Signatures must
      be 65 bytes, low-s, v in {27, 28}: a malleable signature would give the recipient a
      second draw at the lottery.
 """
@@ -80,7 +83,8 @@ unlockDelay: public(immutable(uint256))
 DOMAIN_SEPARATOR: public(immutable(bytes32))
 
 senders: HashMap[address, SenderInfo]
-earnings: public(HashMap[address, uint256])
+earned: public(HashMap[address, uint256])  # all face value ever credited
+withdrawn: public(HashMap[address, uint256])  # all ever withdrawn
 usedTickets: public(HashMap[bytes32, bool])
 
 
@@ -147,11 +151,19 @@ def withdraw():
     log Withdrawn(sender=msg.sender, deposit=info.deposit, reserve=info.reserve)
 
 
+@view
+@external
+def earnings(recipient: address) -> uint256:
+    """@notice Redeemed face value not yet withdrawn."""
+    return self.earned[recipient] - self.withdrawn[recipient]
+
+
 @external
 def withdrawEarnings():
-    amount: uint256 = self.earnings[msg.sender]
+    earned: uint256 = self.earned[msg.sender]
+    amount: uint256 = earned - self.withdrawn[msg.sender]
     assert amount > 0, "no earnings"
-    self.earnings[msg.sender] = 0
+    self.withdrawn[msg.sender] = earned
     assert extcall token.transfer(msg.sender, amount), "token transfer failed"
     log EarningsWithdrawn(recipient=msg.sender, amount=amount)
 
@@ -225,7 +237,7 @@ def redeemWinningTicket(ticket: Ticket, sig: Bytes[65], recipientRand: uint256):
         self.senders[ticket.sender].deposit = 0
         self.senders[ticket.sender].reserve = reserve - (ticket.faceValue - deposit)
     self.usedTickets[digest] = True
-    self.earnings[msg.sender] += ticket.faceValue
+    self.earned[msg.sender] += ticket.faceValue
     log WinningTicketRedeemed(
         sender=ticket.sender, recipient=msg.sender, ticketHash=digest, faceValue=ticket.faceValue
     )
