@@ -2,7 +2,10 @@
 
 import typer
 
+from veil.chain.cli import chain_app
+
 app = typer.Typer(help="Veil: private, verifiable, decentralized AI inference.", no_args_is_help=True)
+app.add_typer(chain_app, name="chain")
 
 
 @app.command()

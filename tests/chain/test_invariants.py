@@ -180,6 +180,12 @@ class LedgerMachine(RuleBasedStateMachine):
     def unlock(self, i: int) -> None:
         self.attempt(SENDERS[i].address, self.l.broker.unlock)
 
+    @rule(i=sender_ix, delay=st.sampled_from(DELAYS), early=st.booleans())
+    def sender_exit(self, i: int, delay: int, early: bool) -> None:
+        self.unlock(i)
+        self.wait(delay, early)
+        self.withdraw_funds(i)
+
     @rule(i=sender_ix)
     def withdraw_funds(self, i: int) -> None:
         withdraw_at = self.l.broker.getSender(SENDERS[i].address).withdrawAt

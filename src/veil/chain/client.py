@@ -128,7 +128,9 @@ class ChainClient:
             self._transact(self.token, "approve", spender.address, amount)
 
     def _event_arg(self, contract: Contract, raw: Any, event: str, arg: str) -> Any:
-        logs = contract.events[event]().process_receipt(raw)
+        from web3.logs import DISCARD  # other contracts' logs (token transfers) are expected
+
+        logs = contract.events[event]().process_receipt(raw, errors=DISCARD)
         if not logs:
             raise TransactionFailed(f"expected a {event} event in tx {raw['transactionHash']}")
         return logs[0]["args"][arg]
