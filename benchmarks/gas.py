@@ -50,11 +50,9 @@ def measure(devnet: Devnet) -> list[tuple[str, str, int]]:
             elif len(rows) and rows[-1][1] != "mint (first to a holder)":
                 rows.append(("VeilToken", "mint (first to a holder)", receipt["gasUsed"]))
 
-    gov, node, client, v1, v2, other, node2 = (
-        ChainClient(dep, a.private_key) for a in accounts[:7]
-    )
+    gov, node, client, v1, v2, other = (ChainClient(dep, a.private_key) for a in accounts[:6])
 
-    def rec(contract: str, op: str, receipt) -> None:  # noqa: ANN001
+    def rec(contract: str, op: str, receipt) -> None:
         rows.append((contract, op, receipt.gas_used))
 
     def last(contract: str, op: str, who: ChainClient) -> None:
@@ -67,15 +65,21 @@ def measure(devnet: Devnet) -> list[tuple[str, str, int]]:
 
     model = ModelEntry("SmolLM2-135M-Instruct", b"\x33" * 32)
     node.approve(node.registry.address, 10**30)
-    rec("NodeRegistry", "register (1 model)", node.register_node(
-        "https://node-1.example/ohttp", b"\x11" * 32, b"\x22" * 32, [model], 1_000 * TOKEN
-    ))
+    rec(
+        "NodeRegistry",
+        "register (1 model)",
+        node.register_node(
+            "https://node-1.example/ohttp", b"\x11" * 32, b"\x22" * 32, [model], 1_000 * TOKEN
+        ),
+    )
     rec("NodeRegistry", "updateEndpoint", node.update_endpoint("https://node-1.example/v2"))
     rec("NodeRegistry", "updateOhttpKeys", node.update_ohttp_keys(b"\x12" * 32))
     rec("NodeRegistry", "updateAttestation", node.update_attestation(b"\x23" * 32))
-    rec("NodeRegistry", "updateModels (2 models)", node.update_models(
-        [model, ModelEntry("other-model", b"\x34" * 32)]
-    ))
+    rec(
+        "NodeRegistry",
+        "updateModels (2 models)",
+        node.update_models([model, ModelEntry("other-model", b"\x34" * 32)]),
+    )
     rec("NodeRegistry", "addStake", node.add_stake(100 * TOKEN))
 
     # tickets: fund, then redeem in each storage situation
@@ -89,10 +93,19 @@ def measure(devnet: Devnet) -> list[tuple[str, str, int]]:
 
     def redeem(op: str, face: int) -> None:
         nonce_ticket = Ticket(
-            node.address, client.address, face, win_prob_for(1.0), nonce,
-            recipient_rand_hash(rand), expiry,
+            node.address,
+            client.address,
+            face,
+            win_prob_for(1.0),
+            nonce,
+            recipient_rand_hash(rand),
+            expiry,
         )
-        rec("TicketBroker", op, node.redeem_ticket(nonce_ticket, client.sign_ticket(nonce_ticket), rand))
+        rec(
+            "TicketBroker",
+            op,
+            node.redeem_ticket(nonce_ticket, client.sign_ticket(nonce_ticket), rand),
+        )
 
     nonce += 1
     redeem("redeemWinningTicket (recipient's first ever)", TOKEN)

@@ -90,7 +90,9 @@ class Ledger:
             if reserve:
                 self.broker.fundReserve(reserve)
 
-    def open_challenge(self, challenger: str, node: str, evidence: bytes, bond: int | None = None) -> int:
+    def open_challenge(
+        self, challenger: str, node: str, evidence: bytes, bond: int | None = None
+    ) -> int:
         bond = PARAMS.min_bond if bond is None else bond
         self.mint(challenger, bond)
         self.approve(challenger, self.slasher, bond)
@@ -186,9 +188,7 @@ def deploy_ledger(params: ChainParams = PARAMS) -> Ledger:
     deployer = boa.env.generate_address("deployer")
     with boa.env.prank(deployer):
         token = factory("VeilToken").deploy(params.token_name, params.token_symbol)
-        registry = factory("NodeRegistry").deploy(
-            token, params.min_stake, params.unbonding_period
-        )
+        registry = factory("NodeRegistry").deploy(token, params.min_stake, params.unbonding_period)
         broker = factory("TicketBroker").deploy(token, params.unlock_delay)
         slasher = factory("Slasher").deploy(
             token,

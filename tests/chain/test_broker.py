@@ -4,7 +4,6 @@ import boa
 import pytest
 from conftest import PARAMS, TOKEN
 
-
 from veil.chain.tickets import (
     Ticket,
     is_winning,

@@ -50,13 +50,20 @@ def test_up_deploys_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             time.sleep(0.2)
         data = json.loads(out.read_text())
         assert set(data["addresses"]) == {
-            "VeilToken", "NodeRegistry", "TicketBroker", "Slasher", "ReleaseLog"
+            "VeilToken",
+            "NodeRegistry",
+            "TicketBroker",
+            "Slasher",
+            "ReleaseLog",
         }
         assert data["chain_id"] == 31337 and data["rpc_url"].startswith("http://127.0.0.1:")
 
         info = subprocess.run(
             [*VEIL, "chain", "info", "--deployment", str(out)],
-            capture_output=True, text=True, env=env, timeout=60,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
         )
         assert info.returncode == 0, info.stdout + info.stderr
         assert "supply 50.00 VEIL" in info.stdout  # 10 accounts x 5
@@ -68,7 +75,10 @@ def test_up_deploys_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         # the devnet is really gone
         gone = subprocess.run(
             [*VEIL, "chain", "info", "--deployment", str(out)],
-            capture_output=True, text=True, env=env, timeout=60,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
         )
         assert gone.returncode == 1
         assert "cannot reach" in gone.stdout

@@ -87,7 +87,9 @@ def test_register_fund_redeem_challenge_slash(devnet, deployment, actors) -> Non
     assert reader.releases()[index].note == "smollm2 / node 0.1"
 
     # register: a node stakes and becomes discoverable
-    node.register_node("https://node-1.example/ohttp", b"\x11" * 32, b"\x22" * 32, [MODEL], 500 * TOKEN)
+    node.register_node(
+        "https://node-1.example/ohttp", b"\x11" * 32, b"\x22" * 32, [MODEL], 500 * TOKEN
+    )
     actives = reader.active_nodes()
     assert [n.operator for n in actives] == [node.address]
     assert actives[0].models == (MODEL,) and actives[0].stake == 500 * TOKEN

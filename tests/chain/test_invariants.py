@@ -12,9 +12,11 @@ Invariants checked after every step:
 
 from __future__ import annotations
 
+import os
+
 import boa
 from conftest import PARAMS, TOKEN, make_account
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -52,7 +54,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.l = LEDGER
+        self.ledger = LEDGER
         self._anchor = boa.env.anchor()
         self._anchor.__enter__()
         self.minted = 0
@@ -67,10 +69,10 @@ class LedgerMachine(RuleBasedStateMachine):
     # ---------------------------------------------------------------- helpers
 
     def mint(self, who: str, amount: int) -> None:
-        self.l.mint(who, amount)
-        self.l.approve(who, self.l.registry, 2**256 - 1)
-        self.l.approve(who, self.l.broker, 2**256 - 1)
-        self.l.approve(who, self.l.slasher, 2**256 - 1)
+        self.ledger.mint(who, amount)
+        self.ledger.approve(who, self.ledger.registry, 2**256 - 1)
+        self.ledger.approve(who, self.ledger.broker, 2**256 - 1)
+        self.ledger.approve(who, self.ledger.slasher, 2**256 - 1)
         self.minted += amount
 
     def attempt(self, who: str, fn, *args) -> bool:
@@ -85,15 +87,15 @@ class LedgerMachine(RuleBasedStateMachine):
         return True
 
     def books(self) -> tuple:
-        l = self.l
+        lg = self.ledger
         return (
-            l.token.totalSupply(),
-            tuple(l.token.balanceOf(a) for a in EVERYONE),
-            tuple(l.registry.getNode(n)[4:7] for n in NODES),
-            tuple(l.broker.getSender(s.address) for s in SENDERS),
-            tuple(l.broker.earnings(n) for n in NODES),
-            tuple(l.slasher.getValidator(v) for v in VALIDATORS),
-            l.slasher.totalBonds(),
+            lg.token.totalSupply(),
+            tuple(lg.token.balanceOf(a) for a in EVERYONE),
+            tuple(lg.registry.getNode(n)[4:7] for n in NODES),
+            tuple(lg.broker.getSender(s.address) for s in SENDERS),
+            tuple(lg.broker.earnings(n) for n in NODES),
+            tuple(lg.slasher.getValidator(v) for v in VALIDATORS),
+            lg.slasher.totalBonds(),
         )
 
     # ---------------------------------------------------------------- setup
@@ -114,7 +116,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def register(self, i: int, extra: int) -> None:
         self.attempt(
             NODES[i],
-            self.l.registry.register,
+            self.ledger.registry.register,
             "https://n",
             b"\x11" * 32,
             b"\x22" * 32,
@@ -124,13 +126,13 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(i=node_ix, amount=amounts)
     def add_stake(self, i: int, amount: int) -> None:
-        self.attempt(NODES[i], self.l.registry.addStake, amount)
+        self.attempt(NODES[i], self.ledger.registry.addStake, amount)
 
     @rule(i=node_ix, amount=amounts, everything=st.booleans())
     def unbond(self, i: int, amount: int, everything: bool) -> None:
         if everything:
-            amount = self.l.registry.stakeOf(NODES[i])
-        self.attempt(NODES[i], self.l.registry.unbond, amount)
+            amount = self.ledger.registry.stakeOf(NODES[i])
+        self.attempt(NODES[i], self.ledger.registry.unbond, amount)
 
     @rule(i=node_ix, amount=amounts, delay=st.sampled_from(DELAYS), early=st.booleans())
     def unbond_wait_withdraw(self, i: int, amount: int, delay: int, early: bool) -> None:
@@ -140,27 +142,34 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(i=node_ix)
     def withdraw_stake(self, i: int) -> None:
-        ends_at = self.l.registry.getNode(NODES[i]).unbondingEndsAt
-        if self.attempt(NODES[i], self.l.registry.withdraw):
+        ends_at = self.ledger.registry.getNode(NODES[i]).unbondingEndsAt
+        if self.attempt(NODES[i], self.ledger.registry.withdraw):
             assert boa.env.timestamp >= ends_at, "node stake withdrawn early"
 
     # ---------------------------------------------------------------- broker
 
     @rule(i=sender_ix, deposit=amounts, reserve=amounts)
     def fund(self, i: int, deposit: int, reserve: int) -> None:
-        self.attempt(SENDERS[i].address, self.l.broker.fundDeposit, deposit)
-        self.attempt(SENDERS[i].address, self.l.broker.fundReserve, reserve)
+        self.attempt(SENDERS[i].address, self.ledger.broker.fundDeposit, deposit)
+        self.attempt(SENDERS[i].address, self.ledger.broker.fundReserve, reserve)
 
     @rule(target=tickets, i=sender_ix, n=node_ix, face=st.integers(1, 40).map(lambda x: x * TOKEN))
     def redeem(self, i: int, n: int, face: int):
         self.nonce += 1
         ticket = Ticket(
-            NODES[n], SENDERS[i].address, face, 2**256 - 1, self.nonce,
-            recipient_rand_hash(self.nonce), boa.env.timestamp + 3600,
+            NODES[n],
+            SENDERS[i].address,
+            face,
+            2**256 - 1,
+            self.nonce,
+            recipient_rand_hash(self.nonce),
+            boa.env.timestamp + 3600,
         )
-        sig = sign_ticket(ticket, self.l.domain, SENDERS[i].key)
-        if self.attempt(NODES[n], self.l.broker.redeemWinningTicket, ticket.as_abi_tuple(), sig, self.nonce):
-            digest = ticket_hash(ticket, self.l.domain)
+        sig = sign_ticket(ticket, self.ledger.domain, SENDERS[i].key)
+        if self.attempt(
+            NODES[n], self.ledger.broker.redeemWinningTicket, ticket.as_abi_tuple(), sig, self.nonce
+        ):
+            digest = ticket_hash(ticket, self.ledger.domain)
             assert digest not in self.redeemed
             self.redeemed.add(digest)
             self.paid[NODES[n]] += face
@@ -169,16 +178,20 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(t=tickets)
     def replay(self, t) -> None:
         ticket, sig, rand = t
-        if ticket_hash(ticket, self.l.domain) not in self.redeemed:
+        if ticket_hash(ticket, self.ledger.domain) not in self.redeemed:
             return
         ok = self.attempt(
-            ticket.recipient, self.l.broker.redeemWinningTicket, ticket.as_abi_tuple(), sig, rand
+            ticket.recipient,
+            self.ledger.broker.redeemWinningTicket,
+            ticket.as_abi_tuple(),
+            sig,
+            rand,
         )
         assert not ok, "a ticket paid twice"
 
     @rule(i=sender_ix)
     def unlock(self, i: int) -> None:
-        self.attempt(SENDERS[i].address, self.l.broker.unlock)
+        self.attempt(SENDERS[i].address, self.ledger.broker.unlock)
 
     @rule(i=sender_ix, delay=st.sampled_from(DELAYS), early=st.booleans())
     def sender_exit(self, i: int, delay: int, early: bool) -> None:
@@ -188,24 +201,26 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(i=sender_ix)
     def withdraw_funds(self, i: int) -> None:
-        withdraw_at = self.l.broker.getSender(SENDERS[i].address).withdrawAt
-        if self.attempt(SENDERS[i].address, self.l.broker.withdraw):
+        withdraw_at = self.ledger.broker.getSender(SENDERS[i].address).withdrawAt
+        if self.attempt(SENDERS[i].address, self.ledger.broker.withdraw):
             assert withdraw_at != 0 and boa.env.timestamp >= withdraw_at, "funds withdrawn early"
 
     @rule(n=node_ix)
     def withdraw_earnings(self, n: int) -> None:
-        self.attempt(NODES[n], self.l.broker.withdrawEarnings)
+        self.attempt(NODES[n], self.ledger.broker.withdrawEarnings)
 
     # ---------------------------------------------------------------- slasher
 
     @rule(v=validator_ix, extra=amounts)
     def register_validator(self, v: int, extra: int) -> None:
-        self.attempt(VALIDATORS[v], self.l.slasher.registerValidator, PARAMS.min_validator_stake + extra)
+        self.attempt(
+            VALIDATORS[v], self.ledger.slasher.registerValidator, PARAMS.min_validator_stake + extra
+        )
         boa.env.time_travel(blocks=1)
 
     @rule(v=validator_ix)
     def unbond_validator(self, v: int) -> None:
-        self.attempt(VALIDATORS[v], self.l.slasher.unbondValidator)
+        self.attempt(VALIDATORS[v], self.ledger.slasher.unbondValidator)
 
     @rule(v=validator_ix, delay=st.sampled_from(DELAYS), early=st.booleans())
     def validator_exit(self, v: int, delay: int, early: bool) -> None:
@@ -215,8 +230,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(v=validator_ix)
     def withdraw_validator(self, v: int) -> None:
-        ends_at = self.l.slasher.getValidator(VALIDATORS[v]).unbondingEndsAt
-        if self.attempt(VALIDATORS[v], self.l.slasher.withdrawValidator):
+        ends_at = self.ledger.slasher.getValidator(VALIDATORS[v]).unbondingEndsAt
+        if self.attempt(VALIDATORS[v], self.ledger.slasher.withdrawValidator):
             assert ends_at != 0 and boa.env.timestamp >= ends_at, "validator stake withdrawn early"
 
     @rule(
@@ -228,21 +243,21 @@ class LedgerMachine(RuleBasedStateMachine):
     )
     def challenge_round(self, v: int, n: int, evidence: bytes, votes: list, wait_out: bool) -> None:
         """Open a challenge, let each validator vote yes/no/abstain, then try to settle it."""
-        c = self.l.slasher.challengeCount()
+        c = self.ledger.slasher.challengeCount()
         if not self.attempt(
-            VALIDATORS[v], self.l.slasher.openChallenge, NODES[n], evidence, PARAMS.min_bond
+            VALIDATORS[v], self.ledger.slasher.openChallenge, NODES[n], evidence, PARAMS.min_bond
         ):
             return
         for validator, support in zip(VALIDATORS, votes, strict=True):
             if support is not None:
-                self.attempt(validator, self.l.slasher.vote, c, support)
+                self.attempt(validator, self.ledger.slasher.vote, c, support)
         if wait_out:
             boa.env.time_travel(seconds=PARAMS.voting_window)
-        slashable = self.l.registry.slashableOf(NODES[n])
-        if self.attempt(VALIDATORS[0], self.l.slasher.resolve, c):
-            slashed = self.l.slasher.getChallenge(c).slashed
+        slashable = self.ledger.registry.slashableOf(NODES[n])
+        if self.attempt(VALIDATORS[0], self.ledger.slasher.resolve, c):
+            slashed = self.ledger.slasher.getChallenge(c).slashed
             assert slashed <= slashable, "slashed more than slashable"
-            assert self.l.registry.slashableOf(NODES[n]) == slashable - slashed
+            assert self.ledger.registry.slashableOf(NODES[n]) == slashable - slashed
             if slashed:
                 self.slashes += 1
 
@@ -256,32 +271,32 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def supply_is_fully_accounted(self) -> None:
-        l = self.l
-        nodes = [l.registry.getNode(n) for n in NODES]
+        lg = self.ledger
+        nodes = [lg.registry.getNode(n) for n in NODES]
         staked = sum(n.stake + n.unbonding for n in nodes)
-        funds = [l.broker.getSender(s.address) for s in SENDERS]
+        funds = [lg.broker.getSender(s.address) for s in SENDERS]
         held_by_broker = sum(f.deposit + f.reserve for f in funds) + sum(
-            l.broker.earnings(n) for n in NODES
+            lg.broker.earnings(n) for n in NODES
         )
-        validator_stake = sum(l.slasher.getValidator(v).stake for v in VALIDATORS)
-        bonds = l.slasher.totalBonds()
-        balances = sum(l.token.balanceOf(a) for a in EVERYONE)
-        burned = l.token.totalBurned()
+        validator_stake = sum(lg.slasher.getValidator(v).stake for v in VALIDATORS)
+        bonds = lg.slasher.totalBonds()
+        balances = sum(lg.token.balanceOf(a) for a in EVERYONE)
+        burned = lg.token.totalBurned()
         assert self.minted == balances + staked + held_by_broker + validator_stake + bonds + burned
-        assert l.token.totalSupply() == self.minted - burned
-        assert l.token.balanceOf(l.registry.address) == staked == l.registry.totalStaked()
-        assert l.token.balanceOf(l.broker.address) == held_by_broker
-        assert l.token.balanceOf(l.slasher.address) == validator_stake + bonds
+        assert lg.token.totalSupply() == self.minted - burned
+        assert lg.token.balanceOf(lg.registry.address) == staked == lg.registry.totalStaked()
+        assert lg.token.balanceOf(lg.broker.address) == held_by_broker
+        assert lg.token.balanceOf(lg.slasher.address) == validator_stake + bonds
 
     @invariant()
     def each_ticket_paid_once(self) -> None:
         for n in NODES:
-            assert self.l.broker.earned(n) == self.paid[n]
+            assert self.ledger.broker.earned(n) == self.paid[n]
 
     @invariant()
     def stake_is_consistent(self) -> None:
         for n in NODES:
-            node = self.l.registry.getNode(n)
+            node = self.ledger.registry.getNode(n)
             assert node.active == (node.registered and node.stake >= PARAMS.min_stake)
             assert node.unbonding == 0 or node.unbondingEndsAt > 0
 
@@ -296,6 +311,11 @@ def test_ledger_invariants(_session_ledger) -> None:
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         derandomize=True,
+        # Shrinking replays slow EVM sequences for up to five minutes; a failure prints the
+        # whole (at most 25-step) sequence instead. VEIL_HYPOTHESIS_SHRINK=1 turns it on.
+        phases=[
+            p for p in Phase if p is not Phase.shrink or os.environ.get("VEIL_HYPOTHESIS_SHRINK")
+        ],
     )
     run().runTest()
 
@@ -312,12 +332,12 @@ def test_machine_smoke_path(_session_ledger) -> None:
         assert m.paid[NODES[0]] == 3 * TOKEN
         m.challenge_round(0, 0, b"\x01" * 32, [True, True, None], False)
         assert m.slashes == 1
-        balance = m.l.token.balanceOf(NODES[1])
+        balance = m.ledger.token.balanceOf(NODES[1])
         m.unbond_wait_withdraw(1, 50 * TOKEN, PARAMS.unbonding_period, True)  # too early
-        assert m.l.token.balanceOf(NODES[1]) == balance
+        assert m.ledger.token.balanceOf(NODES[1]) == balance
         m.wait(PARAMS.unbonding_period, False)
         m.withdraw_stake(1)
-        assert m.l.token.balanceOf(NODES[1]) == balance + 50 * TOKEN
+        assert m.ledger.token.balanceOf(NODES[1]) == balance + 50 * TOKEN
         m.supply_is_fully_accounted()
         m.each_ticket_paid_once()
         m.stake_is_consistent()

@@ -2,7 +2,6 @@
 
 import boa
 import pytest
-
 from conftest import DAY, PARAMS, TOKEN, factory
 
 MIN = PARAMS.min_stake
@@ -270,7 +269,10 @@ def test_active_nodes_pages_and_filters(ledger) -> None:
         ledger.registry.unbond(MIN + 1)  # leaves
     assert ledger.registry.operatorCount() == 5
     assert [n.operator for n in ledger.registry.activeNodes(0, 64)] == [
-        ops[0], ops[2], ops[3], ops[4]
+        ops[0],
+        ops[2],
+        ops[3],
+        ops[4],
     ]
     assert [n.stake for n in ledger.registry.activeNodes(2, 2)] == [MIN + 2, MIN + 3]
     assert ledger.registry.activeNodes(5, 10) == []

@@ -21,7 +21,11 @@ def test_publish_approves(ledger) -> None:
     assert not ledger.release_log.isApproved(M2, S1)
     entry = ledger.release_log.getEntry(0)
     assert (entry.action, entry.modelHash, entry.measurement, entry.ref, entry.note) == (
-        APPROVE, M1, S1, NO_REF, "smollm2 q8 / node 0.1.0"
+        APPROVE,
+        M1,
+        S1,
+        NO_REF,
+        "smollm2 q8 / node 0.1.0",
     )
     assert entry.publishedAt == boa.env.timestamp
     assert ledger.release_log.isInForce(0)
@@ -48,7 +52,11 @@ def test_revoke_appends_an_entry(ledger) -> None:
     assert not ledger.release_log.isApproved(M1, S1)
     e = ledger.release_log.getEntry(1)
     assert (e.action, e.modelHash, e.measurement, e.ref, e.note) == (
-        REVOKE, M1, S1, 0, "CVE-2026-0001"
+        REVOKE,
+        M1,
+        S1,
+        0,
+        "CVE-2026-0001",
     )
     with gov(ledger):  # a revoked pair can be approved again by a new entry
         assert ledger.release_log.publish(M1, S1, "fixed") == 2

@@ -29,7 +29,11 @@ def test_register_and_exit_validator(ledger, alice, unchanged) -> None:
     a = alice.address
     ledger.register_validator(a, VSTAKE + 1)
     v = ledger.slasher.getValidator(a)
-    assert (v.stake, v.sinceBlock, v.unbondingEndsAt) == (VSTAKE + 1, boa.env.evm.patch.block_number, 0)
+    assert (v.stake, v.sinceBlock, v.unbondingEndsAt) == (
+        VSTAKE + 1,
+        boa.env.evm.patch.block_number,
+        0,
+    )
     assert ledger.slasher.totalValidatorStake() == VSTAKE + 1
     ledger.mint(a, VSTAKE)
     ledger.approve(a, ledger.slasher, VSTAKE)
@@ -69,7 +73,11 @@ def test_upheld_challenge_slashes_rewards_and_burns(setup, node_op, validators, 
     assert cid == 0
     c = ledger.slasher.getChallenge(cid)
     assert (c.node, c.challenger, c.evidenceHash, c.bond, c.status) == (
-        node_op, challenger, EVIDENCE, 20 * TOKEN, OPEN
+        node_op,
+        challenger,
+        EVIDENCE,
+        20 * TOKEN,
+        OPEN,
     )
     assert c.stakeSnapshot == 3 * VSTAKE
     assert c.deadline == boa.env.timestamp + PARAMS.voting_window

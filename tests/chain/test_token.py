@@ -3,7 +3,6 @@
 import boa
 
 
-
 def test_metadata(ledger) -> None:
     assert ledger.token.name() == "Veil"
     assert ledger.token.symbol() == "VEIL"

@@ -100,8 +100,7 @@ def up(
             result = deploy(url, key, mint=minted, progress=progress)
         saved = result.save(out_path)
         console.print(
-            f"[green]✓[/] deployed in {time.monotonic() - started:.1f} s; "
-            f"deployment file: {saved}"
+            f"[green]✓[/] deployed in {time.monotonic() - started:.1f} s; deployment file: {saved}"
         )
         for name, address in result.addresses.items():
             console.print(f"  {name:<13} {address}")
@@ -132,8 +131,9 @@ def up(
 @chain_app.command()
 def info(
     deployment: Path | None = typer.Option(
-        None, "--deployment", help="Deployment file [default: $VEIL_DEPLOYMENT or "
-        ".veil/chain/deployment.json]."
+        None,
+        "--deployment",
+        help="Deployment file [default: $VEIL_DEPLOYMENT or .veil/chain/deployment.json].",
     ),
     rpc_url: str | None = typer.Option(None, "--rpc-url", help="Override the file's RPC URL."),
 ) -> None:

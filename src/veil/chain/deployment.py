@@ -57,7 +57,9 @@ class ChainParams:
             raise DeploymentError("validator_unbonding_period must exceed voting_window")
         if self.unbonding_period <= self.voting_window:
             raise DeploymentError("unbonding_period must exceed voting_window")
-        if not (0 <= self.slash_fraction_bps <= 10_000 and 0 <= self.challenger_reward_bps <= 10_000):
+        if not (
+            0 <= self.slash_fraction_bps <= 10_000 and 0 <= self.challenger_reward_bps <= 10_000
+        ):
             raise DeploymentError("basis points must be within 0..10000")
 
 
