@@ -114,9 +114,12 @@ def measure(devnet: Devnet) -> list[tuple[str, str, int]]:
         redeem("redeemWinningTicket (steady state)", TOKEN)
     nonce += 1
     redeem("redeemWinningTicket (empties deposit, rest from reserve)", 98 * TOKEN)
-    rec("TicketBroker", "withdrawEarnings", node.withdraw_earnings())
     nonce += 1
-    redeem("redeemWinningTicket (after a withdrawal)", TOKEN)
+    redeem("redeemWinningTicket (deposit empty: paid from reserve)", TOKEN)
+    rec("TicketBroker", "withdrawEarnings", node.withdraw_earnings())
+    client.fund_deposit(10 * TOKEN)
+    nonce += 1
+    redeem("redeemWinningTicket (after the recipient withdrew)", TOKEN)
     rec("TicketBroker", "unlock", client.unlock_funds())
     rec("TicketBroker", "cancelUnlock", client.cancel_unlock())
     client.unlock_funds()

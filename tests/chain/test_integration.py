@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from veil.chain import (
@@ -19,6 +21,7 @@ from veil.chain.deployment import TOKEN, ChainParams, Deployment
 from veil.chain.errors import (
     AlreadyVoted,
     ChainError,
+    DeploymentError,
     InsufficientFunds,
     TicketExpired,
     TicketReplayed,
@@ -152,8 +155,10 @@ def test_register_fund_redeem_challenge_slash(devnet, deployment, actors) -> Non
     assert not reader.get_node(node.address).registered
 
 
-def test_typed_errors_and_read_only(actors) -> None:
+def test_typed_errors_and_read_only(deployment, actors) -> None:
     reader, client = actors["reader"], actors["client"]
+    with pytest.raises(DeploymentError, match="serves chain 31337"):
+        ChainClient(replace(deployment, chain_id=1))
     with pytest.raises(ChainError, match="private key"):
         reader.fund_deposit(1)
     with pytest.raises(InsufficientFunds):
