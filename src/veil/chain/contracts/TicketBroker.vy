@@ -220,7 +220,9 @@ def redeemWinningTicket(ticket: Ticket, sig: Bytes[65], recipientRand: uint256):
     assert msg.sender == ticket.recipient, "not ticket recipient"
     assert ticket.faceValue > 0, "zero face value"
     assert block.timestamp <= ticket.expiry, "ticket expired"
-    assert keccak256(abi_encode(recipientRand)) == ticket.recipientRandHash, "recipientRand mismatch"
+    assert keccak256(convert(recipientRand, bytes32)) == ticket.recipientRandHash, (
+        "recipientRand mismatch"
+    )
     digest: bytes32 = self._ticketHash(ticket)
     assert not self.usedTickets[digest], "ticket already redeemed"
     assert ticket.sender != empty(address), "invalid signature"
