@@ -8,6 +8,7 @@ Token approvals for stake, deposits and bonds are made automatically when needed
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,8 @@ class ChainClient:
         self.account: LocalAccount | None = (
             Account.from_key(private_key) if private_key is not None else None
         )
-        self.last_receipt: TxReceipt | None = None
+        self.last_receipt: TxReceipt | None = None  # of this client's latest transaction
+        self._send_lock = threading.RLock()
         self.token = self._contract("VeilToken")
         self.registry = self._contract("NodeRegistry")
         self.broker = self._contract("TicketBroker")
@@ -113,10 +115,11 @@ class ChainClient:
 
         if self.account is None:
             raise ChainError(f"{function} needs a private key: this ChainClient can only read")
-        receipt, raw = send_transaction(
-            self.w3, self.account, contract.functions[function](*args), function=function
-        )
-        self.last_receipt = receipt
+        with self._send_lock:  # one nonce sequence per account: no two sends interleave
+            receipt, raw = send_transaction(
+                self.w3, self.account, contract.functions[function](*args), function=function
+            )
+            self.last_receipt = receipt
         return receipt, raw
 
     def _transact(self, contract: Contract, function: str, *args: Any) -> TxReceipt:

@@ -12,12 +12,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from veil.chain.errors import DevnetError
 
@@ -121,6 +123,7 @@ class Devnet:
         self.anvil = anvil
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
         self.accounts: list[DevnetAccount] = []
 
     @property
@@ -159,11 +162,17 @@ class Devnet:
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                # a file, not a pipe: a long-running anvil must never block on a full pipe
+                stderr=self._stderr_file(),
                 start_new_session=True,  # own process group: Ctrl-C in the CLI reaches us first
             )
             self.port = port
-            if self._wait_ready():
+            try:
+                ready = self._wait_ready()
+            except BaseException:
+                self.stop()
+                raise
+            if ready:
                 self.accounts = devnet_accounts(self.account_count)
                 return self
             err = self._collect_stderr()
@@ -208,12 +217,21 @@ class Devnet:
             return True
         return False
 
+    def _stderr_file(self) -> IO[bytes]:
+        if self._stderr is not None:
+            self._stderr.close()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as anvil)
+        return self._stderr
+
     def _collect_stderr(self) -> str:
-        if self._proc is None or self._proc.stderr is None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:  # started but never answered
+            proc.kill()
+            proc.wait()
+        if self._stderr is None:
             return ""
-        if self._proc.poll() is None:
-            return ""
-        return self._proc.stderr.read().decode(errors="replace")
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate anvil (SIGTERM, then SIGKILL) and reap it."""
@@ -227,8 +245,9 @@ class Devnet:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
     def __enter__(self) -> Devnet:
         return self.start()
