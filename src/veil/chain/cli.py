@@ -10,8 +10,12 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["chain_app"]
 
@@ -23,7 +27,7 @@ chain_app = typer.Typer(
 DEVNET_CHAIN_IDS = {31337}  # chains where anvil's public test key may deploy
 
 
-def _console():  # type: ignore[no-untyped-def]
+def _console() -> Console:
     from rich.console import Console
 
     return Console(highlight=False)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from veil.chain.deployment import Deployment
-from veil.chain.errors import ChainError, TransactionFailed
+from veil.chain.errors import ChainError, DeploymentError, TransactionFailed
 from veil.chain.tickets import Ticket, TicketDomain, sign_ticket, ticket_hash
 from veil.chain.types import (
     ChallengeInfo,
@@ -57,8 +57,6 @@ class ChainClient:
         self.w3: Web3 = connect(rpc_url or deployment.rpc_url, timeout)
         chain_id = self._read("eth_chainId", lambda: self.w3.eth.chain_id)
         if chain_id != deployment.chain_id:
-            from veil.chain.errors import DeploymentError
-
             raise DeploymentError(
                 f"the RPC endpoint serves chain {chain_id}, the deployment is for "
                 f"chain {deployment.chain_id}"
