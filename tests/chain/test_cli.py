@@ -88,14 +88,35 @@ def test_up_deploys_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_up_against_an_existing_endpoint(tmp_path: Path) -> None:
+def test_up_against_an_existing_endpoint_then_approve_a_release(tmp_path: Path) -> None:
     from veil.chain.devnet import Devnet
 
     out = tmp_path / "deployment.json"
+    runner = CliRunner()
     with Devnet() as devnet:
-        result = CliRunner().invoke(
+        result = runner.invoke(
             app, ["chain", "up", "--rpc-url", devnet.rpc_url, "--deployment", str(out)]
         )
         assert result.exit_code == 0, result.output
         assert json.loads(out.read_text())["rpc_url"] == devnet.rpc_url
         assert devnet.running  # not ours to stop
+
+        approve = [
+            "chain",
+            "approve-release",
+            "0x" + "ab" * 32,
+            "cd" * 32,
+            "--deployment",
+            str(out),
+        ]
+        result = runner.invoke(app, [*approve, "--note", "smollm2 dev"])
+        assert result.exit_code == 0, result.output
+        assert "entry 0: approved" in result.output
+        assert "already approved" in runner.invoke(app, approve).output
+        info = runner.invoke(app, ["chain", "info", "--deployment", str(out)])
+        assert info.exit_code == 0, info.output
+        assert "smollm2 dev" in info.output and "abab" in info.output
+
+        bad = runner.invoke(app, ["chain", "approve-release", "0x12", "cd" * 32])
+        assert bad.exit_code == 2
+        assert "64 hex digits" in bad.output

@@ -156,16 +156,77 @@ def info(
             console.print(f"  {name:<13} {address}")
         client = ChainClient(dep, rpc_url=rpc_url)
         nodes = client.active_nodes()
+        releases = client.releases()
         console.print(
             f"block {client.block_number()}; supply {client.token_total_supply() / TOKEN:,.2f} "
             f"VEIL, burned {client.token_total_burned() / TOKEN:,.2f}; "
-            f"{client.challenge_count()} challenges; {len(client.releases())} release entries"
+            f"{client.challenge_count()} challenges; {len(releases)} release log entries"
         )
         table = Table("operator", "endpoint", "stake (VEIL)", "models", title="active nodes")
         for node in nodes:
             models = ", ".join(m.model_id for m in node.models)
             table.add_row(node.operator, node.endpoint, f"{node.stake / TOKEN:,.2f}", models)
         console.print(table)
+        approved = Table("entry", "model hash", "measurement", "note", title="approved releases")
+        for entry in releases:
+            if entry.in_force:
+                approved.add_row(
+                    str(entry.index),
+                    "0x" + entry.model_hash.hex(),
+                    "0x" + entry.measurement.hex(),
+                    entry.note,
+                )
+        console.print(approved)
+    except ChainError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _hash32(value: str, name: str) -> bytes:
+    raw = value.removeprefix("0x")
+    try:
+        data = bytes.fromhex(raw)
+    except ValueError:
+        data = b""
+    if len(data) != 32:
+        raise typer.BadParameter("expected 32 bytes as 64 hex digits", param_hint=name)
+    return data
+
+
+@chain_app.command("approve-release")
+def approve_release(
+    model_hash: str = typer.Argument(..., help="Model weights hash (32 bytes, hex)."),
+    measurement: str = typer.Argument(..., help="Node software measurement (32 bytes, hex)."),
+    note: str = typer.Option("", help="Free text recorded with the entry."),
+    deployment: Path | None = typer.Option(None, "--deployment", help="Deployment file."),
+    key: str | None = typer.Option(
+        None,
+        "--key",
+        envvar="VEIL_GOVERNANCE_KEY",
+        help="Governance private key. Defaults to anvil's first test account on devnets.",
+    ),
+) -> None:
+    """Append an approval of (model hash, measurement) to the release log (governance)."""
+    from veil.chain.client import ChainClient
+    from veil.chain.deployment import Deployment
+    from veil.chain.devnet import devnet_accounts
+    from veil.chain.errors import ChainError
+
+    console = _console()
+    model = _hash32(model_hash, "MODEL_HASH")
+    measured = _hash32(measurement, "MEASUREMENT")
+    try:
+        dep = Deployment.load(deployment)
+        if key is None:
+            if dep.chain_id not in DEVNET_CHAIN_IDS:
+                raise typer.BadParameter("--key is required off devnets", param_hint="--key")
+            key = devnet_accounts(1)[0].private_key
+        client = ChainClient(dep, key)
+        if client.is_release_approved(model, measured):
+            console.print("already approved")
+            return
+        index = client.publish_release(model, measured, note)
+        console.print(f"[green]✓[/] release log entry {index}: approved")
     except ChainError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
