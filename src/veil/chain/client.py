@@ -8,6 +8,7 @@ Token approvals for stake, deposits and bonds are made automatically when needed
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -75,7 +76,7 @@ class ChainClient:
     @classmethod
     def from_file(
         cls,
-        path: str | None = None,
+        path: str | os.PathLike[str] | None = None,
         private_key: str | bytes | None = None,
         *,
         rpc_url: str | None = None,
