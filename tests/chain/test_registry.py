@@ -288,3 +288,18 @@ def test_unknown_node_views(ledger, alice) -> None:
     assert ledger.registry.unbondingPeriod() == PARAMS.unbonding_period
     assert ledger.registry.token() == ledger.token.address
     assert TOKEN == 10**18
+
+
+def test_leaving_node_slashed_to_zero_can_still_deregister(ledger, node_op, alice) -> None:
+    ledger.register_node(node_op)
+    with boa.env.prank(node_op):
+        ledger.registry.unbond(MIN)
+    with boa.env.prank(ledger.slasher.address):
+        ledger.registry.slash(node_op, MIN, alice.address, 0)
+    boa.env.time_travel(seconds=PARAMS.unbonding_period)
+    with boa.env.prank(node_op):
+        ledger.registry.withdraw()
+    assert not ledger.registry.getNode(node_op).registered
+    assert ledger.token.balanceOf(node_op) == 0
+    ledger.register_node(node_op)  # and may come back
+    assert ledger.registry.isActive(node_op)

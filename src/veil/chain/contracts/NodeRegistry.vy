@@ -249,7 +249,10 @@ def withdraw():
             A node left with no stake is deregistered and may register again later.
     """
     amount: uint256 = self.nodes[msg.sender].unbonding
-    assert amount > 0, "nothing unbonding"
+    # amount 0 with no stake left: a leaving node whose unbonding stake was slashed away
+    # still deregisters (and may register again)
+    leaving: bool = self.nodes[msg.sender].registered and self.nodes[msg.sender].stake == 0
+    assert amount > 0 or leaving, "nothing unbonding"
     assert block.timestamp >= self.nodes[msg.sender].unbondingEndsAt, "unbonding period not over"
     if self.slasher != empty(address):
         pending: uint256 = staticcall Slasher(self.slasher).openChallengesAgainst(msg.sender)
@@ -257,12 +260,13 @@ def withdraw():
     self.nodes[msg.sender].unbonding = 0
     self.nodes[msg.sender].unbondingEndsAt = 0
     self.totalStaked -= amount
-    if self.nodes[msg.sender].stake == 0:
+    if leaving:
         self.nodes[msg.sender] = empty(Node)
         self.models[msg.sender] = []
         log NodeDeregistered(operator=msg.sender)
-    assert extcall token.transfer(msg.sender, amount), "token transfer failed"
-    log StakeWithdrawn(operator=msg.sender, amount=amount)
+    if amount > 0:
+        assert extcall token.transfer(msg.sender, amount), "token transfer failed"
+        log StakeWithdrawn(operator=msg.sender, amount=amount)
 
 
 @external
