@@ -2,7 +2,7 @@
 
 import boa
 import pytest
-from conftest import PARAMS, TOKEN
+from chainkit import PARAMS, TOKEN
 
 from veil.chain.tickets import (
     Ticket,

@@ -1,7 +1,7 @@
 """veil.chain.tickets: the single Python definition of the EIP-712 ticket."""
 
 import pytest
-from conftest import make_account
+from chainkit import make_account
 
 from veil.chain.errors import InvalidTicket
 from veil.chain.tickets import (

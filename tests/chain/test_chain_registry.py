@@ -2,7 +2,7 @@
 
 import boa
 import pytest
-from conftest import DAY, PARAMS, TOKEN, factory
+from chainkit import DAY, PARAMS, TOKEN, factory
 
 MIN = PARAMS.min_stake
 ZERO = "0x" + "00" * 20

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 import boa
-from conftest import PARAMS, TOKEN, make_account
+from chainkit import PARAMS, TOKEN, make_account
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (

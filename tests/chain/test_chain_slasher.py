@@ -2,7 +2,7 @@
 
 import boa
 import pytest
-from conftest import PARAMS, TOKEN, factory
+from chainkit import PARAMS, TOKEN, factory
 
 MIN = PARAMS.min_stake
 VSTAKE = PARAMS.min_validator_stake
