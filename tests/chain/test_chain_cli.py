@@ -119,4 +119,7 @@ def test_up_against_an_existing_endpoint_then_approve_a_release(tmp_path: Path) 
 
         bad = runner.invoke(app, ["chain", "approve-release", "0x12", "cd" * 32])
         assert bad.exit_code == 2
-        assert "64 hex digits" in bad.output
+        assert "32 bytes as 64 hex digits" in bad.output
+        bad = runner.invoke(app, ["chain", "approve-release", "ab" * 32, "cd" * 65])
+        assert bad.exit_code == 2
+        assert "1 to 64 bytes" in bad.output

@@ -8,6 +8,7 @@ import pytest
 
 from veil.chain import (
     ChainClient,
+    ChainReleases,
     ChallengeStatus,
     Devnet,
     ModelEntry,
@@ -88,6 +89,10 @@ def test_register_fund_redeem_challenge_slash(devnet, deployment, actors) -> Non
     with pytest.raises(Unauthorized):
         node.publish_release(b"\x01" * 32, b"\x02" * 32)
     assert reader.releases()[index].note == "smollm2 / node 0.1"
+    source = ChainReleases(reader)  # what client policy consults
+    assert source.is_approved(MODEL.weights_hash, MEASUREMENT)
+    assert not source.is_approved(MODEL.weights_hash, b"\x45" * 32)
+    assert not source.is_approved(MODEL.weights_hash, b"\x44" * 65)  # cannot be on chain
 
     # register: a node stakes and becomes discoverable
     node.register_node(

@@ -78,11 +78,23 @@ def test_only_governance(ledger, alice, unchanged) -> None:
         ledger.release_log.transferGovernance(a)
 
 
+def test_measurements_of_any_descriptor_length(ledger) -> None:
+    """A measurement is 1 to 64 bytes: TDX's 32-byte digest, or a dev node's claim."""
+    with gov(ledger):
+        for measurement in (b"\x07", b"\x08" * 48, b"\x09" * 64):
+            ledger.release_log.publish(M1, measurement, "")
+    assert ledger.release_log.isApproved(M1, b"\x08" * 48)
+    assert not ledger.release_log.isApproved(M1, b"\x08" * 47)
+    assert ledger.release_log.getEntry(2).measurement == b"\x09" * 64
+    # the key concatenates a fixed-size hash with the measurement: no two pairs collide
+    assert not ledger.release_log.isApproved(b"\x07" + M1[1:], M1[:1] + b"\x07")
+
+
 def test_bad_entries(ledger, unchanged) -> None:
     with unchanged("zero hash"), gov(ledger):
         ledger.release_log.publish(b"\x00" * 32, S1, "")
-    with unchanged("zero hash"), gov(ledger):
-        ledger.release_log.publish(M1, b"\x00" * 32, "")
+    with unchanged("empty measurement"), gov(ledger):
+        ledger.release_log.publish(M1, b"", "")
     with unchanged("entry not in force"), gov(ledger):
         ledger.release_log.revoke(0, "")
     with unchanged("entry not in force"), gov(ledger):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "ChainClient",
     "ChainParams",
+    "ChainReleases",
     "ChallengeInfo",
     "ChallengeStatus",
     "Deployment",
@@ -43,6 +44,7 @@ __all__ = [
 _HOME = {
     "ChainClient": "veil.chain.client",
     "ChainParams": "veil.chain.deployment",
+    "ChainReleases": "veil.chain.releases",
     "Deployment": "veil.chain.deployment",
     "default_deployment_path": "veil.chain.deployment",
     "deploy": "veil.chain.deployment",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
     from veil.chain.client import ChainClient
     from veil.chain.deployment import ChainParams, Deployment, default_deployment_path, deploy
     from veil.chain.devnet import Devnet, DevnetAccount, find_anvil
+    from veil.chain.releases import ChainReleases
     from veil.chain.tickets import (
         Ticket,
         TicketDomain,

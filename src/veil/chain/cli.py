@@ -182,21 +182,26 @@ def info(
         raise typer.Exit(1) from exc
 
 
-def _hash32(value: str, name: str) -> bytes:
-    raw = value.removeprefix("0x")
+def _hex_arg(value: str, name: str, lengths: range) -> bytes:
     try:
-        data = bytes.fromhex(raw)
+        data = bytes.fromhex(value.removeprefix("0x"))
     except ValueError:
         data = b""
-    if len(data) != 32:
-        raise typer.BadParameter("expected 32 bytes as 64 hex digits", param_hint=name)
+    if len(data) not in lengths:
+        if len(lengths) == 1:
+            wanted = f"{lengths[0]} bytes as {2 * lengths[0]} hex digits"
+        else:
+            wanted = f"{lengths[0]} to {lengths[-1]} bytes in hex"
+        raise typer.BadParameter(f"expected {wanted}", param_hint=name)
     return data
 
 
 @chain_app.command("approve-release")
 def approve_release(
     model_hash: str = typer.Argument(..., help="Model weights hash (32 bytes, hex)."),
-    measurement: str = typer.Argument(..., help="Node software measurement (32 bytes, hex)."),
+    measurement: str = typer.Argument(
+        ..., help="Node software measurement (1 to 64 bytes, hex; TDX: 32)."
+    ),
     note: str = typer.Option("", help="Free text recorded with the entry."),
     deployment: Path | None = typer.Option(None, "--deployment", help="Deployment file."),
     key: str | None = typer.Option(
@@ -213,8 +218,8 @@ def approve_release(
     from veil.chain.errors import ChainError
 
     console = _console()
-    model = _hash32(model_hash, "MODEL_HASH")
-    measured = _hash32(measurement, "MEASUREMENT")
+    model = _hex_arg(model_hash, "MODEL_HASH", range(32, 33))
+    measured = _hex_arg(measurement, "MEASUREMENT", range(1, 65))
     try:
         dep = Deployment.load(deployment)
         if key is None:

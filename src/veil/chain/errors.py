@@ -196,6 +196,7 @@ REVERT_REASONS: dict[str, type[ContractRevert]] = {
     "zero address": InvalidArgument,
     "transfer to zero address": InvalidArgument,
     "zero hash": InvalidArgument,
+    "empty measurement": InvalidArgument,
     "empty endpoint": InvalidArgument,
     "no models": InvalidArgument,
     "empty model id": InvalidArgument,

@@ -104,8 +104,8 @@ class ReleaseEntry:
 
     index: int
     action: ReleaseAction
-    model_hash: bytes
-    measurement: bytes
+    model_hash: bytes  # 32 bytes
+    measurement: bytes  # 1 to 64 bytes (TDX: the 32-byte release measurement)
     ref: int | None  # approve: the entry it superseded; revoke: the entry it revoked
     note: str
     published_at: int

@@ -5,7 +5,11 @@
         releases. Governance appends entries and never edits them: an approval stays in
         force until a later entry supersedes or revokes it. Clients accept only nodes whose
         attested measurement and model hash form an approval in force.
+@dev A measurement is 1 to 64 bytes, as in a node descriptor (a TDX release measurement
+     is a 32-byte sha256; a dev node's claim may be shorter or longer).
 """
+
+MAX_MEASUREMENT: constant(uint256) = 64
 
 ACTION_APPROVE: constant(uint8) = 1
 ACTION_REVOKE: constant(uint8) = 2
@@ -14,7 +18,7 @@ NO_REF: constant(uint256) = max_value(uint256)
 struct Entry:
     action: uint8
     modelHash: bytes32
-    measurement: bytes32
+    measurement: Bytes[MAX_MEASUREMENT]
     ref: uint256
     note: String[256]
     publishedAt: uint256
@@ -22,7 +26,7 @@ struct Entry:
 event ReleaseApproved:
     index: indexed(uint256)
     modelHash: indexed(bytes32)
-    measurement: indexed(bytes32)
+    measurement: Bytes[MAX_MEASUREMENT]
     supersedes: uint256
     note: String[256]
 
@@ -50,12 +54,18 @@ def __init__():
 
 @pure
 @internal
-def _key(modelHash: bytes32, measurement: bytes32) -> bytes32:
+def _key(modelHash: bytes32, measurement: Bytes[MAX_MEASUREMENT]) -> bytes32:
     return keccak256(concat(modelHash, measurement))
 
 
 @internal
-def _append(action: uint8, modelHash: bytes32, measurement: bytes32, ref: uint256, note: String[256]) -> uint256:
+def _append(
+    action: uint8,
+    modelHash: bytes32,
+    measurement: Bytes[MAX_MEASUREMENT],
+    ref: uint256,
+    note: String[256],
+) -> uint256:
     index: uint256 = self.entryCount
     self.entries[index] = Entry(
         action=action,
@@ -70,8 +80,11 @@ def _append(action: uint8, modelHash: bytes32, measurement: bytes32, ref: uint25
 
 
 @internal
-def _approve(modelHash: bytes32, measurement: bytes32, ref: uint256, note: String[256]) -> uint256:
-    assert modelHash != empty(bytes32) and measurement != empty(bytes32), "zero hash"
+def _approve(
+    modelHash: bytes32, measurement: Bytes[MAX_MEASUREMENT], ref: uint256, note: String[256]
+) -> uint256:
+    assert modelHash != empty(bytes32), "zero hash"
+    assert len(measurement) > 0, "empty measurement"
     key: bytes32 = self._key(modelHash, measurement)
     assert self.approvalOf[key] == 0, "already approved"
     index: uint256 = self._append(ACTION_APPROVE, modelHash, measurement, ref, note)
@@ -92,7 +105,7 @@ def _retire(index: uint256):
 
 
 @external
-def publish(modelHash: bytes32, measurement: bytes32, note: String[256]) -> uint256:
+def publish(modelHash: bytes32, measurement: Bytes[MAX_MEASUREMENT], note: String[256]) -> uint256:
     """@notice Approve a (model hash, measurement) pair; returns the new entry's index."""
     assert msg.sender == self.governance, "not governance"
     return self._approve(modelHash, measurement, NO_REF, note)
@@ -100,7 +113,7 @@ def publish(modelHash: bytes32, measurement: bytes32, note: String[256]) -> uint
 
 @external
 def supersede(
-    oldIndex: uint256, modelHash: bytes32, measurement: bytes32, note: String[256]
+    oldIndex: uint256, modelHash: bytes32, measurement: Bytes[MAX_MEASUREMENT], note: String[256]
 ) -> uint256:
     """@notice Approve a new pair that replaces the approval at `oldIndex`."""
     assert msg.sender == self.governance, "not governance"
@@ -129,7 +142,7 @@ def transferGovernance(governance_: address):
 
 @view
 @external
-def isApproved(modelHash: bytes32, measurement: bytes32) -> bool:
+def isApproved(modelHash: bytes32, measurement: Bytes[MAX_MEASUREMENT]) -> bool:
     return self.approvalOf[self._key(modelHash, measurement)] != 0
 
 
