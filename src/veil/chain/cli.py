@@ -65,7 +65,7 @@ def up(
     """Start a local devnet (anvil on 127.0.0.1) and deploy Veil's contracts to it."""
     from veil.chain.deployment import TOKEN, default_deployment_path, deploy
     from veil.chain.devnet import Devnet, devnet_accounts
-    from veil.chain.errors import ChainError
+    from veil.chain.errors import ChainError, DeploymentError
     from veil.chain.transact import connect
 
     console = _console()
@@ -102,7 +102,10 @@ def up(
                 console.print(f"  {message}")
 
             result = deploy(url, key, mint=minted, progress=progress)
-        saved = result.save(out_path)
+        try:
+            saved = result.save(out_path)
+        except OSError as exc:
+            raise DeploymentError(f"cannot write the deployment file {out_path}: {exc}") from exc
         console.print(
             f"[green]✓[/] deployed in {time.monotonic() - started:.1f} s; deployment file: {saved}"
         )
