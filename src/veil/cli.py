@@ -5,6 +5,7 @@ from pathlib import Path
 import typer
 
 from veil.attest.cli import verify_app
+from veil.chain.cli import chain_app
 from veil.client.cli import chat
 from veil.node.cli import node_app
 from veil.relay.cli import relay_app
@@ -14,6 +15,7 @@ app = typer.Typer(
 )
 app.add_typer(node_app, name="node")
 app.add_typer(relay_app, name="relay")
+app.add_typer(chain_app, name="chain")
 app.add_typer(verify_app, name="verify")
 
 
