@@ -97,3 +97,33 @@ def test_direct_plaintext_request_gets_a_receipt_over_its_body(network, loaded_m
         out["choices"][0]["message"]["content"],
         loaded_model.weights_sha256,
     )
+
+
+def test_veil_chat_shows_node_attestation_and_receipt_status(network, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from veil.cli import app
+
+    identity, _, relay = network
+    result = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            "--relay",
+            relay.url,
+            "--node",
+            "n1",
+            "-p",
+            "Say hi.",
+            "--max-tokens",
+            "6",
+            "--temperature",
+            "0",
+            "--receipts",
+            str(tmp_path / "r.sqlite"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert identity.address in result.output
+    assert "attestation dev (no hardware isolation)" in result.output
+    assert "receipt: verified" in result.output
