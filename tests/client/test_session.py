@@ -285,15 +285,48 @@ def test_model_not_in_descriptor_is_refused_before_sending(node: FakeNode) -> No
     assert node.seen_digests == []
 
 
-def test_keys_not_in_the_descriptor_are_refused(node: FakeNode) -> None:
+def test_key_rotation_makes_the_session_verify_the_node_again(node: FakeNode) -> None:
+    session = session_for(node)
+    client = session.openai()
+    first = session.report
+    node.keys.rotate()
+    node.keys.rotate()  # the pinned key opens nothing now; the new one is in a new descriptor
+    assert ask(client, False) == ANSWER
+    assert session.report is not first
+    assert session.report.key_configs()[0] == node.keys.current.config
+    assert session.receipts[-1].receipt.node == node.identity.address
+
+
+def test_keys_of_another_node_are_refused_after_rotation(node: FakeNode) -> None:
+    session = session_for(node)
+    client = session.openai()
+    node.identity = NodeIdentity.generate()  # same relay id, another node behind it
+    node.issuer = DescriptorIssuer(
+        node.identity, node.keys, endpoint="n1", models=[ModelEntry(MODEL, WEIGHTS)]
+    )
+    node.keys.rotate()
+    node.keys.rotate()
+    with pytest.raises(NodeRejected) as info:
+        ask(client, False)
+    assert info.value.check == "identity"
+
+
+def test_unlisted_keys_are_refused(node: FakeNode) -> None:
     from veil.client import KeyConfigError
 
     session = session_for(node)
-    client = session.openai()
-    node.keys.rotate()
-    node.keys.rotate()  # the pinned key can no longer open anything; the new one is unverified
     with pytest.raises(KeyConfigError):
-        ask(client, False)
+        session._key_check((NodeKeys.generate(key_id=99).current.config,))
+
+
+def test_session_verifies_again_before_the_descriptor_expires(node: FakeNode) -> None:
+    session = session_for(node)
+    first = session.report
+    assert first.descriptor is not None
+    session.clock = lambda: first.descriptor.expires_at - 30  # type: ignore[union-attr]
+    node.issuer._clock = session.clock  # the node re-issues at half life too
+    ask(session.openai(), False)
+    assert session.report is not first
 
 
 def test_descriptor_fetch_failure_is_typed() -> None:

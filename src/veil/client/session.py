@@ -7,7 +7,8 @@
 2. verifies it under the mode's policy (`veil.client.policy.verify_node`; `anonymous` accepts
    `dev` nodes and then carries the "no hardware isolation" warning; `tee` refuses them);
 3. pins the OHTTP keys to the descriptor's (`report.key_check()`), so nothing is sealed to a
-   key the verified node did not list;
+   key the verified node did not list; when the node rotates its keys (or the descriptor
+   nears expiry) the descriptor is fetched and verified again, and must name the same address;
 4. wraps the OHTTP transport in a receipt check (`ReceiptCheckingTransport`): every chat
    answer must end with a receipt signed by the descriptor's address over the digest of the
    encapsulated request this client sent, the answer text it received, and the model's weights
@@ -36,6 +37,7 @@ import httpx
 
 from veil.client.errors import (
     DescriptorUnavailable,
+    KeyConfigError,
     NodeRejected,
     ReceiptRefused,
     ReceiptStoreError,
@@ -52,6 +54,7 @@ from veil.client.transport import (
 from veil.identity.descriptor import MAX_DESCRIPTOR_BYTES, MEDIA_DESCRIPTOR, ModelEntry
 from veil.identity.errors import ReceiptError
 from veil.identity.receipt import Receipt, check_receipt
+from veil.wire.ohttp import KeyConfig
 
 __all__ = [
     "INVALID_BASE_URL",
@@ -146,8 +149,11 @@ class ReceiptChecker:
         self.store = store
         self.on_receipt = on_receipt
         self.receipts: list[VerifiedReceipt] = []
+        self.before_send: Callable[[], None] | None = None  # e.g. re-verify an aging node
 
     def begin(self, request: httpx.Request, body: bytes) -> _AnswerCheck | None:
+        if self.before_send is not None:
+            self.before_send()
         if request.method != "POST" or not request.url.path.endswith(_CHAT_PATH):
             return None
         try:
@@ -414,7 +420,48 @@ class VeilSession:
     node_id: str
     report: VerificationReport
     checker: ReceiptChecker
+    policy: Policy
+    model_id: str | None = None
     transport_kwargs: dict[str, Any] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+    refresh_margin_s: int = 60  # verify again this long before the descriptor expires
+
+    def __post_init__(self) -> None:
+        self.checker.before_send = self._before_send
+
+    def reverify(self) -> VerificationReport:
+        """Fetch and verify the descriptor again (keys rotated, or it is about to expire).
+
+        The node must keep its address: receipts are checked against it, and another
+        address is another node (`NodeRejected`, check `identity`).
+        """
+        data = fetch_descriptor(
+            self.relay_url, self.node_id, transport=self.transport_kwargs.get("outer")
+        )
+        report = verify_node(data, self.policy, int(self.clock()), model_id=self.model_id)
+        if report.address != self.address:
+            raise NodeRejected(
+                f"the node's descriptor now names {report.address}, not {self.address}",
+                check="identity",
+                report=report,
+            )
+        self.report = report
+        self.checker.models = {m.model_id: m.weights_hash for m in report.approved_models}
+        log.info("node %s verified again", report.address)
+        return report
+
+    def _before_send(self) -> None:
+        assert self.report.descriptor is not None
+        if self.clock() >= self.report.descriptor.expires_at - self.refresh_margin_s:
+            self.reverify()
+
+    def _key_check(self, configs: tuple[KeyConfig, ...]) -> None:
+        """Keys must be in the verified descriptor; on a miss, verify the node again once."""
+        try:
+            self.report.key_check(clock=self.clock)(configs)
+        except KeyConfigError:
+            self.reverify()
+            self.report.key_check(clock=self.clock)(configs)
 
     @property
     def address(self) -> str:
@@ -443,7 +490,7 @@ class VeilSession:
         kwargs = dict(self.transport_kwargs)
         kwargs.setdefault("keys_url", relay_keys_url(self.relay_url, self.node_id))
         kwargs["key_configs"] = self.report.key_configs()
-        kwargs["key_check"] = self.report.key_check()
+        kwargs["key_check"] = self._key_check
         return kwargs
 
     def transport(self) -> ReceiptCheckingTransport:
@@ -496,15 +543,18 @@ def connect(
     `transport_kwargs` go to `OhttpTransport`.
     """
     policy = policy or Policy.for_mode(mode)
+    clock: Callable[[], float] = time.time if now is None else (lambda: now)
     data = fetch_descriptor(relay_url, node_id, transport=outer)
-    report = verify_node(data, policy, int(time.time()) if now is None else now, model_id=model_id)
+    report = verify_node(data, policy, int(clock()), model_id=model_id)
     assert report.address is not None
     checker = ReceiptChecker(
         report.address, report.approved_models, store=store, on_receipt=on_receipt
     )
     if outer is not None:
         transport_kwargs["outer"] = outer
-    return VeilSession(relay_url, node_id, report, checker, transport_kwargs)
+    return VeilSession(
+        relay_url, node_id, report, checker, policy, model_id, transport_kwargs, clock
+    )
 
 
 def verified_openai(relay_url: str, node_id: str, **kwargs: Any):  # type: ignore[no-untyped-def]
