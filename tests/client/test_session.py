@@ -420,3 +420,42 @@ async def test_async_session_checks_receipts(node: FakeNode) -> None:
         async for _ in stream:
             pass
     assert len(session.receipts) == 1
+
+
+def test_descriptor_is_reachable_through_the_gateway_too(node: FakeNode) -> None:
+    session = session_for(node)
+    with httpx.Client(transport=session.transport()) as http:
+        r = http.get("http://node.veil.invalid" + DESCRIPTOR_PATH)
+    assert r.status_code == 200
+    assert r.content == node.issuer.current().encode()
+
+
+def test_signing_a_receipt_does_not_block_the_loop_noticeably() -> None:
+    import time
+
+    identity = NodeIdentity.generate()
+    text = "word " * 400
+    sign_receipt(identity, bytes(32), text, WEIGHTS, 10, 400)
+    started = time.perf_counter()
+    for _ in range(50):
+        sign_receipt(identity, bytes(32), text, WEIGHTS, 10, 400)
+    per_receipt = (time.perf_counter() - started) / 50
+    assert per_receipt < 0.01, f"{per_receipt * 1000:.2f} ms per receipt"  # about 0.5 ms here
+
+
+def test_node_identity_keystore(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from veil.node.descriptor import load_node_identity
+    from veil.node.errors import NodeSetupError
+
+    path = tmp_path / "node" / "identity.json"
+    first = load_node_identity(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert load_node_identity(path).address == first.address
+    os.chmod(path, 0o644)
+    with pytest.raises(NodeSetupError):
+        load_node_identity(path)
+    caplog.set_level(logging.WARNING)
+    assert load_node_identity(None).address != first.address
+    assert "in memory only" in caplog.text
