@@ -19,3 +19,21 @@ def test_import_veil_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_rooms_import_only_from_below() -> None:
+    """node and relay never import the client; the client never imports node or engine."""
+    code = (
+        "import json, sys, importlib\n"
+        "out = {}\n"
+        "for m in ['veil.node.api', 'veil.relay.app', 'veil.client.session']:\n"
+        "    importlib.import_module(m)\n"
+        "    out[m] = sorted({x.split('.')[1] for x in sys.modules if x.startswith('veil.')})\n"
+        "    for x in [x for x in sys.modules if x.startswith('veil.')]: del sys.modules[x]\n"
+        "print(json.dumps(out))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rooms = __import__("json").loads(out.stdout)
+    assert "client" not in rooms["veil.node.api"]
+    assert not {"client", "node", "engine"} & set(rooms["veil.relay.app"])
+    assert not {"node", "engine", "relay"} & set(rooms["veil.client.session"])

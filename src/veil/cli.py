@@ -53,8 +53,15 @@ def up(
 
     from rich.console import Console
 
-    from veil.client.cli import run_repl, stream_reply
-    from veil.client.sdk import private_openai
+    from veil.client.cli import (
+        describe_session,
+        open_session,
+        receipt_line,
+        refused_line,
+        run_repl,
+        stream_reply,
+    )
+    from veil.client.errors import ClientError, NodeRejected, ReceiptRefused
     from veil.up import NODE_ID, LocalNetwork, default_data_dir
 
     console = Console()
@@ -63,7 +70,13 @@ def up(
         interactive = sys.stdin.isatty()
     try:
         net.start(console)
-        client = private_openai(net.relay_url, NODE_ID)
+        session = open_session(
+            net.relay_url, NODE_ID, mode="anonymous", receipts=net.data_dir / "receipts.sqlite"
+        )
+        for line in describe_session(session):
+            style = "yellow" if line.startswith("warning") else "green"
+            console.print(f"[{style}]{'!' if style == 'yellow' else '✓'}[/] {line}")
+        client = session.openai()
         params = {"max_tokens": max_tokens, "temperature": 0.7}
         history = [{"role": "user", "content": prompt}]
         console.print(
@@ -71,17 +84,25 @@ def up(
             f"[dim](sealed with OHTTP to {NODE_ID}, sent through the relay)[/]"
         )
         sys.stdout.write("assistant> ")
-        answer = stream_reply(client, "smollm2-135m-instruct", history, sys.stdout, **params)
-        history.append({"role": "assistant", "content": answer})
+        try:
+            answer = stream_reply(client, "smollm2-135m-instruct", history, sys.stdout, **params)
+            console.print(f"[green]✓[/] {receipt_line(session)}")
+            history.append({"role": "assistant", "content": answer})
+        except ReceiptRefused as exc:
+            console.print(f"[red]✗ {refused_line(exc)}[/]")
+            history.pop()
         if interactive:
             console.print(
                 f"\nThe network stays up while you chat. Other shells can use it too:\n"
                 f"  veil chat --relay {net.relay_url} --node {NODE_ID}"
             )
-            run_repl(client, "smollm2-135m-instruct", history, params)
+            run_repl(client, "smollm2-135m-instruct", history, params, session)
     except KeyboardInterrupt:
         console.print("\ninterrupted")
-    except RuntimeError as exc:
+    except NodeRejected as exc:
+        console.print(f"[red]error:[/] node refused at step {exc.check!r}: {exc}")
+        raise typer.Exit(1) from None
+    except (RuntimeError, ClientError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     finally:

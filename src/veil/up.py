@@ -114,6 +114,8 @@ class LocalNetwork:
                 str(self.node_port),
                 "--keys",
                 str(node_dir / "ohttp-keys.json"),
+                "--identity",
+                str(node_dir / "identity.json"),
             ],
             logs / f"{NODE_ID}.log",
         )
@@ -137,7 +139,7 @@ class LocalNetwork:
         )
         with console.status("starting the relay..."):
             self.relay.start()
-            self.relay.wait_ready(f"{self.relay_url}/relay/{NODE_ID}/ohttp-keys", timeout=60)
+            self.relay.wait_ready(f"{self.relay_url}/relay/{NODE_ID}/descriptor", timeout=60)
         console.print(f"[green]✓[/] relay at {self.relay_url} (log: {self.relay.log_path})")
 
     def check(self) -> None:

@@ -80,7 +80,12 @@ def test_openai_sdk_plain_and_streamed(stand_in: GatewayStandIn, seen: list, chu
     assert_no_plaintext_sent(stand_in)
     assert seen[0]["prompt"] == SECRET_PROMPT
     for entry in seen:  # no SDK fingerprint or credential reaches the node
-        assert {k for k, _ in entry["headers"]} <= {"content-type", "accept", "content-length"}
+        assert {k for k, _ in entry["headers"]} <= {
+            "content-type",
+            "accept",
+            "content-length",
+            "x-veil-request-digest",  # set by the gateway, not the client
+        }
         assert entry["client"] is None
 
 

@@ -77,7 +77,7 @@ async def test_plain_request_and_inner_sees_no_client(
     assert json.loads(inner.content)["choices"][0]["message"]["content"] == ANSWER
     assert seen[0]["client"] is None
     names = {name for name, _ in seen[0]["headers"]}
-    assert names == {"content-type", "content-length"}
+    assert names == {"content-type", "content-length", "x-veil-request-digest"}
 
 
 async def test_chunked_request_streams_sealed_chunks(

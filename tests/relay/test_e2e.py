@@ -126,4 +126,5 @@ def test_chat_streams_through_relay_without_exposing_content(tmp_path: Path) -> 
             "content-type",
             "accept",
             "content-length",
+            "x-veil-request-digest",  # the gateway's own, for the receipt
         }

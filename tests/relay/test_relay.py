@@ -175,3 +175,34 @@ def test_node_list_files(tmp_path: Path) -> None:
         js.write_text(bad)
         with pytest.raises(NodeConfigError):
             load_nodes(js)
+
+
+async def test_descriptor_forwarded_bare_and_checked() -> None:
+    from veil.identity import DESCRIPTOR_PATH, MEDIA_DESCRIPTOR
+
+    seen: list[httpx.Request] = []
+    answers = {"media": MEDIA_DESCRIPTOR, "body": b'{"descriptor": {}, "signature": "0x"}'}
+
+    def node(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200, headers={"content-type": answers["media"]}, content=answers["body"]
+        )
+
+    directory = StaticNodeDirectory([Node("node-a", "http://node-a.test")])
+    app = create_relay_app(directory, RelayConfig(), upstream=httpx.MockTransport(node))
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as relay:
+        r = await relay.get("/relay/node-a/descriptor", headers={"user-agent": "me"})
+        assert r.status_code == 200 and r.content == answers["body"]
+        assert r.headers["content-type"] == MEDIA_DESCRIPTOR
+        assert seen[0].url.path == DESCRIPTOR_PATH
+        assert "user-agent" not in seen[0].headers  # nothing of the client goes upstream
+        answers["media"] = "text/html"
+        r = await relay.get("/relay/node-a/descriptor")
+        assert r.status_code == 502
+        answers.update(media=MEDIA_DESCRIPTOR, body=b"x" * (600 * 1024))
+        r = await relay.get("/relay/node-a/descriptor")
+        assert r.status_code == 502
+        r = await relay.get("/relay/nobody/descriptor")
+        assert r.status_code == 404

@@ -1,16 +1,19 @@
 """Veil client: Oblivious HTTP transports for httpx (and so for the `openai` SDK).
 
-Node verification (`veil.client.policy`) and receipts (`veil.client.receipts`) are imported
-from their modules, so importing the transports stays light.
+Node verification (`veil.client.policy`), receipts (`veil.client.receipts`) and verified
+sessions (`veil.client.session`: `connect`, `verified_openai`) are imported from their modules,
+so importing the transports stays light.
 """
 
 from veil.client.errors import (
     ClientError,
+    DescriptorUnavailable,
     GatewayRefused,
     HistoryLocked,
     KeyConfigError,
     NodeRejected,
     PolicyConfigError,
+    ReceiptRefused,
     ReceiptStoreError,
     RelayRefused,
     RequestNotSendable,
@@ -28,12 +31,14 @@ from veil.client.transport import (
 __all__ = [
     "AsyncOhttpTransport",
     "ClientError",
+    "DescriptorUnavailable",
     "GatewayRefused",
     "HistoryLocked",
     "KeyConfigError",
     "NodeRejected",
     "OhttpTransport",
     "PolicyConfigError",
+    "ReceiptRefused",
     "ReceiptStoreError",
     "RelayRefused",
     "RequestNotSendable",

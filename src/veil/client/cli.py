@@ -1,8 +1,15 @@
-"""`veil chat`: a terminal chat whose every request is sealed to the node and sent via a relay."""
+"""`veil chat`: a terminal chat with a verified node; every request sealed and sent via a relay.
+
+Before the first prompt the node's descriptor is fetched through the relay and verified under
+the chosen privacy mode (the node's address and attestation kind are shown; a `dev` node says
+"no hardware isolation"). After each answer its receipt status is shown; an answer whose
+receipt is refused is marked untrusted and dropped from the conversation.
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -10,21 +17,82 @@ import typer
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+def _err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
 def stream_reply(
-    client: Any, model: str, history: list[dict[str, str]], out: Any, **params: Any
+    client: Any,
+    model: str,
+    history: list[dict[str, str]],
+    out: Any,
+    session: Any = None,
+    **params: Any,
 ) -> str:
-    """Stream one assistant turn to `out`; return its text."""
+    """Stream one assistant turn to `out`; return its text.
+
+    With a `VeilSession`, the receipt is checked as the stream ends (`ReceiptRefused` raises
+    after the text was shown; the caller must then not trust it) and its status is shown.
+    """
     stream = client.chat.completions.create(model=model, messages=history, stream=True, **params)
     parts: list[str] = []
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            piece = chunk.choices[0].delta.content
-            parts.append(piece)
-            out.write(piece)
-            out.flush()
-    out.write("\n")
-    out.flush()
+    try:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                piece = chunk.choices[0].delta.content
+                parts.append(piece)
+                out.write(piece)
+                out.flush()
+    finally:
+        out.write("\n")
+        out.flush()
+    if session is not None:
+        _err(receipt_line(session))
     return "".join(parts)
+
+
+def receipt_line(session: Any) -> str:
+    """The status of the last verified receipt, for the terminal."""
+    if not session.receipts:
+        return "receipt: none verified"
+    r = session.receipts[-1].receipt
+    return (
+        f"receipt: verified (signed by {r.node[:10]}..., {r.prompt_tokens} prompt + "
+        f"{r.completion_tokens} completion tokens, model {r.model_hash.hex()[:12]}...)"
+    )
+
+
+def refused_line(exc: Any) -> str:
+    return f"receipt REFUSED ({exc.check}): {exc}. Do not trust the answer above."
+
+
+def describe_session(session: Any) -> list[str]:
+    """Lines naming the verified node: address, attestation kind, isolation, warnings."""
+    lines = [f"verified {session.describe()}"]
+    lines += [f"warning: {w}" for w in session.report.warnings]
+    return lines
+
+
+def open_session(
+    relay: str,
+    node: str,
+    *,
+    mode: str = "anonymous",
+    releases: Path | None = None,
+    receipts: Path | None = None,
+    store: bool = True,
+    model: str | None = None,
+) -> Any:
+    """Connect to a verified node (raises `NodeRejected` etc. before anything is sent)."""
+    from veil.client.policy import LocalReleases, Policy
+    from veil.client.receipts import ReceiptStore
+    from veil.client.session import connect
+
+    policy = Policy.for_mode(
+        mode, releases=None if releases is None else LocalReleases.from_file(releases)
+    )
+    receipt_store = ReceiptStore.open(receipts) if store else None
+    return connect(relay, node, policy=policy, store=receipt_store, model_id=model)
 
 
 def chat(
@@ -34,31 +102,65 @@ def chat(
     prompt: str | None = typer.Option(None, "--prompt", "-p", help="Ask once and exit."),
     max_tokens: int = typer.Option(256, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.7, help="0 for greedy decoding."),
+    mode: str = typer.Option(
+        "anonymous", help="Privacy mode: anonymous (accepts dev nodes, with a warning) or tee."
+    ),
+    releases: Path | None = typer.Option(
+        None, help="JSON list of approved releases (required by --mode tee)."
+    ),
+    receipts: Path | None = typer.Option(
+        None, help="Receipt store (SQLite; default ~/.local/share/veil/receipts.sqlite)."
+    ),
+    store: bool = typer.Option(True, "--store/--no-store", help="Keep verified receipts."),
 ) -> None:
-    """Chat with a node through a relay. The relay sees ciphertext only; the node never sees you."""
+    """Chat with a verified node through a relay. The relay sees ciphertext only; the node never
+    sees you; every answer's receipt is checked."""
     import openai
 
-    from veil.client.errors import ClientError
-    from veil.client.sdk import private_openai
+    from veil.client.errors import ClientError, NodeRejected, ReceiptRefused
 
-    client = private_openai(relay, node)
+    try:
+        session = open_session(
+            relay, node, mode=mode, releases=releases, receipts=receipts, store=store, model=model
+        )
+    except NodeRejected as exc:
+        _err(f"error: node refused at step {exc.check!r}: {exc}")
+        if exc.report is not None:
+            for step in exc.report.steps:
+                _err(f"  {step.status:8} {step.name} {step.detail}")
+        raise typer.Exit(1) from None
+    except ClientError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    for line in describe_session(session):
+        _err(line)
+    client = session.openai()
     history: list[dict[str, str]] = []
     params = {"max_tokens": max_tokens, "temperature": temperature}
     try:
         if prompt is not None:
             history.append({"role": "user", "content": prompt})
-            stream_reply(client, model, history, sys.stdout, **params)
+            stream_reply(client, model, history, sys.stdout, session, **params)
             return
-        run_repl(client, model, history, params)
+        run_repl(client, model, history, params, session)
+    except ReceiptRefused as exc:
+        _err(refused_line(exc))
+        raise typer.Exit(1) from None
     except (ClientError, openai.APIError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _err(f"error: {exc}")
         raise typer.Exit(1) from None
 
 
 def run_repl(
-    client: Any, model: str, history: list[dict[str, str]], params: dict[str, Any]
+    client: Any,
+    model: str,
+    history: list[dict[str, str]],
+    params: dict[str, Any],
+    session: Any = None,
 ) -> None:
     """Read prompts until EOF or Ctrl-C; history stays in this process only."""
+    from veil.client.errors import ReceiptRefused
+
     typer.echo("(Ctrl-D or Ctrl-C to leave)")
     while True:
         try:
@@ -71,9 +173,13 @@ def run_repl(
         history.append({"role": "user", "content": line})
         sys.stdout.write("assistant> ")
         try:
-            answer = stream_reply(client, model, history, sys.stdout, **params)
+            answer = stream_reply(client, model, history, sys.stdout, session, **params)
         except KeyboardInterrupt:
             typer.echo("\n(interrupted)")
             history.pop()
+            continue
+        except ReceiptRefused as exc:
+            _err(refused_line(exc))
+            history.pop()  # an untrusted answer does not become context
             continue
         history.append({"role": "assistant", "content": answer})

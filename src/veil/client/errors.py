@@ -8,7 +8,9 @@ VeilError
      ├─ RelayRefused          the relay answered with an error (rate limit, size, unknown node...)
      ├─ GatewayRefused        the node's gateway refused the encapsulated request
      ├─ ResponseRefused       the answer failed authentication or is malformed: nothing is shown
-     │   └─ TruncatedResponse the answer stopped before its final authenticated chunk
+     │   ├─ TruncatedResponse the answer stopped before its final authenticated chunk
+     │   └─ ReceiptRefused    the answer's receipt is missing or does not verify (`check`)
+     ├─ DescriptorUnavailable the node's descriptor could not be fetched (nothing was sent)
      ├─ NodeRejected          a node failed verification under the policy (`check`, `report`)
      ├─ PolicyConfigError     a policy or release list that cannot be used as configured
      └─ ReceiptStoreError     the local receipt store cannot be opened or written
@@ -27,11 +29,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClientError",
+    "DescriptorUnavailable",
     "GatewayRefused",
     "HistoryLocked",
     "KeyConfigError",
     "NodeRejected",
     "PolicyConfigError",
+    "ReceiptRefused",
     "ReceiptStoreError",
     "RelayRefused",
     "RequestNotSendable",
@@ -73,6 +77,25 @@ class ResponseRefused(ClientError):
 
 class TruncatedResponse(ResponseRefused):
     """The answer ended before its final chunk: it was cut in transit or by the node."""
+
+
+class ReceiptRefused(ResponseRefused):
+    """The answer's receipt is missing, malformed, or not this node's signature over exactly
+    this request, answer and model. A whole answer is then never returned; a streamed one
+    raises this at its end, before `[DONE]`.
+
+    `check` names the failed check: `missing`, `malformed`, `request_digest`, `signature`,
+    `signer`, `answer_digest`, `model_hash`, `usage` or `model`; `cause` is the identity error.
+    """
+
+    def __init__(self, message: str, *, check: str, cause: Exception | None = None) -> None:
+        super().__init__(message)
+        self.check = check
+        self.cause = cause
+
+
+class DescriptorUnavailable(ClientError):
+    """The node's signed descriptor could not be fetched (via the relay); nothing was sent."""
 
 
 class NodeRejected(ClientError):

@@ -1,4 +1,10 @@
-"""The official `openai` SDK, unchanged, over Veil's Oblivious HTTP transport."""
+"""The official `openai` SDK, unchanged, over Veil's Oblivious HTTP transport.
+
+* `verified_openai(relay, node_id, mode=...)`: verifies the node's descriptor first, pins its
+  OHTTP keys and checks every answer's receipt (`veil.client.session`). Use this one.
+* `private_openai` / `private_async_openai`: sealed and relayed, but neither the node nor its
+  answers are verified (keys are taken from the relay unless `key_check` pins them).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import httpx
 
 from veil.client.transport import AsyncOhttpTransport, OhttpTransport, relay_keys_url
 
-__all__ = ["INVALID_BASE_URL", "private_async_openai", "private_openai"]
+__all__ = ["INVALID_BASE_URL", "private_async_openai", "private_openai", "verified_openai"]
 
 # Requests are sealed to the node; the outer host is never contacted. An `.invalid` name makes
 # any misconfiguration that would send plaintext fail to resolve instead of leaking.
@@ -41,3 +47,13 @@ def private_async_openai(relay_url: str, node_id: str, **transport_kwargs: Any):
         max_retries=0,
         http_client=httpx.AsyncClient(transport=transport),
     )
+
+
+def verified_openai(relay_url: str, node_id: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+    """An `openai.OpenAI` for a verified node whose every answer's receipt is checked.
+
+    Keyword arguments go to `veil.client.session.connect` (mode, policy, store, ...).
+    """
+    from veil.client.session import connect
+
+    return connect(relay_url, node_id, **kwargs).openai()

@@ -17,12 +17,17 @@ chunk by chunk, so a streamed completion yields tokens as they arrive. Fail-clos
 * an unknown-key answer (RFC 9458 `ohttp-key` problem) makes the transport refetch the key
   list and retry once, sealing afresh; a second refusal raises `GatewayRefused`.
 
-Key lists are only as trustworthy as where they come from: until node descriptors bind the key
-(a later issue), pass `key_check` to pin or verify what was fetched.
+Key lists are only as trustworthy as where they come from: pass `key_check` to pin them (e.g.
+`VerificationReport.key_check()` from a verified descriptor; `veil.client.session` does this).
+
+Every response carries, in `response.extensions[REQUEST_DIGEST_EXTENSION]`, the sha256 of the
+encapsulated request body actually sent (the last attempt's): the digest the node's receipt
+must name (`veil.identity.request_digest`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -63,6 +68,7 @@ from veil.wire.problem import RELAY_PROBLEM_PREFIX, parse_problem
 
 __all__ = [
     "DEFAULT_FORWARDED_HEADERS",
+    "REQUEST_DIGEST_EXTENSION",
     "AsyncOhttpTransport",
     "OhttpTransport",
     "node_keys_url",
@@ -74,6 +80,7 @@ __all__ = [
 # fingerprints, authorization, cookies) is dropped so the node learns nothing about the client.
 DEFAULT_FORWARDED_HEADERS = frozenset({"content-type", "accept"})
 _FORWARDED_PREFIX = "x-veil-"
+REQUEST_DIGEST_EXTENSION = "veil.request_digest"
 _MAX_KEYS_BYTES = 64 * 1024
 _MAX_PLAIN_RESPONSE = 16 * 1024 * 1024
 
@@ -193,6 +200,11 @@ def _httpx_response(head: bhttp.ResponseHead | bhttp.Response, **kwargs: object)
     return httpx.Response(head.status, headers=headers, **kwargs)  # type: ignore[arg-type]
 
 
+def _with_digest(response: httpx.Response, sealed: bytes) -> httpx.Response:
+    response.extensions[REQUEST_DIGEST_EXTENSION] = hashlib.sha256(sealed).digest()
+    return response
+
+
 def _open_whole(opener: ResponseOpener, data: bytes) -> bhttp.Response:
     try:
         return bhttp.decode_response(opener.open(data))
@@ -300,7 +312,7 @@ class OhttpTransport(httpx.BaseTransport):
             sealed, opener = _seal(self._plan, self._configs[0], message)
             outer = self._http.send(_outer_request(self._plan, sealed), stream=True)
             if outer.status_code == 200 and _expected_media(self._plan, outer):
-                return self._open(outer, opener)
+                return _with_digest(self._open(outer, opener), sealed)
             try:
                 body = outer.read()
             finally:
@@ -431,7 +443,7 @@ class AsyncOhttpTransport(httpx.AsyncBaseTransport):
             sealed, opener = _seal(self._plan, self._configs[0], message)
             outer = await self._http.send(_outer_request(self._plan, sealed), stream=True)
             if outer.status_code == 200 and _expected_media(self._plan, outer):
-                return await self._open(outer, opener)
+                return _with_digest(await self._open(outer, opener), sealed)
             try:
                 body = await outer.aread()
             finally:

@@ -1,6 +1,16 @@
 """The node's plaintext OpenAI-compatible API (the inner surface the OHTTP gateway carries).
 
 No handler logs message or completion text; logs carry ids, token counts and timings only.
+
+Every answer ends with a receipt signed by the node's identity (`veil.identity.sign_receipt`):
+`veil_receipt` on the final streamed chunk (the one with `finish_reason`) or top-level in a
+non-streamed answer. It covers the request digest (from the OHTTP gateway: sha256 of the
+encapsulated request; for a direct plaintext request, sha256 of its raw body; a client's own
+`x-veil-request-digest` header is never believed), the answer text exactly as sent (all deltas
+joined), the weights hash and the token counts. Signing takes about 0.5 ms (coincurve), so it
+runs inline on the event loop.
+
+With OHTTP keys the node also serves its signed descriptor at `DESCRIPTOR_PATH`.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from veil.attest.producer import EvidenceProducer
 from veil.engine import (
     ChatMessage,
     ContextLengthExceeded,
@@ -31,9 +43,18 @@ from veil.engine import (
     SamplingParams,
     TokenDelta,
 )
+from veil.identity import (
+    DESCRIPTOR_PATH,
+    MEDIA_DESCRIPTOR,
+    ModelEntry,
+    NodeIdentity,
+    request_digest,
+    sign_receipt,
+)
 from veil.node.config import NodeConfig
+from veil.node.descriptor import DescriptorIssuer, load_node_identity
 from veil.node.errors import APIError, error_body
-from veil.node.gateway import GatewayConfig, NodeKeys, gateway_router
+from veil.node.gateway import REQUEST_DIGEST_EXTENSION, GatewayConfig, NodeKeys, gateway_router
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
 from veil.wire import bhttp
 
@@ -121,6 +142,35 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
+class _Signer:
+    """Signs the receipt that ends one answer."""
+
+    def __init__(self, identity: NodeIdentity, digest: bytes, weights_sha256: str) -> None:
+        self.identity, self.digest, self.weights = identity, digest, weights_sha256
+
+    def receipt(self, answer_text: str, fin: Finished) -> dict[str, Any]:
+        return sign_receipt(
+            self.identity,
+            self.digest,
+            answer_text,
+            self.weights,
+            fin.prompt_tokens,
+            fin.completion_tokens,
+        ).to_json()
+
+
+def _request_digest(request: Request, body: bytes) -> bytes:
+    """The gateway's digest of the encapsulated request, else the digest of this raw body.
+
+    Only the gateway can put a value in the scope's extensions; a header a client sent
+    directly is ignored.
+    """
+    stated = (request.scope.get("extensions") or {}).get(REQUEST_DIGEST_EXTENSION)
+    if isinstance(stated, bytes) and len(stated) == 32:
+        return stated
+    return request_digest(body)
+
+
 def _usage(fin: Finished) -> dict[str, int]:
     return {
         "prompt_tokens": fin.prompt_tokens,
@@ -136,13 +186,29 @@ def _failure(event: Failed) -> APIError:
 
 
 def create_app(
-    engine: Engine, config: NodeConfig | None = None, keys: NodeKeys | None = None
+    engine: Engine,
+    config: NodeConfig | None = None,
+    keys: NodeKeys | None = None,
+    identity: NodeIdentity | None = None,
+    *,
+    producer: EvidenceProducer | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving `engine`; with `keys`, also the OHTTP gateway in front of it."""
+    """The FastAPI app serving `engine`; with `keys`, also the OHTTP gateway in front of it
+    and the signed descriptor.
+
+    `identity` signs receipts and the descriptor (default: the keystore at
+    `config.identity_path`, else an in-memory one, with a warning). `producer` makes the
+    descriptor's evidence (default: `DevProducer`, "no hardware isolation").
+    """
     config = config or NodeConfig()
+    if identity is None:
+        path = config.identity_path
+        identity = load_node_identity(None if path is None else Path(path))
     app = FastAPI(title="Veil node", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.state.config = config
+    app.state.identity = identity
+    weights_sha256 = engine.loaded.weights_sha256
     model_info = {
         "id": engine.model_id,
         "object": "model",
@@ -199,7 +265,8 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        req = parse_chat_request(await _read_body(request, config.max_body_bytes))
+        raw = await _read_body(request, config.max_body_bytes)
+        req = parse_chat_request(raw)
         if req.model != engine.model_id:
             raise APIError(
                 404,
@@ -208,6 +275,7 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
+        signer = _Signer(identity, _request_digest(request, raw), weights_sha256)
         messages = [ChatMessage(m.role, m.text()) for m in req.messages]
         prompt_ids = await asyncio.to_thread(engine.encode_chat, messages)
         params = _sampling(req, len(prompt_ids), engine, config)
@@ -234,13 +302,34 @@ def create_app(
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _stream(handle, completion, include_usage, started),
+                _stream(handle, completion, include_usage, started, signer),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
-        return await _whole(request, handle, completion, started)
+        return await _whole(request, handle, completion, started, signer)
 
     if keys is not None:
+        issuer = DescriptorIssuer(
+            identity,
+            keys,
+            endpoint=config.endpoint or f"http://{config.host}:{config.port}",
+            models=[ModelEntry(engine.model_id, bytes.fromhex(weights_sha256))],
+            producer=producer,
+            lifetime_s=config.descriptor_lifetime_s,
+        )
+        issuer.current()  # issue at start: a producer that cannot make evidence fails here
+        app.state.descriptor_issuer = issuer
+
+        @app.get(DESCRIPTOR_PATH)
+        async def descriptor() -> Response:
+            if issuer.needs_issue():  # a hardware quote may take a while: off the loop
+                signed = await asyncio.to_thread(issuer.current)
+            else:
+                signed = issuer.current()
+            return Response(
+                signed.encode(), media_type=MEDIA_DESCRIPTOR, headers={"cache-control": "no-store"}
+            )
+
         limits = bhttp.Limits(max_content_bytes=config.max_body_bytes)
         gateway = GatewayConfig(max_request_bytes=config.max_body_bytes + 4096, bhttp_limits=limits)
         app.include_router(gateway_router(app, keys, gateway))
@@ -259,20 +348,28 @@ def _log_done(completion: _Completion, fin: Finished, started: float) -> None:
 
 
 async def _stream(
-    handle: GenerationHandle, completion: _Completion, include_usage: bool, started: float
+    handle: GenerationHandle,
+    completion: _Completion,
+    include_usage: bool,
+    started: float,
+    signer: _Signer,
 ) -> AsyncIterator[bytes]:
+    parts: list[str] = []
     try:
         yield completion.chunk({"role": "assistant", "content": ""})
         async for event in handle:
             if isinstance(event, TokenDelta):
                 if event.text:
+                    parts.append(event.text)
                     yield completion.chunk({"content": event.text})
             elif isinstance(event, Finished):
                 _log_done(completion, event, started)
                 if event.text:
+                    parts.append(event.text)
                     yield completion.chunk({"content": event.text})
                 usage = _usage(event)
-                yield completion.chunk({}, event.reason, usage=usage)
+                receipt = signer.receipt("".join(parts), event)
+                yield completion.chunk({}, event.reason, usage=usage, veil_receipt=receipt)
                 if include_usage:
                     yield _sse(
                         {
@@ -294,7 +391,11 @@ async def _stream(
 
 
 async def _whole(
-    request: Request, handle: GenerationHandle, completion: _Completion, started: float
+    request: Request,
+    handle: GenerationHandle,
+    completion: _Completion,
+    started: float,
+    signer: _Signer,
 ) -> Response:
     async def watch_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -312,6 +413,7 @@ async def _whole(
                 _log_done(completion, event, started)
                 if event.reason == "cancelled":
                     return Response(status_code=499)
+                text = "".join(parts)
                 return JSONResponse(
                     {
                         "id": completion.id,
@@ -321,12 +423,13 @@ async def _whole(
                         "choices": [
                             {
                                 "index": 0,
-                                "message": {"role": "assistant", "content": "".join(parts)},
+                                "message": {"role": "assistant", "content": text},
                                 "logprobs": None,
                                 "finish_reason": event.reason,
                             }
                         ],
                         "usage": _usage(event),
+                        "veil_receipt": signer.receipt(text, event),
                     }
                 )
             else:

@@ -28,6 +28,15 @@ def serve(
     keys: Path | None = typer.Option(
         None, "--keys", help="OHTTP key file (created 0600 if missing); default: in-memory keys."
     ),
+    identity: Path | None = typer.Option(
+        None,
+        "--identity",
+        help="Node account keystore (created 0600 if missing; encrypted ones read "
+        "VEIL_NODE_PASSPHRASE); default: an in-memory identity, lost on restart.",
+    ),
+    endpoint: str | None = typer.Option(
+        None, help="Where clients reach the node, as the descriptor states it."
+    ),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
 ) -> None:
     """Load the model and serve the node API and its OHTTP gateway until Ctrl-C."""
@@ -48,6 +57,8 @@ def serve(
             max_batch=max_batch,
             threads=threads,
             keys_path=str(keys) if keys else None,
+            identity_path=str(identity) if identity else None,
+            endpoint=endpoint,
             log_level=log_level,
         )
     except NodeConfigError as exc:
@@ -58,10 +69,13 @@ def serve(
 
 def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
     """Load, serve, and shut down cleanly (the engine thread stops after uvicorn)."""
+    import os
+
     import uvicorn
 
     from veil.engine import Engine, ModelLoadError, load_model
     from veil.node.api import create_app
+    from veil.node.descriptor import load_node_identity
     from veil.node.errors import NodeSetupError
     from veil.node.keys import load_or_create_keys
 
@@ -80,6 +94,10 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
     )
     try:
         keys = load_or_create_keys(Path(cfg.keys_path) if cfg.keys_path else None)
+        identity = load_node_identity(
+            Path(cfg.identity_path) if cfg.identity_path else None,
+            os.environ.get("VEIL_NODE_PASSPHRASE") or None,
+        )
     except NodeSetupError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
@@ -89,7 +107,12 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
         max_queue=cfg.max_queue,
         context_length=cfg.context_length,
     )
-    app = create_app(engine, cfg, keys)
+    app = create_app(engine, cfg, keys, identity)
+    console.print(
+        f"node identity [bold]{identity.address}[/]"
+        + ("" if cfg.identity_path else " [yellow](in memory only)[/]")
+        + "; attestation [yellow]dev: no hardware isolation[/]"
+    )
     console.print(
         f"node API on http://{cfg.host}:{cfg.port}/v1  (OHTTP gateway at /gateway, "
         f"keys at /.well-known/ohttp-keys)  Ctrl-C stops"

@@ -30,6 +30,11 @@ class NodeConfig:
     max_body_bytes: int = 1 << 20  # request bodies above this get 413
     threads: int | None = None  # torch CPU threads; None = torch's default
     keys_path: str | None = None  # OHTTP key file (created if missing); None = keys in memory
+    identity_path: str | None = None  # node account keystore (created 0600); None = in memory
+    endpoint: str | None = (
+        None  # where clients reach the node (descriptor); None = http://host:port
+    )
+    descriptor_lifetime_s: int = 6 * 3600  # descriptor validity; re-issued after half of it
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -45,6 +50,7 @@ class NodeConfig:
             (self.max_queue >= 1, "max_queue must be positive"),
             (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
             (self.threads is None or self.threads >= 1, "threads must be positive"),
+            (self.descriptor_lifetime_s >= 60, "descriptor_lifetime_s must be at least 60"),
         ]
         for ok, message in checks:
             if not ok:

@@ -12,6 +12,11 @@ What the inner app sees is only what the sealed message carried: method, path, h
 hop-by-hop and forwarding fields, body. The scope has no client address and no outer header.
 Only allowlisted paths are reachable (the gateway is not an open proxy).
 
+Receipts: the inner app gets the request digest, sha256 of the encapsulated request body as the
+relay carried it (`veil.identity.request_digest`), as the `x-veil-request-digest` header (hex)
+and in the scope's extensions (`REQUEST_DIGEST_EXTENSION`, raw bytes). Any such header inside
+the client's sealed message is removed first: only the gateway states what was received.
+
 Refusals before a request is opened (wrong media type, too large, unknown key id, unsupported
 suite, failed decryption, replay) are `application/problem+json` errors the relay can see; an
 unknown key id uses RFC 9458's `ohttp-key` problem type, which tells the client to refetch keys.
@@ -43,6 +48,8 @@ from fastapi import APIRouter, FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
+from veil.identity.descriptor import DESCRIPTOR_PATH
+from veil.identity.receipt import request_digest
 from veil.wire import bhttp
 from veil.wire.errors import MessageTooLarge, ReplayedRequest, WireError
 from veil.wire.ohttp import (
@@ -65,6 +72,8 @@ from veil.wire.problem import MEDIA_PROBLEM, problem_body
 
 __all__ = [
     "DEFAULT_ALLOWED_PATHS",
+    "REQUEST_DIGEST_EXTENSION",
+    "REQUEST_DIGEST_HEADER",
     "GatewayConfig",
     "NodeKeys",
     "ReplayCache",
@@ -79,7 +88,12 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 
-DEFAULT_ALLOWED_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/healthz"})
+DEFAULT_ALLOWED_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/models", "/healthz", DESCRIPTOR_PATH}
+)
+# How the gateway tells the inner app which request it answers (for the receipt).
+REQUEST_DIGEST_HEADER = b"x-veil-request-digest"
+REQUEST_DIGEST_EXTENSION = "veil.request_digest"
 
 # Never passed to the inner app: connection-level, proxy and forwarding fields.
 _DROPPED_REQUEST_FIELDS = frozenset(
@@ -239,12 +253,15 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _scope_for(breq: bhttp.Request, state: dict[str, Any]) -> dict[str, Any]:
-    """A fresh ASGI scope carrying only what the sealed request carried."""
+def _scope_for(breq: bhttp.Request, state: dict[str, Any], digest: bytes) -> dict[str, Any]:
+    """A fresh ASGI scope carrying only what the sealed request carried, plus its digest."""
     raw_path, _, query = breq.path.partition("?")
-    headers = [(n, v) for n, v in breq.headers if n not in _DROPPED_REQUEST_FIELDS]
+    headers = [(n.lower(), v) for n, v in breq.headers]
+    headers = [(n, v) for n, v in headers if n not in _DROPPED_REQUEST_FIELDS]
     headers = [(n, v) for n, v in headers if not n.startswith(b"x-forwarded-")]
+    headers = [(n, v) for n, v in headers if n != REQUEST_DIGEST_HEADER]
     headers.append((b"content-length", str(len(breq.content)).encode()))
+    headers.append((REQUEST_DIGEST_HEADER, digest.hex().encode()))
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -259,6 +276,7 @@ def _scope_for(breq: bhttp.Request, state: dict[str, Any]) -> dict[str, Any]:
         "client": None,
         "server": None,
         "state": state,
+        "extensions": {REQUEST_DIGEST_EXTENSION: digest},
     }
 
 
@@ -363,7 +381,7 @@ def gateway_router(
         except ClientDisconnect:
             return Response(status_code=400)
         state = dict(request.scope.get("state") or {})
-        answer = await _answer(inner_app, message, state, cfg)
+        answer = await _answer(inner_app, message, state, cfg, request_digest(body))
         if chunked:
             assert isinstance(sealer, ChunkedResponseSealer)
             return StreamingResponse(
@@ -394,7 +412,7 @@ class _Answer:
 
 
 async def _answer(
-    inner_app: ASGIApp, message: bytes, state: dict[str, Any], cfg: GatewayConfig
+    inner_app: ASGIApp, message: bytes, state: dict[str, Any], cfg: GatewayConfig, digest: bytes
 ) -> _Answer:
     try:
         breq = bhttp.decode_request(message, cfg.bhttp_limits)
@@ -405,7 +423,7 @@ async def _answer(
     if path not in cfg.allowed_paths:
         p = _inner_problem(404, "not-found", "this gateway serves no such path")
         return _Answer(p.status, p.headers, p.content, complete=True)
-    call = _InnerCall(inner_app, _scope_for(breq, state), breq.content)
+    call = _InnerCall(inner_app, _scope_for(breq, state, digest), breq.content)
     started = await call.start()
     if started is None:
         await call.close()

@@ -5,6 +5,8 @@
   piece by piece as it arrives, never buffered whole.
 * `GET /relay/{node_id}/ohttp-keys`: the node's key list, fetched for the client so the node
   does not see who asks.
+* `GET /relay/{node_id}/descriptor`: the node's signed descriptor, fetched the same way. The
+  relay does not vouch for it: the client verifies its signature and evidence itself.
 
 Privacy rules: only the content type goes upstream (no client header, no forwarding header, no
 client address); only content type and `incremental` come back; no body is logged and no client
@@ -28,6 +30,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
+from veil.identity.descriptor import MEDIA_DESCRIPTOR
 from veil.relay.directory import NodeDirectory, valid_node_id
 from veil.wire.ohttp import MEDIA_CHUNKED_REQUEST, MEDIA_KEYS, MEDIA_REQUEST
 from veil.wire.problem import MEDIA_PROBLEM, RELAY_PROBLEM_PREFIX, problem_body
@@ -50,6 +53,7 @@ class RelayConfig:
     connect_timeout_s: float = 5.0  # to the node gateway
     read_timeout_s: float = 120.0  # longest wait for the next piece of the answer
     max_keys_bytes: int = 64 * 1024  # key list size accepted from a node
+    max_descriptor_bytes: int = 512 * 1024  # descriptor size accepted from a node (TDX quotes)
 
 
 class RateLimiter:
@@ -206,6 +210,37 @@ def create_relay_app(
             return _problem(502, "bad-upstream", "the node's key list is too large")
         return Response(
             answer.content, media_type=MEDIA_KEYS, headers={"cache-control": "no-store"}
+        )
+
+    @app.get("/relay/{node_id}/descriptor")
+    async def descriptor(node_id: str, request: Request) -> Response:
+        gate = _gate(request, node_id)
+        if isinstance(gate, Response):
+            return gate
+        node = directory.get(node_id)
+        assert node is not None
+        try:
+            bare = httpx.Request("GET", node.descriptor_url, headers={"accept": MEDIA_DESCRIPTOR})
+            answer = await _client().send(bare, stream=True)
+        except httpx.TimeoutException:
+            return _problem(504, "upstream-timeout", "the node did not answer in time")
+        except httpx.HTTPError:
+            return _problem(502, "upstream-unreachable", "the node could not be reached")
+        try:
+            media = answer.headers.get("content-type", "").split(";")[0].strip().lower()
+            if answer.status_code != 200 or media != MEDIA_DESCRIPTOR:
+                return _problem(502, "bad-upstream", "the node gave no descriptor")
+            body = bytearray()
+            async for piece in answer.aiter_bytes():
+                body += piece
+                if len(body) > cfg.max_descriptor_bytes:
+                    return _problem(502, "bad-upstream", "the node's descriptor is too large")
+        except httpx.HTTPError:
+            return _problem(502, "upstream-unreachable", "the node's descriptor broke off")
+        finally:
+            await answer.aclose()
+        return Response(
+            bytes(body), media_type=MEDIA_DESCRIPTOR, headers={"cache-control": "no-store"}
         )
 
     return app

@@ -21,6 +21,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from veil.errors import VeilError
+from veil.identity.descriptor import DESCRIPTOR_PATH
 from veil.wire.ohttp import GATEWAY_PATH, KEYS_PATH
 
 __all__ = ["Node", "NodeConfigError", "NodeDirectory", "StaticNodeDirectory", "load_nodes"]
@@ -46,6 +47,10 @@ class Node:
     @property
     def keys_url(self) -> str:
         return self.url + KEYS_PATH
+
+    @property
+    def descriptor_url(self) -> str:
+        return self.url + DESCRIPTOR_PATH
 
 
 class NodeDirectory(Protocol):
