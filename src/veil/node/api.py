@@ -16,6 +16,7 @@ With OHTTP keys the node also serves its signed descriptor at `DESCRIPTOR_PATH`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -55,6 +56,7 @@ from veil.node.config import NodeConfig
 from veil.node.descriptor import DescriptorIssuer, load_node_identity
 from veil.node.errors import APIError, error_body
 from veil.node.gateway import REQUEST_DIGEST_EXTENSION, GatewayConfig, NodeKeys, gateway_router
+from veil.node.rotation import replay_window_for, rotate_periodically
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
 from veil.wire import bhttp
 
@@ -204,7 +206,22 @@ def create_app(
     if identity is None:
         path = config.identity_path
         identity = load_node_identity(None if path is None else Path(path))
-    app = FastAPI(title="Veil node", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        rotating = None
+        if keys is not None and config.key_rotation_s:
+            path = Path(config.keys_path) if config.keys_path else None
+            rotating = asyncio.create_task(rotate_periodically(keys, config.key_rotation_s, path))
+        yield
+        if rotating is not None:
+            rotating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rotating
+
+    app = FastAPI(
+        title="Veil node", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.engine = engine
     app.state.config = config
     app.state.identity = identity
@@ -331,7 +348,11 @@ def create_app(
             )
 
         limits = bhttp.Limits(max_content_bytes=config.max_body_bytes)
-        gateway = GatewayConfig(max_request_bytes=config.max_body_bytes + 4096, bhttp_limits=limits)
+        gateway = GatewayConfig(
+            max_request_bytes=config.max_body_bytes + 4096,
+            bhttp_limits=limits,
+            replay_window_s=replay_window_for(config.key_rotation_s or 3600),
+        )
         app.include_router(gateway_router(app, keys, gateway))
     return app
 

@@ -28,6 +28,9 @@ def serve(
     keys: Path | None = typer.Option(
         None, "--keys", help="OHTTP key file (created 0600 if missing); default: in-memory keys."
     ),
+    key_rotation: int | None = typer.Option(
+        None, help="Seconds between OHTTP key rotations (default 900)."
+    ),
     identity: Path | None = typer.Option(
         None,
         "--identity",
@@ -57,6 +60,7 @@ def serve(
             max_batch=max_batch,
             threads=threads,
             keys_path=str(keys) if keys else None,
+            key_rotation_s=key_rotation,
             identity_path=str(identity) if identity else None,
             endpoint=endpoint,
             log_level=log_level,

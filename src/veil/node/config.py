@@ -30,6 +30,7 @@ class NodeConfig:
     max_body_bytes: int = 1 << 20  # request bodies above this get 413
     threads: int | None = None  # torch CPU threads; None = torch's default
     keys_path: str | None = None  # OHTTP key file (created if missing); None = keys in memory
+    key_rotation_s: int | None = 900  # OHTTP key rotation period; None = never rotate
     identity_path: str | None = None  # node account keystore (created 0600); None = in memory
     endpoint: str | None = (
         None  # where clients reach the node (descriptor); None = http://host:port
@@ -50,6 +51,10 @@ class NodeConfig:
             (self.max_queue >= 1, "max_queue must be positive"),
             (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
             (self.threads is None or self.threads >= 1, "threads must be positive"),
+            (
+                self.key_rotation_s is None or self.key_rotation_s >= 10,
+                "key_rotation_s must be at least 10",
+            ),
             (self.descriptor_lifetime_s >= 60, "descriptor_lifetime_s must be at least 60"),
         ]
         for ok, message in checks:

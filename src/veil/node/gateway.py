@@ -183,9 +183,11 @@ class NodeKeys:
                 if k is not None
             ]
         }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = Path(f"{path}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh)
+        os.replace(tmp, path)  # never a half-written key file
 
     @classmethod
     def load(cls, path: Path) -> NodeKeys:
