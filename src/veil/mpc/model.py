@@ -1,0 +1,230 @@
+"""The Llama (SmolLM2) transformer layers as one pure JAX function, the part that runs under MPC.
+
+The client keeps the embedding table, the final norm and the LM head (all public weights), so
+token ids never leave it; only the stack of decoder layers runs on secret-shared hidden states.
+Shapes are static per (new tokens, cache capacity) bucket so one SPU program serves every step
+of that bucket; positions, rotary tables and the attention mask are public inputs because the
+parties learn the sequence length anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BUCKET",
+    "LayerWeights",
+    "LlamaShape",
+    "StepInputs",
+    "extract_weights",
+    "layers_step",
+    "make_step_inputs",
+    "random_weights",
+    "rotary_tables",
+]
+
+BUCKET = 32  # prompt and KV-cache lengths are padded to multiples of this
+MASK_FLOOR = -30.0  # masked scores are pushed to this before the max, so they never win it
+
+LayerWeights = dict[str, np.ndarray]  # name -> [L, ...] array stacked over layers, public
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The dimensions of a Llama decoder stack (what the SPU program's shapes depend on)."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_eps: float
+    rope_theta: float
+
+    @classmethod
+    def from_hf(cls, config: Any) -> LlamaShape:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        rope_theta = getattr(config, "rope_theta", None)
+        if rope_theta is None:  # transformers 5 keeps it in rope_parameters
+            rope_theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        return cls(
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            num_heads=config.num_attention_heads,
+            num_kv_heads=config.num_key_value_heads,
+            head_dim=head_dim,
+            intermediate_size=config.intermediate_size,
+            rms_eps=float(config.rms_norm_eps),
+            rope_theta=float(rope_theta),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def cache_shape(self, capacity: int) -> tuple[int, int, int, int]:
+        """[layers, kv heads, capacity, head dim] of the K (or V) cache."""
+        return (self.num_layers, self.num_kv_heads, capacity, self.head_dim)
+
+
+_WEIGHT_NAMES = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
+
+
+def extract_weights(torch_model: Any) -> tuple[LlamaShape, LayerWeights]:
+    """Stack the decoder layers' weights of a transformers Llama model as float32 numpy ([in, out])."""
+    shape = LlamaShape.from_hf(torch_model.config)
+    per: dict[str, list[np.ndarray]] = {n: [] for n in _WEIGHT_NAMES}
+    for layer in torch_model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        tensors = {
+            "attn_norm": layer.input_layernorm.weight,
+            "wq": a.q_proj.weight.T,
+            "wk": a.k_proj.weight.T,
+            "wv": a.v_proj.weight.T,
+            "wo": a.o_proj.weight.T,
+            "mlp_norm": layer.post_attention_layernorm.weight,
+            "w_gate": m.gate_proj.weight.T,
+            "w_up": m.up_proj.weight.T,
+            "w_down": m.down_proj.weight.T,
+        }
+        for name, t in tensors.items():
+            per[name].append(t.detach().float().contiguous().numpy())
+    return shape, {n: np.ascontiguousarray(np.stack(v)) for n, v in per.items()}
+
+
+def random_weights(shape: LlamaShape, seed: int = 0) -> LayerWeights:
+    """Random weights of roughly the trained model's scale, for tiny test configurations."""
+    rng = np.random.default_rng(seed)
+    d, f, hd = shape.hidden_size, shape.intermediate_size, shape.head_dim
+    q, kv = shape.num_heads * hd, shape.num_kv_heads * hd
+
+    def mat(i: int, o: int) -> np.ndarray:
+        return (rng.standard_normal((shape.num_layers, i, o)) / np.sqrt(i)).astype(np.float32)
+
+    def norm() -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal((shape.num_layers, d))).astype(np.float32)
+
+    return {
+        "attn_norm": norm(),
+        "wq": mat(d, q),
+        "wk": mat(d, kv),
+        "wv": mat(d, kv),
+        "wo": mat(q, d),
+        "mlp_norm": norm(),
+        "w_gate": mat(d, f),
+        "w_up": mat(d, f),
+        "w_down": mat(f, d),
+    }
+
+
+def rotary_tables(shape: LlamaShape, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin, [S, head_dim], for the given positions (HF's rotate-half layout)."""
+    hd = shape.head_dim
+    inv_freq = 1.0 / (shape.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    freqs = np.outer(positions.astype(np.float64), inv_freq)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """The public inputs of one step besides weights: where the new tokens go and what they see."""
+
+    start: np.ndarray  # int32 scalar: cache slot of the first new token
+    cos: np.ndarray  # [S, head_dim] float32
+    sin: np.ndarray  # [S, head_dim] float32
+    mask: np.ndarray  # [S, capacity] float32, 1 where query i may attend to cache slot j
+
+
+def make_step_inputs(shape: LlamaShape, start: int, new: int, capacity: int) -> StepInputs:
+    """Public inputs for `new` tokens at positions start.. in a cache of `capacity` slots.
+
+    Query i (at position start+i) sees slots 0..start+i, so padded queries at the end of a
+    prefill bucket only see real tokens and their own padding; their outputs are ignored.
+    """
+    positions = np.arange(start, start + new)
+    cos, sin = rotary_tables(shape, positions)
+    mask = (np.arange(capacity)[None, :] <= positions[:, None]).astype(np.float32)
+    return StepInputs(np.asarray(start, dtype=np.int32), cos, sin, mask)
+
+
+def _rms_norm(x: Any, w: Any, eps: float) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    var = jnp.mean(x * x, axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(var + eps) * w
+
+
+def _rotate(x: Any, cos: Any, sin: Any) -> Any:
+    """Rotary embedding; x is [heads, S, head_dim], cos/sin [S, head_dim] (public)."""
+    import jax.numpy as jnp
+
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _masked_softmax(scores: Any, mask: Any) -> Any:
+    """Softmax over the last axis with a public 0/1 mask.
+
+    Masked scores are moved to MASK_FLOOR before taking the max (so future or empty slots never
+    set it) and their exponentials are zeroed exactly, all by public-secret products.
+    """
+    import jax.numpy as jnp
+
+    s = scores * mask + (mask - 1.0) * -MASK_FLOOR
+    s = s - jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s) * mask
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def layers_step(
+    shape: LlamaShape,
+    weights: LayerWeights,
+    hidden: Any,
+    k_cache: Any,
+    v_cache: Any,
+    start: Any,
+    cos: Any,
+    sin: Any,
+    mask: Any,
+) -> tuple[Any, Any, Any]:
+    """Run all decoder layers on `hidden` [S, D] and write the new keys/values into the caches.
+
+    Returns (hidden after the last layer [S, D], k_cache, v_cache), caches [L, KVH, T, hd].
+    Pure JAX, traced both for plaintext runs and for SPU compilation.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    s_len = hidden.shape[0]
+    h, kvh, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    group = h // kvh
+    scale = 1.0 / float(np.sqrt(hd))
+    zero = jnp.zeros((), dtype=jnp.int32)
+    new_k, new_v = [], []
+    x = hidden
+    for layer in range(shape.num_layers):
+        w = {n: weights[n][layer] for n in _WEIGHT_NAMES}
+        a = _rms_norm(x, w["attn_norm"], shape.rms_eps)
+        q = (a @ (w["wq"] * scale)).reshape(s_len, h, hd).transpose(1, 0, 2)
+        k = (a @ w["wk"]).reshape(s_len, kvh, hd).transpose(1, 0, 2)
+        v = (a @ w["wv"]).reshape(s_len, kvh, hd).transpose(1, 0, 2)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        kc = jax.lax.dynamic_update_slice(k_cache[layer], k, (zero, start, zero))
+        vc = jax.lax.dynamic_update_slice(v_cache[layer], v, (zero, start, zero))
+        new_k.append(kc)
+        new_v.append(vc)
+        qg = q.reshape(kvh, group * s_len, hd)  # heads sharing a KV head side by side
+        scores = jnp.einsum("gqd,gtd->gqt", qg, kc).reshape(h, s_len, -1)
+        p = _masked_softmax(scores, mask[None, :, :])
+        o = jnp.einsum("gqt,gtd->gqd", p.reshape(kvh, group * s_len, -1), vc)
+        o = o.reshape(h, s_len, hd).transpose(1, 0, 2).reshape(s_len, h * hd)
+        x = x + o @ w["wo"]
+        m = _rms_norm(x, w["mlp_norm"], shape.rms_eps)
+        x = x + (jax.nn.silu(m @ w["w_gate"]) * (m @ w["w_up"])) @ w["w_down"]
+    return x, jnp.stack(new_k), jnp.stack(new_v)
