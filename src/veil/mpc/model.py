@@ -136,19 +136,23 @@ class StepInputs:
     start: np.ndarray  # int32 scalar: cache slot of the first new token
     cos: np.ndarray  # [S, head_dim] float32
     sin: np.ndarray  # [S, head_dim] float32
-    mask: np.ndarray  # [S, capacity] float32, 1 where query i may attend to cache slot j
+    causal: np.ndarray  # [S, capacity] float32, 1 where slot j <= the query's slot
+    diag: np.ndarray  # [S, capacity] float32, 1 on the query's own slot
 
 
 def make_step_inputs(shape: LlamaShape, start: int, new: int, capacity: int) -> StepInputs:
-    """Public inputs for `new` tokens at positions start.. in a cache of `capacity` slots.
+    """Public inputs for `new` tokens in cache slots start.. of a cache of `capacity` slots.
 
-    Query i (at position start+i) sees slots 0..start+i, so padded queries at the end of a
-    prefill bucket only see real tokens and their own padding; their outputs are ignored.
+    Rotary positions are the slot indices: prompts are left-padded to the bucket, and rotary
+    attention depends only on relative positions, so the padding shifts nothing. Which slots
+    hold padding is secret (the `valid` vector), so parties learn the bucket, not the length.
     """
-    positions = np.arange(start, start + new)
-    cos, sin = rotary_tables(shape, positions)
-    mask = (np.arange(capacity)[None, :] <= positions[:, None]).astype(np.float32)
-    return StepInputs(np.asarray(start, dtype=np.int32), cos, sin, mask)
+    slots = np.arange(start, start + new)
+    cos, sin = rotary_tables(shape, slots)
+    cols = np.arange(capacity)[None, :]
+    causal = (cols <= slots[:, None]).astype(np.float32)
+    diag = (cols == slots[:, None]).astype(np.float32)
+    return StepInputs(np.asarray(start, dtype=np.int32), cos, sin, causal, diag)
 
 
 def _rms_norm(x: Any, w: Any, eps: float) -> Any:
@@ -169,10 +173,10 @@ def _rotate(x: Any, cos: Any, sin: Any) -> Any:
 
 
 def _masked_softmax(scores: Any, mask: Any) -> Any:
-    """Softmax over the last axis with a public 0/1 mask.
+    """Softmax over the last axis with a 0/1 mask (secret: it hides which slots are padding).
 
-    Masked scores are moved to MASK_FLOOR before taking the max (so future or empty slots never
-    set it) and their exponentials are zeroed exactly, all by public-secret products.
+    Masked scores are moved to MASK_FLOOR before taking the max (so padding or future slots
+    never set it) and their exponentials are zeroed exactly.
     """
     import jax.numpy as jnp
 
@@ -188,15 +192,20 @@ def layers_step(
     hidden: Any,
     k_cache: Any,
     v_cache: Any,
+    valid: Any,
+    new_valid: Any,
     start: Any,
     cos: Any,
     sin: Any,
-    mask: Any,
-) -> tuple[Any, Any, Any]:
-    """Run all decoder layers on `hidden` [S, D] and write the new keys/values into the caches.
+    causal: Any,
+    diag: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """Run all decoder layers on `hidden` [S, D]; write the new keys/values into the caches.
 
-    Returns (hidden after the last layer [S, D], k_cache, v_cache), caches [L, KVH, T, hd].
-    Pure JAX, traced both for plaintext runs and for SPU compilation.
+    `valid` [T] marks cache slots holding real tokens (0 for left padding) and `new_valid` [S]
+    the new tokens' entries. A padding query attends only to itself, so every softmax row has
+    mass. Returns (hidden of the last new token [1, D], k_cache, v_cache, valid), caches
+    [L, KVH, T, hd]. Pure JAX, traced both for plaintext runs and for SPU compilation.
     """
     import jax
     import jax.numpy as jnp
@@ -206,6 +215,8 @@ def layers_step(
     group = h // kvh
     scale = 1.0 / float(np.sqrt(hd))
     zero = jnp.zeros((), dtype=jnp.int32)
+    valid = jax.lax.dynamic_update_slice(valid, new_valid, (start,))
+    mask = (causal * valid[None, :] + diag * (1.0 - valid[None, :]))[None, :, :]
     new_k, new_v = [], []
     x = hidden
     for layer in range(shape.num_layers):
@@ -221,10 +232,10 @@ def layers_step(
         new_v.append(vc)
         qg = q.reshape(kvh, group * s_len, hd)  # heads sharing a KV head side by side
         scores = jnp.einsum("gqd,gtd->gqt", qg, kc).reshape(h, s_len, -1)
-        p = _masked_softmax(scores, mask[None, :, :])
+        p = _masked_softmax(scores, mask)
         o = jnp.einsum("gqt,gtd->gqd", p.reshape(kvh, group * s_len, -1), vc)
         o = o.reshape(h, s_len, hd).transpose(1, 0, 2).reshape(s_len, h * hd)
         x = x + o @ w["wo"]
         m = _rms_norm(x, w["mlp_norm"], shape.rms_eps)
         x = x + (jax.nn.silu(m @ w["w_gate"]) * (m @ w["w_up"])) @ w["w_down"]
-    return x, jnp.stack(new_k), jnp.stack(new_v)
+    return x[-1:], jnp.stack(new_k), jnp.stack(new_v), valid
