@@ -37,7 +37,8 @@ class ClientHead:
     def random(cls, vocab: int, hidden: int, rms_eps: float = 1e-5, seed: int = 1) -> ClientHead:
         rng = np.random.default_rng(seed)
         emb = rng.standard_normal((vocab, hidden)).astype(np.float32)
-        return cls(emb, np.ones(hidden, np.float32), np.ascontiguousarray(emb.T), rms_eps)
+        head = rng.standard_normal((hidden, vocab)).astype(np.float32)  # untied: varied tokens
+        return cls(emb, np.ones(hidden, np.float32), head, rms_eps)
 
     @property
     def hidden_size(self) -> int:

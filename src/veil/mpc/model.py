@@ -47,7 +47,9 @@ class LlamaShape:
 
     @classmethod
     def from_hf(cls, config: Any) -> LlamaShape:
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
         rope_theta = getattr(config, "rope_theta", None)
         if rope_theta is None:  # transformers 5 keeps it in rope_parameters
             rope_theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
@@ -74,7 +76,7 @@ _WEIGHT_NAMES = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_u
 
 
 def extract_weights(torch_model: Any) -> tuple[LlamaShape, LayerWeights]:
-    """Stack the decoder layers' weights of a transformers Llama model as float32 numpy ([in, out])."""
+    """Stack a transformers Llama model's decoder weights as float32 numpy ([in, out])."""
     shape = LlamaShape.from_hf(torch_model.config)
     per: dict[str, list[np.ndarray]] = {n: [] for n in _WEIGHT_NAMES}
     for layer in torch_model.model.layers:

@@ -1,14 +1,16 @@
 """SPU programs for the layers and the per-party executor that runs them on its shares.
 
-Every party compiles the same three programs per bucket from `veil.mpc.model.layers_step`:
-`prefill` (fresh caches, S = bucket new tokens), `decode` (one token) and `grow` (cache capacity
-+ BUCKET). Weights and positions are public inputs each party encodes itself; the hidden states,
-the KV cache and the padding mask are secret. The caches are program outputs stored under the
+Every party compiles the same programs per cache capacity from `veil.mpc.model.layers_step`:
+`prefill` (fresh caches, the first BUCKET prompt tokens, left-padded), `step` (BUCKET more prompt
+tokens, or one generated token) and `grow` (cache capacity + BUCKET). Weights and positions
+are public inputs each party encodes itself; the hidden states, the KV cache and the padding
+mask are secret. The caches are program outputs stored under the
 same variable names the next step reads, so they never leave the parties between steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
@@ -82,8 +84,9 @@ class MpcSettings:
 class Program:
     """A compiled SPU program and the names of its inputs/outputs (variables on the parties)."""
 
-    kind: str  # prefill | decode | grow
+    kind: str  # prefill | step | grow
     capacity: int  # KV-cache slots it reads (grow: the new capacity)
+    new: int  # new tokens per run (prefill: BUCKET; step: 1 or BUCKET; grow: 0)
     executable: Any  # libspu.Executable
     inputs: tuple[str, ...]
 
@@ -99,13 +102,13 @@ def _spec(shape: Sequence[int], dtype: Any = np.float32) -> Any:
 
 
 @functools.lru_cache(maxsize=32)
-def compile_program(shape: LlamaShape, kind: str, capacity: int) -> Program:
+def compile_program(shape: LlamaShape, kind: str, capacity: int, new: int = 0) -> Program:
     """Compile one program; every party does this itself, so no party runs another's code."""
     import jax.numpy as jnp
     from spu import libspu
     from spu.utils import frontend
 
-    d, n = shape.hidden_size, BUCKET if kind == "prefill" else 1
+    d, n = shape.hidden_size, BUCKET if kind == "prefill" else new
     cache = shape.cache_shape(capacity)
     specs: dict[str, Any] = {}
     if kind == "grow":
@@ -119,7 +122,7 @@ def compile_program(shape: LlamaShape, kind: str, capacity: int) -> Program:
                 "v_cache": jnp.pad(x["v_cache"], pad),
                 "valid": jnp.pad(x["valid"], (0, BUCKET)),
             }
-    elif kind in ("prefill", "decode"):
+    elif kind == "prefill" or (kind == "step" and new in (1, BUCKET)):
         w_specs = {_weight_var(k): _spec(v) for k, v in _weight_shapes(shape).items()}
         specs = {
             **w_specs,
@@ -133,9 +136,7 @@ def compile_program(shape: LlamaShape, kind: str, capacity: int) -> Program:
         if kind == "prefill":
             specs["new_valid_secret"] = _spec((n,))
         else:
-            specs.update(
-                k_cache=_spec(cache), v_cache=_spec(cache), valid=_spec((capacity,))
-            )
+            specs.update(k_cache=_spec(cache), v_cache=_spec(cache), valid=_spec((capacity,)))
 
         def fn(x: dict[str, Any]) -> dict[str, Any]:
             weights = {k[2:]: v for k, v in x.items() if k.startswith("w.")}
@@ -144,21 +145,21 @@ def compile_program(shape: LlamaShape, kind: str, capacity: int) -> Program:
                 valid, new_valid = jnp.zeros((capacity,), jnp.float32), x["new_valid_secret"]
             else:
                 kc, vc, valid = x["k_cache"], x["v_cache"], x["valid"]
-                new_valid = jnp.ones((1,), jnp.float32)
+                new_valid = jnp.ones((n,), jnp.float32)
             out, kc, vc, valid = layers_step(
                 shape, weights, x["hidden"], kc, vc, valid, new_valid,
                 x["start"], x["cos"], x["sin"], x["causal"], x["diag"],
             )  # fmt: skip
             return {"out": out, "k_cache": kc, "v_cache": vc, "valid": valid}
     else:
-        raise MpcConfigError(f"unknown program kind {kind!r}")
+        raise MpcConfigError(f"no program {kind!r} for {new} new tokens")
 
     names = sorted(specs)  # a dict argument flattens in key order
     vis = [
         libspu.Visibility.VIS_SECRET if nm in SECRET_INPUTS else libspu.Visibility.VIS_PUBLIC
         for nm in names
     ]
-    fn.__name__ = f"veil_{kind}_{capacity}"
+    fn.__name__ = f"veil_{kind}_{capacity}_{n}"
     executable, _ = frontend.compile(
         frontend.Kind.JAX,
         fn,
@@ -166,9 +167,9 @@ def compile_program(shape: LlamaShape, kind: str, capacity: int) -> Program:
         {},
         names,
         vis,
-        lambda outs: sorted(["out", "k_cache", "v_cache", "valid"] if kind != "grow" else ["k_cache", "v_cache", "valid"]),
+        lambda outs: sorted(["k_cache", "v_cache", "valid"] + ([] if kind == "grow" else ["out"])),
     )
-    return Program(kind, capacity, executable, tuple(names))
+    return Program(kind, capacity, n, executable, tuple(names))
 
 
 def _weight_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
@@ -201,7 +202,9 @@ class ShareCodec:
         """Fresh random shares of x, one per party."""
         from spu import libspu
 
-        return self._io.make_shares(np.ascontiguousarray(x, np.float32), libspu.Visibility.VIS_SECRET)
+        return self._io.make_shares(
+            np.ascontiguousarray(x, np.float32), libspu.Visibility.VIS_SECRET
+        )
 
     def public(self, x: np.ndarray, rank: int) -> Any:
         from spu import libspu
@@ -221,14 +224,18 @@ class ShareCodec:
         s = self.secret(np.zeros(shape, np.float32))[rank]
         return bytes(s.meta), tuple(len(c) for c in s.share_chunks)
 
-    def check(self, share: Any, shape: tuple[int, ...], rank: int) -> None:
-        """Accept only a float32 secret share of exactly `shape` in this protocol's encoding."""
+    def matches(self, share: Any, shape: tuple[int, ...], rank: int) -> bool:
         meta, chunks = self._template(shape, rank)
         got = tuple(len(c) for c in share.share_chunks)
-        if bytes(share.meta) != meta or got != chunks:
+        return bytes(share.meta) == meta and got == chunks
+
+    def check(self, share: Any, shape: tuple[int, ...], rank: int) -> None:
+        """Accept only a float32 secret share of exactly `shape` in this protocol's encoding."""
+        if not self.matches(share, shape, rank):
+            got = [len(c) for c in share.share_chunks]
             raise BadShare(
                 f"share is not a float32 secret of shape {list(shape)} under "
-                f"{self.settings.protocol} (meta {len(share.meta)} B, chunks {list(got)} B)"
+                f"{self.settings.protocol} (meta {len(share.meta)} B, chunks {got} B)"
             )
 
 
@@ -259,7 +266,8 @@ class PartyRuntime:
         self.codec = ShareCodec(settings)
         self.capacity = 0  # KV-cache slots held; 0 before prefill
         self.length = 0  # slots written
-        self._rt = spu.Runtime(link, settings.runtime_config())
+        self._rt: Any = spu.Runtime(link, settings.runtime_config())
+        self._weight_names = tuple(weight_shares)
         for name, share in weight_shares.items():
             self._rt.set_var(_weight_var(name), share)
         self._lock = threading.Lock()
@@ -272,7 +280,9 @@ class PartyRuntime:
         try:
             self._rt.run(program.executable)
         except Exception as exc:  # link timeouts and peer deaths surface as RuntimeError
-            raise PartyFailure(f"SPU {program.kind} run failed on party {self.rank}: {exc}") from exc
+            raise PartyFailure(
+                f"SPU {program.kind} run failed on party {self.rank}: {exc}"
+            ) from exc
 
     def _step_public(self, start: int, new: int) -> None:
         si = make_step_inputs(self.shape, start, new, self.capacity)
@@ -281,7 +291,7 @@ class PartyRuntime:
         )
 
     def prefill(self, hidden: Any, new_valid: Any) -> Any:
-        """Run the bucket-padded prompt (left-padded; `new_valid` secret) into fresh caches."""
+        """Run the first BUCKET prompt rows (left-padded; `new_valid` secret) into fresh caches."""
         with self._lock:
             if self.capacity:
                 raise BadShare("prefill twice in one session")
@@ -295,30 +305,41 @@ class PartyRuntime:
             self.length = BUCKET
             return self._rt.get_var("out")
 
-    def decode(self, hidden: Any) -> Any:
-        """Run one new token's hidden state, appending to the secret caches."""
+    def step(self, hidden: Any) -> Any:
+        """Append BUCKET more prompt tokens or one generated token ([n, D] secret share)."""
         with self._lock:
             if not self.capacity:
-                raise BadShare("decode before prefill")
-            self.codec.check(hidden, (1, self.shape.hidden_size), self.rank)
-            if self.length == self.capacity:
+                raise BadShare("step before prefill")
+            d = self.shape.hidden_size
+            n = 1 if self.codec.matches(hidden, (1, d), self.rank) else BUCKET
+            self.codec.check(hidden, (n, d), self.rank)
+            while self.length + n > self.capacity:
                 self.capacity += BUCKET
                 self._run(compile_program(self.shape, "grow", self.capacity))
             self._rt.set_var("hidden", hidden)
-            self._step_public(self.length, 1)
-            self._run(compile_program(self.shape, "decode", self.capacity))
-            self.length += 1
+            self._step_public(self.length, n)
+            self._run(compile_program(self.shape, "step", self.capacity, n))
+            self.length += n
             return self._rt.get_var("out")
 
+    _VARS = ("hidden", "new_valid_secret", "k_cache", "v_cache", "valid", "out",
+             "start", "cos", "sin", "causal", "diag")  # fmt: skip
+
     def close(self) -> None:
-        """Wipe every variable (weights included) from the SPU runtime."""
-        self._rt.clear()
+        """Wipe every variable (secret caches first, then weights) and drop the SPU runtime.
+
+        SPU 0.9.5's wrapper has no working `clear()`, so variables are deleted by name.
+        """
+        if self._rt is None:
+            return
+        for name in (*self._VARS, *(_weight_var(n) for n in self._weight_names)):
+            with contextlib.suppress(Exception):  # a variable never set in this session
+                self._rt.del_var(name)
+        self._rt = None
         self.capacity = self.length = 0
 
 
-def public_weight_shares(
-    codec: ShareCodec, weights: LayerWeights, rank: int
-) -> dict[str, Any]:
+def public_weight_shares(codec: ShareCodec, weights: LayerWeights, rank: int) -> dict[str, Any]:
     """This party's encoding of the public weights (done once per process, reused by sessions)."""
     return {name: codec.public(w, rank) for name, w in weights.items()}
 
