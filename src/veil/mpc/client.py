@@ -19,7 +19,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from veil.mpc.channel import recv_frame, send_frame, share_blobs, shares_from
-from veil.mpc.errors import MpcConfigError, MpcError, PartyFailure, error_from_code
+from veil.mpc.errors import (
+    MpcConfigError,
+    MpcError,
+    PartyFailure,
+    SessionError,
+    error_from_code,
+)
 from veil.mpc.head import ClientHead
 from veil.mpc.model import BUCKET
 from veil.mpc.runtime import MpcSettings, ShareCodec
@@ -207,7 +213,7 @@ class RemoteSession:
             requests.append(({"op": op, "session": self.session_id, "shares": counts}, blobs))
         try:
             replies = self._all(requests)
-        except MpcError:
+        except (PartyFailure, SessionError):  # the session is gone; a refused share is not fatal
             self.close()
             raise
         out = self.codec.reconstruct([shares_from(h.get("shares"), b)[0] for h, b in replies])

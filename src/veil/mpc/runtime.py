@@ -101,9 +101,20 @@ def _spec(shape: Sequence[int], dtype: Any = np.float32) -> Any:
     return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
-@functools.lru_cache(maxsize=32)
+_COMPILE_LOCK = threading.Lock()
+
+
 def compile_program(shape: LlamaShape, kind: str, capacity: int, new: int = 0) -> Program:
-    """Compile one program; every party does this itself, so no party runs another's code."""
+    """Compile one program; every party does this itself, so no party runs another's code.
+
+    Cached, and serialized by a lock so threads sharing a process compile each program once.
+    """
+    with _COMPILE_LOCK:
+        return _compile_program(shape, kind, capacity, new)
+
+
+@functools.lru_cache(maxsize=32)
+def _compile_program(shape: LlamaShape, kind: str, capacity: int, new: int) -> Program:
     import jax.numpy as jnp
     from spu import libspu
     from spu.utils import frontend
@@ -362,13 +373,14 @@ def simulate_parties(
     desc = libspu.link.Desc()
     for r in range(world):
         desc.add_party(f"p{r}", f"mem_{r}")
+    desc.recv_timeout_ms = 600_000  # a party thread may be compiling while the others wait
     codec = ShareCodec(settings)
     pool = ThreadPoolExecutor(world)
     links = list(pool.map(lambda r: libspu.link.create_mem(desc, r), range(world)))
-    shares = [public_weight_shares(codec, weights, r) for r in range(world)]
+    shares = public_weight_shares(codec, weights, 0)  # public: the same for every rank
     # constructing a runtime is collective (an all-gather over the link)
     parties = list(
-        pool.map(lambda r: PartyRuntime(links[r], settings, shape, shares[r]), range(world))
+        pool.map(lambda r: PartyRuntime(links[r], settings, shape, shares), range(world))
     )
 
     def all_do(f: Callable[[PartyRuntime], Any]) -> list[Any]:
