@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import struct
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def test_no_plaintext_reaches_a_party(parties: list[PartyProcess], tiny: ModelSo
     assert str(PROMPT_A[:4])[1:-1] not in logs
 
 
-def test_party_dying_mid_session(tiny: ModelSource, tmp_path) -> None:  # noqa: ANN001
+def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
     procs = start_parties(TINY, SETTINGS, tmp_path, ("--link-timeout", "5", "--no-warm"))
     try:
         s = RemoteSession(_addrs(procs), SETTINGS, tiny.weights_sha256)
