@@ -74,3 +74,21 @@ def read_log(p: PartyProcess) -> str:
 
 
 __all__ = ["TINY", "Tap", "free_port", "read_log"]
+
+
+def assert_greedy_agrees(
+    tokens: list[int], src: ModelSource, prompt: list[int], tie: float = 0.05
+) -> None:
+    """Each MPC greedy token must be plaintext's argmax given the same prefix (teacher-forced),
+    unless plaintext's top two logits are within `tie` of each other there (a near-tie that
+    fixed-point error may flip; random tiny models have some).
+    """
+    from veil.mpc.client import prefill_prompt
+    from veil.mpc.local import PlainSession
+
+    session = PlainSession(src.shape, src.weights)
+    logits = prefill_prompt(session, src.head, prompt)
+    for i, tok in enumerate(tokens):
+        best = int(logits.argmax())
+        assert tok == best or logits[best] - logits[tok] < tie, (i, tok, best)
+        logits = src.head.logits(session.step(src.head.embed([tok], 1)))

@@ -19,6 +19,7 @@ __all__ = [
     "LayerWeights",
     "LlamaShape",
     "StepInputs",
+    "calibrate_norm_scales",
     "extract_weights",
     "layers_step",
     "make_step_inputs",
@@ -44,6 +45,12 @@ class LlamaShape:
     intermediate_size: int
     rms_eps: float
     rope_theta: float
+    # public per-norm input scales (attn, mlp per layer), powers of 2; empty means all 1. See
+    # `calibrate_norm_scales`: they keep x*x inside the fixed-point range under MPC.
+    norm_scales: tuple[float, ...] = ()
+
+    def norm_scale(self, layer: int, which: int) -> float:
+        return self.norm_scales[2 * layer + which] if self.norm_scales else 1.0
 
     @classmethod
     def from_hf(cls, config: Any) -> LlamaShape:
@@ -157,12 +164,20 @@ def make_step_inputs(shape: LlamaShape, start: int, new: int, capacity: int) -> 
     return StepInputs(np.asarray(start, dtype=np.int32), cos, sin, causal, diag)
 
 
-def _rms_norm(x: Any, w: Any, eps: float) -> Any:
+def _rms_norm(x: Any, w: Any, eps: float, inv_scale: Any) -> Any:
+    """RMSNorm of x * inv_scale (which equals RMSNorm of x, eps scaled along).
+
+    Llama's residual stream has "massive activations" (|x| ~ 25,000 at the first token in
+    SmolLM2's later layers); x*x in 64-bit fixed point with 18 fraction bits overflows above
+    about 11,600, and SPU's rsqrt is only accurate below about 1e5. A public power-of-two
+    scale keeps both in range without touching the result.
+    """
     import jax
     import jax.numpy as jnp
 
+    x = x * inv_scale
     var = jnp.mean(x * x, axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(var + eps) * w
+    return x * jax.lax.rsqrt(var + eps * inv_scale * inv_scale) * w
 
 
 def _rotate(x: Any, cos: Any, sin: Any) -> Any:
@@ -188,6 +203,49 @@ def _masked_softmax(scores: Any, mask: Any) -> Any:
     return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
+def _layer(
+    shape: LlamaShape,
+    w: dict[str, Any],
+    inv_scale: Any,
+    x: Any,
+    kc: Any,
+    vc: Any,
+    start: Any,
+    cos: Any,
+    sin: Any,
+    mask: Any,
+    probe: list[tuple[Any, Any]] | None,
+) -> tuple[Any, Any, Any]:
+    """One decoder layer; kc/vc [KVH, T, hd] get the new keys/values at `start`."""
+    import jax
+    import jax.numpy as jnp
+
+    s_len = x.shape[0]
+    h, kvh, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    group = h // kvh
+    zero = jnp.zeros((), dtype=jnp.int32)
+    if probe is not None:
+        probe.append((jnp.max(jnp.abs(x)), jnp.max(jnp.mean(x * x, axis=-1))))
+    a = _rms_norm(x, w["attn_norm"], shape.rms_eps, inv_scale[0])
+    q = (a @ (w["wq"] * (1.0 / float(np.sqrt(hd))))).reshape(s_len, h, hd).transpose(1, 0, 2)
+    k = (a @ w["wk"]).reshape(s_len, kvh, hd).transpose(1, 0, 2)
+    v = (a @ w["wv"]).reshape(s_len, kvh, hd).transpose(1, 0, 2)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    kc = jax.lax.dynamic_update_slice(kc, k, (zero, start, zero))
+    vc = jax.lax.dynamic_update_slice(vc, v, (zero, start, zero))
+    qg = q.reshape(kvh, group * s_len, hd)  # heads sharing a KV head side by side
+    scores = jnp.einsum("gqd,gtd->gqt", qg, kc).reshape(h, s_len, -1)
+    p = _masked_softmax(scores, mask)
+    o = jnp.einsum("gqt,gtd->gqd", p.reshape(kvh, group * s_len, -1), vc)
+    o = o.reshape(h, s_len, hd).transpose(1, 0, 2).reshape(s_len, h * hd)
+    x = x + o @ w["wo"]
+    if probe is not None:
+        probe.append((jnp.max(jnp.abs(x)), jnp.max(jnp.mean(x * x, axis=-1))))
+    m = _rms_norm(x, w["mlp_norm"], shape.rms_eps, inv_scale[1])
+    x = x + (jax.nn.silu(m @ w["w_gate"]) * (m @ w["w_up"])) @ w["w_down"]
+    return x, kc, vc
+
+
 def layers_step(
     shape: LlamaShape,
     weights: LayerWeights,
@@ -201,43 +259,79 @@ def layers_step(
     sin: Any,
     causal: Any,
     diag: Any,
+    probe: list[tuple[Any, Any]] | None = None,
 ) -> tuple[Any, Any, Any, Any]:
     """Run all decoder layers on `hidden` [S, D]; write the new keys/values into the caches.
 
     `valid` [T] marks cache slots holding real tokens (0 for left padding) and `new_valid` [S]
     the new tokens' entries. A padding query attends only to itself, so every softmax row has
     mass. Returns (hidden of the last new token [1, D], k_cache, v_cache, valid), caches
-    [L, KVH, T, hd]. Pure JAX, traced both for plaintext runs and for SPU compilation.
+    [L, KVH, T, hd]. Pure JAX, traced both for plaintext runs and for SPU compilation; the
+    layers are a `lax.scan` over the stacked weights, so the program holds one layer's code
+    (compiling 30 unrolled layers took over a minute). `probe` (eager plaintext runs only)
+    collects (max |x|, max mean x^2) at every norm input and unrolls the loop.
     """
     import jax
     import jax.numpy as jnp
 
-    s_len = hidden.shape[0]
-    h, kvh, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
-    group = h // kvh
-    scale = 1.0 / float(np.sqrt(hd))
-    zero = jnp.zeros((), dtype=jnp.int32)
     valid = jax.lax.dynamic_update_slice(valid, new_valid, (start,))
     mask = (causal * valid[None, :] + diag * (1.0 - valid[None, :]))[None, :, :]
-    new_k, new_v = [], []
-    x = hidden
-    for layer in range(shape.num_layers):
-        w = {n: weights[n][layer] for n in _WEIGHT_NAMES}
-        a = _rms_norm(x, w["attn_norm"], shape.rms_eps)
-        q = (a @ (w["wq"] * scale)).reshape(s_len, h, hd).transpose(1, 0, 2)
-        k = (a @ w["wk"]).reshape(s_len, kvh, hd).transpose(1, 0, 2)
-        v = (a @ w["wv"]).reshape(s_len, kvh, hd).transpose(1, 0, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        kc = jax.lax.dynamic_update_slice(k_cache[layer], k, (zero, start, zero))
-        vc = jax.lax.dynamic_update_slice(v_cache[layer], v, (zero, start, zero))
-        new_k.append(kc)
-        new_v.append(vc)
-        qg = q.reshape(kvh, group * s_len, hd)  # heads sharing a KV head side by side
-        scores = jnp.einsum("gqd,gtd->gqt", qg, kc).reshape(h, s_len, -1)
-        p = _masked_softmax(scores, mask)
-        o = jnp.einsum("gqt,gtd->gqd", p.reshape(kvh, group * s_len, -1), vc)
-        o = o.reshape(h, s_len, hd).transpose(1, 0, 2).reshape(s_len, h * hd)
-        x = x + o @ w["wo"]
-        m = _rms_norm(x, w["mlp_norm"], shape.rms_eps)
-        x = x + (jax.nn.silu(m @ w["w_gate"]) * (m @ w["w_up"])) @ w["w_down"]
-    return x[-1:], jnp.stack(new_k), jnp.stack(new_v), valid
+    scales = np.array(
+        [[shape.norm_scale(i, 0), shape.norm_scale(i, 1)] for i in range(shape.num_layers)],
+        np.float32,
+    )
+    inv_scales = jnp.asarray(1.0 / scales)
+    per_layer = {n: weights[n] for n in _WEIGHT_NAMES}
+    if probe is not None:
+        x, ks, vs = hidden, [], []
+        for i in range(shape.num_layers):
+            w = {n: v[i] for n, v in per_layer.items()}
+            args = (start, cos, sin, mask, probe)
+            x, kc, vc = _layer(shape, w, inv_scales[i], x, k_cache[i], v_cache[i], *args)
+            ks.append(kc)
+            vs.append(vc)
+        return x[-1:], jnp.stack(ks), jnp.stack(vs), valid
+
+    def body(x: Any, xs: tuple[Any, ...]) -> tuple[Any, tuple[Any, Any]]:
+        w, inv, kc, vc = xs
+        x, kc, vc = _layer(shape, w, inv, x, kc, vc, start, cos, sin, mask, None)
+        return x, (kc, vc)
+
+    x, (k_cache, v_cache) = jax.lax.scan(body, hidden, (per_layer, inv_scales, k_cache, v_cache))
+    return x[-1:], k_cache, v_cache, valid
+
+
+MAX_SCALED_ABS = 2048.0  # |x / scale| bound at a norm input (x*x overflows near 11,600)
+MAX_SCALED_VAR = 1.0e4  # mean((x / scale)^2) bound (SPU's rsqrt is accurate below ~1e5)
+
+
+def calibrate_norm_scales(
+    shape: LlamaShape, weights: LayerWeights, hidden: np.ndarray
+) -> LlamaShape:
+    """Choose the public norm scales from a plaintext run on public calibration input.
+
+    The scales depend on the model only (the calibration text is fixed and public), so parties
+    and client derive the same ones; a margin of 5x on |x| and 10x on the variance covers
+    prompts larger than the calibration text.
+    """
+    import dataclasses
+
+    import jax
+
+    n = hidden.shape[0]
+    probe: list[tuple[Any, Any]] = []
+    k = np.zeros(shape.cache_shape(n), np.float32)
+    si = make_step_inputs(shape, 0, n, n)
+    unscaled = dataclasses.replace(shape, norm_scales=())
+    with jax.disable_jit():
+        layers_step(
+            unscaled, weights, hidden, k, k.copy(), np.zeros(n, np.float32),
+            np.ones(n, np.float32), si.start, si.cos, si.sin, si.causal, si.diag, probe,
+        )  # fmt: skip
+    scales = []
+    for max_abs, max_var in probe:
+        scale = 1.0
+        while float(max_abs) / scale > MAX_SCALED_ABS or float(max_var) / scale**2 > MAX_SCALED_VAR:
+            scale *= 2.0
+        scales.append(scale)
+    return dataclasses.replace(shape, norm_scales=tuple(scales))

@@ -13,13 +13,24 @@ import numpy as np
 
 from veil.mpc.errors import MpcConfigError
 from veil.mpc.head import ClientHead
-from veil.mpc.model import LayerWeights, LlamaShape, extract_weights, random_weights
+from veil.mpc.model import (
+    LayerWeights,
+    LlamaShape,
+    calibrate_norm_scales,
+    extract_weights,
+    random_weights,
+)
 
 __all__ = ["TINY_SHAPE", "TINY_VOCAB", "ModelSource", "load_source"]
 
 # 2 layers, hidden 64, GQA 4 query heads over 2 KV heads: the CI configuration
 TINY_SHAPE = LlamaShape(2, 64, 4, 2, 16, 128, 1e-5, 10000.0)
 TINY_VOCAB = 256
+# public text whose activations set the norm scales (see calibrate_norm_scales)
+CALIBRATION_TEXT = (
+    "Explain, step by step and with examples, how photosynthesis turns sunlight, water and "
+    "carbon dioxide into sugar, and why it matters for life on Earth."
+)
 
 
 @dataclass
@@ -52,15 +63,18 @@ def load_source(name: str = "smollm2") -> ModelSource:
         head = ClientHead.random(TINY_VOCAB, TINY_SHAPE.hidden_size, seed=seed + 1)
         return ModelSource(name, TINY_SHAPE, weights, head, _digest(weights))
     if name == "smollm2":
-        from veil.engine import load_model
+        from veil.engine import ChatMessage, encode_chat, load_model
 
         lm = load_model()
         shape, weights = extract_weights(lm.model)
+        head = ClientHead.from_torch(lm.model)
+        ids = encode_chat(lm.tokenizer, [ChatMessage("user", CALIBRATION_TEXT)])
+        shape = calibrate_norm_scales(shape, weights, head.embed(ids, len(ids)))
         return ModelSource(
             name,
             shape,
             weights,
-            ClientHead.from_torch(lm.model),
+            head,
             lm.weights_sha256,
             tokenizer=lm.tokenizer,
             eos_token_ids=lm.eos_token_ids,
