@@ -120,3 +120,30 @@ def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
     finally:
         for p in procs:
             p.stop()
+
+
+class _StubTokenizer:
+    """Bytes as tokens, letters as text: enough for the chat API over the tiny model."""
+
+    def apply_chat_template(self, messages: list[dict], **_: object) -> list[int]:
+        return list("".join(m["content"] for m in messages).encode())
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(97 + t % 26) for t in ids)
+
+
+def test_chat_backend_streams_text(parties: list[PartyProcess], tiny: ModelSource) -> None:
+    import dataclasses
+
+    from veil.engine import ChatMessage, SamplingParams
+    from veil.mpc.api import MpcChatBackend
+
+    src = dataclasses.replace(tiny, tokenizer=_StubTokenizer(), eos_token_ids=frozenset({999}))
+    backend = MpcChatBackend(src, _addrs(parties), SETTINGS)
+    deltas = list(
+        backend.stream(
+            [ChatMessage("user", "hello there")], SamplingParams(max_tokens=3, temperature=0)
+        )
+    )
+    assert len(deltas) == 3 and all(len(d.text) == 1 for d in deltas)
+    assert_greedy_agrees([d.token_id for d in deltas], tiny, list(b"hello there"))

@@ -21,6 +21,7 @@ __all__ = [
     "StepInputs",
     "calibrate_norm_scales",
     "extract_weights",
+    "fold_norms",
     "layers_step",
     "make_step_inputs",
     "random_weights",
@@ -30,7 +31,7 @@ __all__ = [
 BUCKET = 32  # prompt and KV-cache lengths are padded to multiples of this
 MASK_FLOOR = -30.0  # masked scores are pushed to this before the max, so they never win it
 
-LayerWeights = dict[str, np.ndarray]  # name -> [L, ...] array stacked over layers, public
+LayerWeights = dict[str, np.ndarray]  # name -> [L, ...] stacked over layers, norms folded, public
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,34 @@ class LlamaShape:
         return (self.num_layers, self.num_kv_heads, capacity, self.head_dim)
 
 
-_WEIGHT_NAMES = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
+_WEIGHT_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def fold_norms(shape: LlamaShape, raw: dict[str, np.ndarray]) -> LayerWeights:
+    """Fold each RMSNorm weight (and attention's 1/sqrt(head_dim)) into the next matmuls.
+
+    Done once in numpy: inside SPU a public-public product of big matrices is slow (fixed-point
+    ring arithmetic, ~0.4 s per layer), while the folded weights cost nothing per step.
+    """
+    an, mn = raw["attn_norm"][:, :, None], raw["mlp_norm"][:, :, None]
+    c = np.float32(1.0 / np.sqrt(shape.head_dim))
+    folded = {
+        "wq": raw["wq"] * an * c,
+        "wk": raw["wk"] * an,
+        "wv": raw["wv"] * an,
+        "wo": raw["wo"],
+        "w_gate": raw["w_gate"] * mn,
+        "w_up": raw["w_up"] * mn,
+        "w_down": raw["w_down"],
+    }
+    return {n: np.ascontiguousarray(v, dtype=np.float32) for n, v in folded.items()}
 
 
 def extract_weights(torch_model: Any) -> tuple[LlamaShape, LayerWeights]:
-    """Stack a transformers Llama model's decoder weights as float32 numpy ([in, out])."""
+    """Stack a transformers Llama model's decoder weights as float32 numpy ([in, out]), with
+    the norms folded in (`fold_norms`)."""
     shape = LlamaShape.from_hf(torch_model.config)
-    per: dict[str, list[np.ndarray]] = {n: [] for n in _WEIGHT_NAMES}
+    per: dict[str, list[np.ndarray]] = {n: [] for n in ("attn_norm", "mlp_norm", *_WEIGHT_NAMES)}
     for layer in torch_model.model.layers:
         a, m = layer.self_attn, layer.mlp
         tensors = {
@@ -101,7 +123,7 @@ def extract_weights(torch_model: Any) -> tuple[LlamaShape, LayerWeights]:
         }
         for name, t in tensors.items():
             per[name].append(t.detach().float().contiguous().numpy())
-    return shape, {n: np.ascontiguousarray(np.stack(v)) for n, v in per.items()}
+    return shape, fold_norms(shape, {n: np.stack(v) for n, v in per.items()})
 
 
 def random_weights(shape: LlamaShape, seed: int = 0) -> LayerWeights:
@@ -116,7 +138,7 @@ def random_weights(shape: LlamaShape, seed: int = 0) -> LayerWeights:
     def norm() -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal((shape.num_layers, d))).astype(np.float32)
 
-    return {
+    return fold_norms(shape, {
         "attn_norm": norm(),
         "wq": mat(d, q),
         "wk": mat(d, kv),
@@ -126,7 +148,7 @@ def random_weights(shape: LlamaShape, seed: int = 0) -> LayerWeights:
         "w_gate": mat(d, f),
         "w_up": mat(d, f),
         "w_down": mat(f, d),
-    }
+    })  # fmt: skip
 
 
 def rotary_tables(shape: LlamaShape, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,8 +186,9 @@ def make_step_inputs(shape: LlamaShape, start: int, new: int, capacity: int) -> 
     return StepInputs(np.asarray(start, dtype=np.int32), cos, sin, causal, diag)
 
 
-def _rms_norm(x: Any, w: Any, eps: float, inv_scale: Any) -> Any:
-    """RMSNorm of x * inv_scale (which equals RMSNorm of x, eps scaled along).
+def _rms_norm(x: Any, eps: float, inv_scale: Any) -> Any:
+    """RMSNorm of x * inv_scale (which equals RMSNorm of x, eps scaled along), without its
+    weight: the caller folds that into the next matmul's public weights (one product less).
 
     Llama's residual stream has "massive activations" (|x| ~ 25,000 at the first token in
     SmolLM2's later layers); x*x in 64-bit fixed point with 18 fraction bits overflows above
@@ -177,7 +200,7 @@ def _rms_norm(x: Any, w: Any, eps: float, inv_scale: Any) -> Any:
 
     x = x * inv_scale
     var = jnp.mean(x * x, axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(var + eps * inv_scale * inv_scale) * w
+    return x * jax.lax.rsqrt(var + eps * inv_scale * inv_scale)
 
 
 def _rotate(x: Any, cos: Any, sin: Any) -> Any:
@@ -197,7 +220,7 @@ def _masked_softmax(scores: Any, mask: Any) -> Any:
     """
     import jax.numpy as jnp
 
-    s = scores * mask + (mask - 1.0) * -MASK_FLOOR
+    s = (scores - MASK_FLOOR) * mask + MASK_FLOOR  # one secret product, no public one
     s = s - jnp.max(s, axis=-1, keepdims=True)
     e = jnp.exp(s) * mask
     return e / jnp.sum(e, axis=-1, keepdims=True)
@@ -226,8 +249,8 @@ def _layer(
     zero = jnp.zeros((), dtype=jnp.int32)
     if probe is not None:
         probe.append((jnp.max(jnp.abs(x)), jnp.max(jnp.mean(x * x, axis=-1))))
-    a = _rms_norm(x, w["attn_norm"], shape.rms_eps, inv_scale[0])
-    q = (a @ (w["wq"] * (1.0 / float(np.sqrt(hd))))).reshape(s_len, h, hd).transpose(1, 0, 2)
+    a = _rms_norm(x, shape.rms_eps, inv_scale[0])  # norm weights are folded into wq, wk, wv
+    q = (a @ w["wq"]).reshape(s_len, h, hd).transpose(1, 0, 2)  # 1/sqrt(hd) folded in too
     k = (a @ w["wk"]).reshape(s_len, kvh, hd).transpose(1, 0, 2)
     v = (a @ w["wv"]).reshape(s_len, kvh, hd).transpose(1, 0, 2)
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -241,7 +264,7 @@ def _layer(
     x = x + o @ w["wo"]
     if probe is not None:
         probe.append((jnp.max(jnp.abs(x)), jnp.max(jnp.mean(x * x, axis=-1))))
-    m = _rms_norm(x, w["mlp_norm"], shape.rms_eps, inv_scale[1])
+    m = _rms_norm(x, shape.rms_eps, inv_scale[1])  # norm weights folded into w_gate, w_up
     x = x + (jax.nn.silu(m @ w["w_gate"]) * (m @ w["w_up"])) @ w["w_down"]
     return x, kc, vc
 

@@ -187,12 +187,10 @@ def _weight_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
     L, d, f = shape.num_layers, shape.hidden_size, shape.intermediate_size
     q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
     return {
-        "attn_norm": (L, d),
         "wq": (L, d, q),
         "wk": (L, d, kv),
         "wv": (L, d, kv),
         "wo": (L, q, d),
-        "mlp_norm": (L, d),
         "w_gate": (L, d, f),
         "w_up": (L, d, f),
         "w_down": (L, f, d),
