@@ -35,6 +35,7 @@ def party(
     fxp_bits: int = typer.Option(18),
     session_timeout: float = typer.Option(300.0, help="seconds an idle session lives"),
     link_timeout: float = typer.Option(60.0, help="seconds a silent peer may take mid-run"),
+    run_timeout: float = typer.Option(900.0, help="seconds one step may take before it is killed"),
     warm: bool = typer.Option(True, help="compile the first bucket's programs before READY"),
 ) -> None:
     """Serve as one MPC party until SIGTERM; prints `READY <control> <link>` when listening."""
@@ -50,6 +51,7 @@ def party(
         settings=settings,
         session_timeout_s=session_timeout,
         link_timeout_ms=int(link_timeout * 1000),
+        run_timeout_s=run_timeout,
     )
     service = PartyService(config, src.shape, src.weights, src.weights_sha256)
     del src  # the service keeps the encoded weights only

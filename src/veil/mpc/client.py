@@ -214,7 +214,7 @@ class RemoteSession:
         try:
             replies = self._all(requests)
         except (PartyFailure, SessionError):  # the session is gone; a refused share is not fatal
-            self.close()
+            self.close(wait=False)  # survivors may be stuck in the run until their link times out
             raise
         out = self.codec.reconstruct([shares_from(h.get("shares"), b)[0] for h, b in replies])
         stats = [h.get("stats", {}) for h, _ in replies]
@@ -236,15 +236,17 @@ class RemoteSession:
     def step(self, hidden: np.ndarray) -> np.ndarray:
         return self._run("step", [hidden])
 
-    def close(self) -> None:
-        """Ask every reachable party to wipe the session, then drop the connections."""
+    def close(self, wait: bool = True) -> None:
+        """Ask every reachable party to wipe the session, then drop the connections (a party
+        also wipes a session whose connection drops). `wait` waits for each acknowledgement."""
         if self._open:
             self._open = False
             for sock in self._socks:
                 try:
                     send_frame(sock, {"op": "close", "session": self.session_id})
-                    sock.settimeout(5.0)
-                    recv_frame(sock)
+                    if wait:
+                        sock.settimeout(5.0)
+                        recv_frame(sock)
                 except (OSError, ConnectionError, MpcError):
                     pass
         for sock in self._socks:

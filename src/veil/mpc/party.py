@@ -14,8 +14,10 @@ orders on different parties would deadlock; a second client gets `PartyBusy`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import socket
 import socketserver
@@ -35,6 +37,7 @@ from veil.mpc.errors import (
     SessionExists,
     SessionExpired,
     UnknownSession,
+    error_from_code,
 )
 from veil.mpc.model import BUCKET, LayerWeights, LlamaShape
 from veil.mpc.runtime import (
@@ -42,6 +45,7 @@ from veil.mpc.runtime import (
     PartyRuntime,
     ShareCodec,
     compile_program,
+    make_share,
     public_weight_shares,
 )
 
@@ -62,6 +66,7 @@ class PartyConfig:
     session_timeout_s: float = 300.0  # an idle session is wiped after this
     link_timeout_ms: int = 60_000  # a peer silent this long mid-run fails the session
     connect_timeout_s: float = 30.0  # peers must join a new session's link within this
+    run_timeout_s: float = 900.0  # one prefill/step taking longer is declared dead (killed)
 
 
 def io_bytes() -> tuple[int, int]:
@@ -74,12 +79,22 @@ def io_bytes() -> tuple[int, int]:
         return 0, 0
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies, so a crashed party's session process
+    does not linger holding the party's sockets and shares."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class _Session:
     sid: str
     rank: int
-    runtime: PartyRuntime | None = None
-    link: Any = None
+    worker: Any = None  # the forked process holding this session's SPU link and shares
+    conn: Any = None  # our end of the pipe to it
     last_used: float = field(default_factory=time.monotonic)
     busy: threading.Lock = field(default_factory=threading.Lock)
 
@@ -155,17 +170,80 @@ class PartyService:
             session = _Session(sid, rank)
             self._sessions[sid] = session
         try:
-            self._connect(session, links)
+            self._start_worker(session, links)
         except BaseException:
             self._wipe(session, "link setup failed")
             raise
+        log.info("session %s open as rank %d", session.sid, session.rank)
         return session
 
-    def _connect(self, session: _Session, links: list[str]) -> None:
+    def _start_worker(self, session: _Session, links: list[str]) -> None:
+        """Fork a process for the session: killing it is the only sure way to stop an SPU run
+        whose peer died (SPU 0.9.5 can block for good on such a link), and it frees every
+        byte of the session's state. The fork shares the encoded weights copy-on-write."""
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork")
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(
+            target=self._worker_main, args=(theirs, session.sid, session.rank, links), daemon=True
+        )
+        proc.start()
+        theirs.close()
+        session.worker, session.conn = proc, ours
+        self._await(session, self.config.connect_timeout_s + 60.0, None)
+
+    def _worker_main(self, conn: Any, sid: str, rank: int, links: list[str]) -> None:
+        """Body of the session process: link up, then run requests from the pipe until closed."""
+        _die_with_parent()
+        if self._server is not None:  # the control sockets belong to the parent
+            self._server.socket.close()
+        try:
+            runtime = self._connect(sid, rank, links)
+            conn.send(("ok", None))
+        except MpcError as exc:
+            conn.send(("err", exc.code, str(exc)))
+            os._exit(1)
+        while True:
+            try:
+                op, payload = conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)
+            if op == "close":
+                os._exit(0)
+            try:
+                shares = [make_share(meta, chunks) for meta, chunks in payload]
+                out = runtime.prefill(*shares) if op == "prefill" else runtime.step(*shares)
+                conn.send(("ok", (bytes(out.meta), [bytes(c) for c in out.share_chunks])))
+            except MpcError as exc:
+                conn.send(("err", exc.code, str(exc)))
+                if isinstance(exc, PartyFailure):
+                    os._exit(1)
+
+    def _await(self, session: _Session, timeout: float, client: socket.socket | None) -> Any:
+        """The worker's answer; PartyFailure if it dies, stalls past `timeout`, or the client
+        speaks or hangs up mid-run (it only does so after giving up on the session)."""
+        from multiprocessing.connection import wait
+
+        waitables: list[Any] = [session.conn] + ([client] if client is not None else [])
+        ready = wait(waitables, timeout)
+        if not ready:
+            raise PartyFailure(f"no result within {timeout:.0f} s; a peer is probably gone")
+        if session.conn not in ready:
+            raise PartyFailure("the client left mid-run")
+        try:
+            msg = session.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise PartyFailure("the session process died") from exc
+        if msg[0] == "ok":
+            return msg[1]
+        raise error_from_code(msg[1], msg[2])
+
+    def _connect(self, sid: str, rank: int, links: list[str]) -> PartyRuntime:
         from spu import libspu
 
         desc = libspu.link.Desc()
-        desc.id = f"veil-{session.sid}"
+        desc.id = f"veil-{sid}"
         for r, addr in enumerate(links):
             desc.add_party(f"p{r}", addr)
         desc.recv_timeout_ms = self.config.link_timeout_ms
@@ -173,22 +251,17 @@ class PartyService:
         desc.connect_retry_interval_ms = 200
         desc.connect_retry_times = max(1, int(self.config.connect_timeout_s / 0.2))
         try:
-            session.link = libspu.link.create_brpc(desc, session.rank)
-            theirs = session.link.all_gather(json.dumps(self._handshake(session.sid)))
+            link = libspu.link.create_brpc(desc, rank)
+            theirs = link.all_gather(json.dumps(self._handshake(sid)))
         except Exception as exc:
-            raise PartyFailure(
-                f"could not link session {session.sid} with its peers: {exc}"
-            ) from exc
-        mine = json.dumps(self._handshake(session.sid))
+            raise PartyFailure(f"could not link session {sid} with its peers: {exc}") from exc
+        mine = json.dumps(self._handshake(sid))
         if any(t != mine for t in theirs):
             raise MpcConfigError("peers disagree on session, settings or model weights")
         try:
-            session.runtime = PartyRuntime(
-                session.link, self.config.settings, self.shape, self._weights
-            )
+            return PartyRuntime(link, self.config.settings, self.shape, self._weights)
         except Exception as exc:
             raise PartyFailure(f"SPU runtime setup failed: {exc}") from exc
-        log.info("session %s open as rank %d", session.sid, session.rank)
 
     def _handshake(self, sid: str) -> dict[str, Any]:
         return {"session": sid, **self.hello(), "link": None}
@@ -209,15 +282,15 @@ class PartyService:
             self._expired[session.sid] = None
             while len(self._expired) > _EXPIRED_KEPT:
                 self._expired.popitem(last=False)
-        if session.runtime is not None:
-            session.runtime.close()
-            session.runtime = None
-        if session.link is not None:
-            try:
-                session.link.stop_link()
-            except Exception:  # a link whose peer died may refuse to stop cleanly
-                log.debug("stop_link failed for %s", session.sid, exc_info=True)
-            session.link = None
+        if session.worker is not None:
+            with contextlib.suppress(OSError, ValueError):
+                session.conn.send(("close", None))
+            session.worker.join(2.0)
+            if session.worker.is_alive():  # stuck in a run: the process goes, and its memory
+                session.worker.kill()
+                session.worker.join()
+            session.conn.close()
+            session.worker = session.conn = None
         log.info("session %s wiped (%s)", session.sid, why)
 
     def close(self, sid: Any) -> None:
@@ -238,28 +311,33 @@ class PartyService:
                     s.busy.release()
 
     # -- computation ------------------------------------------------------------------------
-    def run(self, sid: Any, op: str, shares: list[Any]) -> Any:
+    def run(self, sid: Any, op: str, shares: list[Any], client: socket.socket | None = None) -> Any:
         session = self._get(sid)
         with session.busy:
-            if session.runtime is None:
+            if session.worker is None:
                 raise SessionExpired(f"session {sid} was wiped")
+            if (op, len(shares)) not in (("prefill", 2), ("step", 1)):
+                raise ProtocolViolation(f"{op} with {len(shares)} shares")
             session.last_used = time.monotonic()
+            payload = [(bytes(s.meta), [bytes(c) for c in s.share_chunks]) for s in shares]
             try:
-                if op == "prefill" and len(shares) == 2:
-                    out = session.runtime.prefill(shares[0], shares[1])
-                elif op == "step" and len(shares) == 1:
-                    out = session.runtime.step(shares[0])
-                else:
-                    raise ProtocolViolation(f"{op} with {len(shares)} shares")
-            except PartyFailure as exc:
+                session.conn.send((op, payload))
+                meta, chunks = self._await(session, self.config.run_timeout_s, client)
+            except (PartyFailure, OSError) as exc:
                 self._wipe(session, f"run failed: {exc}")
+                if isinstance(exc, OSError):
+                    raise PartyFailure(f"session process unreachable: {exc}") from exc
                 raise
             session.last_used = time.monotonic()
-            return out
+            return make_share(meta, chunks)
 
     # -- control channel --------------------------------------------------------------------
     def handle(
-        self, header: dict[str, Any], blobs: list[bytes], owned: set[str]
+        self,
+        header: dict[str, Any],
+        blobs: list[bytes],
+        owned: set[str],
+        client: socket.socket | None = None,
     ) -> tuple[dict[str, Any], list[bytes]]:
         """One request -> one reply; typed errors become {"error": code} replies."""
         op = header.get("op")
@@ -280,7 +358,8 @@ class PartyService:
             if op in ("prefill", "step"):
                 before = io_bytes()
                 t0 = time.perf_counter()
-                out = self.run(header.get("session"), op, shares_from(header.get("shares"), blobs))
+                shares = shares_from(header.get("shares"), blobs)
+                out = self.run(header.get("session"), op, shares, client)
                 after = io_bytes()
                 counts, out_blobs = share_blobs([out])
                 stats = {
@@ -323,7 +402,7 @@ class PartyService:
                         except ProtocolViolation as exc:
                             send_frame(sock, {"ok": False, "error": exc.code, "message": str(exc)})
                             return  # framing is lost; the connection cannot continue
-                        reply, out = service.handle(header, blobs, owned)
+                        reply, out = service.handle(header, blobs, owned, sock)
                         send_frame(sock, reply, out)
                 except (ConnectionError, OSError):
                     pass
