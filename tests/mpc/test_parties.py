@@ -100,7 +100,10 @@ def test_no_plaintext_reaches_a_party(parties: list[PartyProcess], tiny: ModelSo
 
 def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
     procs = start_parties(
-        TINY, SETTINGS, tmp_path, ("--link-timeout", "5", "--run-timeout", "15", "--no-warm")
+        TINY,
+        SETTINGS,
+        tmp_path,
+        ("--link-timeout", "5", "--run-timeout", "15", "--max-context", "64"),
     )
     try:
         s = RemoteSession(_addrs(procs), SETTINGS, tiny.weights_sha256)

@@ -67,6 +67,7 @@ class PartyConfig:
     link_timeout_ms: int = 60_000  # a peer silent this long mid-run fails the session
     connect_timeout_s: float = 30.0  # peers must join a new session's link within this
     run_timeout_s: float = 900.0  # one prefill/step taking longer is declared dead (killed)
+    max_context: int = 256  # KV-cache slots a session may use (programs are compiled up front)
 
 
 def io_bytes() -> tuple[int, int]:
@@ -131,11 +132,15 @@ class PartyService:
         }
 
     def warm(self) -> None:
-        """Compile the programs of the first cache bucket now, so the first session is not slow."""
-        for kind, capacity, new in (("prefill", 2 * BUCKET, 0), ("step", 2 * BUCKET, 1),
-                                    ("step", 2 * BUCKET, BUCKET), ("grow", 3 * BUCKET, 0),
-                                    ("step", 3 * BUCKET, 1)):  # fmt: skip
-            compile_program(self.shape, kind, capacity, new)
+        """Compile every program up to the maximum context, here, before any session forks:
+        session processes must not run JAX (forked JAX/XLA state can deadlock or crash)."""
+        top = self.config.max_context
+        compile_program(self.shape, "prefill", 2 * BUCKET)
+        for capacity in range(2 * BUCKET, top + 1, BUCKET):
+            compile_program(self.shape, "step", capacity, 1)
+            compile_program(self.shape, "step", capacity, BUCKET)
+            if capacity > 2 * BUCKET:
+                compile_program(self.shape, "grow", capacity)
 
     def active_sessions(self) -> list[str]:
         with self._lock:
@@ -160,6 +165,7 @@ class PartyService:
             raise MpcConfigError("a party appears twice in the session's link list")
         if not isinstance(rank, int) or not 0 <= rank < world or links[rank] != self.config.link:
             raise MpcConfigError(f"rank {rank!r} is not this party ({self.config.link})")
+        self.warm()  # no-op once done: the session process must find every program compiled
         with self._lock:
             if sid in self._sessions:
                 raise SessionExists(f"session {sid} is already open here")
@@ -170,10 +176,12 @@ class PartyService:
             session = _Session(sid, rank)
             self._sessions[sid] = session
         try:
-            self._start_worker(session, links)
+            with session.busy:  # the reaper leaves a session alone while it is opening
+                self._start_worker(session, links)
         except BaseException:
             self._wipe(session, "link setup failed")
             raise
+        session.last_used = time.monotonic()
         log.info("session %s open as rank %d", session.sid, session.rank)
         return session
 
@@ -259,7 +267,9 @@ class PartyService:
         if any(t != mine for t in theirs):
             raise MpcConfigError("peers disagree on session, settings or model weights")
         try:
-            return PartyRuntime(link, self.config.settings, self.shape, self._weights)
+            return PartyRuntime(
+                link, self.config.settings, self.shape, self._weights, self.config.max_context
+            )
         except Exception as exc:
             raise PartyFailure(f"SPU runtime setup failed: {exc}") from exc
 
