@@ -25,9 +25,7 @@ def tiny() -> ModelSource:
 @pytest.fixture(scope="module")
 def parties(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PartyProcess]]:
     """Three ABY3 party processes serving the tiny model on loopback."""
-    procs = start_parties(
-        TINY, MpcSettings(), tmp_path_factory.mktemp("parties"), ("--max-context", "128")
-    )
+    procs = start_parties(TINY, MpcSettings(), tmp_path_factory.mktemp("parties"))
     yield procs
     for p in procs:
         p.stop()

@@ -41,13 +41,11 @@ def services(tiny: ModelSource) -> Iterator[list[tuple[PartyService, str]]]:
         config = PartyConfig(
             link=f"127.0.0.1:{free_port()}",
             settings=SETTINGS,
-            session_timeout_s=4.0,
+            session_timeout_s=2.0,
             link_timeout_ms=5_000,
             connect_timeout_s=3.0,
-            max_context=128,
         )
         svc = PartyService(config, tiny.shape, tiny.weights, tiny.weights_sha256)
-        svc.warm()
         host, port = svc.serve("127.0.0.1", 0)
         out.append((svc, f"{host}:{port}"))
     yield out
@@ -153,7 +151,7 @@ def test_idle_session_expires_and_is_wiped(services: list, tiny: ModelSource) ->
     s = RemoteSession(_addrs(services), SETTINGS, tiny.weights_sha256)
     try:
         s.prefill(np.zeros((BUCKET, 64), np.float32), np.ones(BUCKET, np.float32))
-        deadline = time.monotonic() + 25
+        deadline = time.monotonic() + 15
         while any(svc.active_sessions() for svc, _ in services) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(svc.active_sessions() for svc, _ in services)

@@ -35,9 +35,7 @@ def party(
     fxp_bits: int = typer.Option(18),
     session_timeout: float = typer.Option(300.0, help="seconds an idle session lives"),
     link_timeout: float = typer.Option(60.0, help="seconds a silent peer may take mid-run"),
-    run_timeout: float = typer.Option(900.0, help="seconds one step may take before it is killed"),
-    max_context: int = typer.Option(256, help="tokens per session (programs compiled at start)"),
-    warm: bool = typer.Option(True, help="compile all programs before READY (else at first open)"),
+    warm: bool = typer.Option(True, help="compile the first bucket's programs before READY"),
 ) -> None:
     """Serve as one MPC party until SIGTERM; prints `READY <control> <link>` when listening."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -52,8 +50,6 @@ def party(
         settings=settings,
         session_timeout_s=session_timeout,
         link_timeout_ms=int(link_timeout * 1000),
-        run_timeout_s=run_timeout,
-        max_context=max_context,
     )
     service = PartyService(config, src.shape, src.weights, src.weights_sha256)
     del src  # the service keeps the encoded weights only

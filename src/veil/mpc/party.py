@@ -14,10 +14,8 @@ orders on different parties would deadlock; a second client gets `PartyBusy`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
 import socket
 import socketserver
@@ -37,7 +35,6 @@ from veil.mpc.errors import (
     SessionExists,
     SessionExpired,
     UnknownSession,
-    error_from_code,
 )
 from veil.mpc.model import BUCKET, LayerWeights, LlamaShape
 from veil.mpc.runtime import (
@@ -45,7 +42,6 @@ from veil.mpc.runtime import (
     PartyRuntime,
     ShareCodec,
     compile_program,
-    make_share,
     public_weight_shares,
 )
 
@@ -66,8 +62,6 @@ class PartyConfig:
     session_timeout_s: float = 300.0  # an idle session is wiped after this
     link_timeout_ms: int = 60_000  # a peer silent this long mid-run fails the session
     connect_timeout_s: float = 30.0  # peers must join a new session's link within this
-    run_timeout_s: float = 900.0  # one prefill/step taking longer is declared dead (killed)
-    max_context: int = 256  # KV-cache slots a session may use (programs are compiled up front)
 
 
 def io_bytes() -> tuple[int, int]:
@@ -80,22 +74,12 @@ def io_bytes() -> tuple[int, int]:
         return 0, 0
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies, so a crashed party's session process
-    does not linger holding the party's sockets and shares."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class _Session:
     sid: str
     rank: int
-    worker: Any = None  # the forked process holding this session's SPU link and shares
-    conn: Any = None  # our end of the pipe to it
+    runtime: PartyRuntime | None = None
+    link: Any = None
     last_used: float = field(default_factory=time.monotonic)
     busy: threading.Lock = field(default_factory=threading.Lock)
 
@@ -132,15 +116,11 @@ class PartyService:
         }
 
     def warm(self) -> None:
-        """Compile every program up to the maximum context, here, before any session forks:
-        session processes must not run JAX (forked JAX/XLA state can deadlock or crash)."""
-        top = self.config.max_context
-        compile_program(self.shape, "prefill", 2 * BUCKET)
-        for capacity in range(2 * BUCKET, top + 1, BUCKET):
-            compile_program(self.shape, "step", capacity, 1)
-            compile_program(self.shape, "step", capacity, BUCKET)
-            if capacity > 2 * BUCKET:
-                compile_program(self.shape, "grow", capacity)
+        """Compile the programs of the first cache bucket now, so the first session is not slow."""
+        for kind, capacity, new in (("prefill", 2 * BUCKET, 0), ("step", 2 * BUCKET, 1),
+                                    ("step", 2 * BUCKET, BUCKET), ("grow", 3 * BUCKET, 0),
+                                    ("step", 3 * BUCKET, 1)):  # fmt: skip
+            compile_program(self.shape, kind, capacity, new)
 
     def active_sessions(self) -> list[str]:
         with self._lock:
@@ -165,7 +145,6 @@ class PartyService:
             raise MpcConfigError("a party appears twice in the session's link list")
         if not isinstance(rank, int) or not 0 <= rank < world or links[rank] != self.config.link:
             raise MpcConfigError(f"rank {rank!r} is not this party ({self.config.link})")
-        self.warm()  # no-op once done: the session process must find every program compiled
         with self._lock:
             if sid in self._sessions:
                 raise SessionExists(f"session {sid} is already open here")
@@ -176,82 +155,17 @@ class PartyService:
             session = _Session(sid, rank)
             self._sessions[sid] = session
         try:
-            with session.busy:  # the reaper leaves a session alone while it is opening
-                self._start_worker(session, links)
+            self._connect(session, links)
         except BaseException:
             self._wipe(session, "link setup failed")
             raise
-        session.last_used = time.monotonic()
-        log.info("session %s open as rank %d", session.sid, session.rank)
         return session
 
-    def _start_worker(self, session: _Session, links: list[str]) -> None:
-        """Fork a process for the session: killing it is the only sure way to stop an SPU run
-        whose peer died (SPU 0.9.5 can block for good on such a link), and it frees every
-        byte of the session's state. The fork shares the encoded weights copy-on-write."""
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork")
-        ours, theirs = ctx.Pipe()
-        proc = ctx.Process(
-            target=self._worker_main, args=(theirs, session.sid, session.rank, links), daemon=True
-        )
-        proc.start()
-        theirs.close()
-        session.worker, session.conn = proc, ours
-        self._await(session, self.config.connect_timeout_s + 60.0, None)
-
-    def _worker_main(self, conn: Any, sid: str, rank: int, links: list[str]) -> None:
-        """Body of the session process: link up, then run requests from the pipe until closed."""
-        _die_with_parent()
-        if self._server is not None:  # the control sockets belong to the parent
-            self._server.socket.close()
-        try:
-            runtime = self._connect(sid, rank, links)
-            conn.send(("ok", None))
-        except MpcError as exc:
-            conn.send(("err", exc.code, str(exc)))
-            os._exit(1)
-        while True:
-            try:
-                op, payload = conn.recv()
-            except (EOFError, OSError):
-                os._exit(0)
-            if op == "close":
-                os._exit(0)
-            try:
-                shares = [make_share(meta, chunks) for meta, chunks in payload]
-                out = runtime.prefill(*shares) if op == "prefill" else runtime.step(*shares)
-                conn.send(("ok", (bytes(out.meta), [bytes(c) for c in out.share_chunks])))
-            except MpcError as exc:
-                conn.send(("err", exc.code, str(exc)))
-                if isinstance(exc, PartyFailure):
-                    os._exit(1)
-
-    def _await(self, session: _Session, timeout: float, client: socket.socket | None) -> Any:
-        """The worker's answer; PartyFailure if it dies, stalls past `timeout`, or the client
-        speaks or hangs up mid-run (it only does so after giving up on the session)."""
-        from multiprocessing.connection import wait
-
-        waitables: list[Any] = [session.conn] + ([client] if client is not None else [])
-        ready = wait(waitables, timeout)
-        if not ready:
-            raise PartyFailure(f"no result within {timeout:.0f} s; a peer is probably gone")
-        if session.conn not in ready:
-            raise PartyFailure("the client left mid-run")
-        try:
-            msg = session.conn.recv()
-        except (EOFError, OSError) as exc:
-            raise PartyFailure("the session process died") from exc
-        if msg[0] == "ok":
-            return msg[1]
-        raise error_from_code(msg[1], msg[2])
-
-    def _connect(self, sid: str, rank: int, links: list[str]) -> PartyRuntime:
+    def _connect(self, session: _Session, links: list[str]) -> None:
         from spu import libspu
 
         desc = libspu.link.Desc()
-        desc.id = f"veil-{sid}"
+        desc.id = f"veil-{session.sid}"
         for r, addr in enumerate(links):
             desc.add_party(f"p{r}", addr)
         desc.recv_timeout_ms = self.config.link_timeout_ms
@@ -259,19 +173,22 @@ class PartyService:
         desc.connect_retry_interval_ms = 200
         desc.connect_retry_times = max(1, int(self.config.connect_timeout_s / 0.2))
         try:
-            link = libspu.link.create_brpc(desc, rank)
-            theirs = link.all_gather(json.dumps(self._handshake(sid)))
+            session.link = libspu.link.create_brpc(desc, session.rank)
+            theirs = session.link.all_gather(json.dumps(self._handshake(session.sid)))
         except Exception as exc:
-            raise PartyFailure(f"could not link session {sid} with its peers: {exc}") from exc
-        mine = json.dumps(self._handshake(sid))
+            raise PartyFailure(
+                f"could not link session {session.sid} with its peers: {exc}"
+            ) from exc
+        mine = json.dumps(self._handshake(session.sid))
         if any(t != mine for t in theirs):
             raise MpcConfigError("peers disagree on session, settings or model weights")
         try:
-            return PartyRuntime(
-                link, self.config.settings, self.shape, self._weights, self.config.max_context
+            session.runtime = PartyRuntime(
+                session.link, self.config.settings, self.shape, self._weights
             )
         except Exception as exc:
             raise PartyFailure(f"SPU runtime setup failed: {exc}") from exc
+        log.info("session %s open as rank %d", session.sid, session.rank)
 
     def _handshake(self, sid: str) -> dict[str, Any]:
         return {"session": sid, **self.hello(), "link": None}
@@ -292,15 +209,15 @@ class PartyService:
             self._expired[session.sid] = None
             while len(self._expired) > _EXPIRED_KEPT:
                 self._expired.popitem(last=False)
-        if session.worker is not None:
-            with contextlib.suppress(OSError, ValueError):
-                session.conn.send(("close", None))
-            session.worker.join(2.0)
-            if session.worker.is_alive():  # stuck in a run: the process goes, and its memory
-                session.worker.kill()
-                session.worker.join()
-            session.conn.close()
-            session.worker = session.conn = None
+        if session.runtime is not None:
+            session.runtime.close()
+            session.runtime = None
+        if session.link is not None:
+            try:
+                session.link.stop_link()
+            except Exception:  # a link whose peer died may refuse to stop cleanly
+                log.debug("stop_link failed for %s", session.sid, exc_info=True)
+            session.link = None
         log.info("session %s wiped (%s)", session.sid, why)
 
     def close(self, sid: Any) -> None:
@@ -321,33 +238,28 @@ class PartyService:
                     s.busy.release()
 
     # -- computation ------------------------------------------------------------------------
-    def run(self, sid: Any, op: str, shares: list[Any], client: socket.socket | None = None) -> Any:
+    def run(self, sid: Any, op: str, shares: list[Any]) -> Any:
         session = self._get(sid)
         with session.busy:
-            if session.worker is None:
+            if session.runtime is None:
                 raise SessionExpired(f"session {sid} was wiped")
-            if (op, len(shares)) not in (("prefill", 2), ("step", 1)):
-                raise ProtocolViolation(f"{op} with {len(shares)} shares")
             session.last_used = time.monotonic()
-            payload = [(bytes(s.meta), [bytes(c) for c in s.share_chunks]) for s in shares]
             try:
-                session.conn.send((op, payload))
-                meta, chunks = self._await(session, self.config.run_timeout_s, client)
-            except (PartyFailure, OSError) as exc:
+                if op == "prefill" and len(shares) == 2:
+                    out = session.runtime.prefill(shares[0], shares[1])
+                elif op == "step" and len(shares) == 1:
+                    out = session.runtime.step(shares[0])
+                else:
+                    raise ProtocolViolation(f"{op} with {len(shares)} shares")
+            except PartyFailure as exc:
                 self._wipe(session, f"run failed: {exc}")
-                if isinstance(exc, OSError):
-                    raise PartyFailure(f"session process unreachable: {exc}") from exc
                 raise
             session.last_used = time.monotonic()
-            return make_share(meta, chunks)
+            return out
 
     # -- control channel --------------------------------------------------------------------
     def handle(
-        self,
-        header: dict[str, Any],
-        blobs: list[bytes],
-        owned: set[str],
-        client: socket.socket | None = None,
+        self, header: dict[str, Any], blobs: list[bytes], owned: set[str]
     ) -> tuple[dict[str, Any], list[bytes]]:
         """One request -> one reply; typed errors become {"error": code} replies."""
         op = header.get("op")
@@ -368,8 +280,7 @@ class PartyService:
             if op in ("prefill", "step"):
                 before = io_bytes()
                 t0 = time.perf_counter()
-                shares = shares_from(header.get("shares"), blobs)
-                out = self.run(header.get("session"), op, shares, client)
+                out = self.run(header.get("session"), op, shares_from(header.get("shares"), blobs))
                 after = io_bytes()
                 counts, out_blobs = share_blobs([out])
                 stats = {
@@ -412,7 +323,7 @@ class PartyService:
                         except ProtocolViolation as exc:
                             send_frame(sock, {"ok": False, "error": exc.code, "message": str(exc)})
                             return  # framing is lost; the connection cannot continue
-                        reply, out = service.handle(header, blobs, owned, sock)
+                        reply, out = service.handle(header, blobs, owned)
                         send_frame(sock, reply, out)
                 except (ConnectionError, OSError):
                     pass

@@ -266,7 +266,6 @@ class PartyRuntime:
         settings: MpcSettings,
         shape: LlamaShape,
         weight_shares: dict[str, Any],
-        max_capacity: int = 1 << 30,
     ) -> None:
         import spu
 
@@ -275,7 +274,6 @@ class PartyRuntime:
         self.settings = settings
         self.codec = ShareCodec(settings)
         self.capacity = 0  # KV-cache slots held; 0 before prefill
-        self.max_capacity = max_capacity
         self.length = 0  # slots written
         self._rt: Any = spu.Runtime(link, settings.runtime_config())
         self._weight_names = tuple(weight_shares)
@@ -325,8 +323,6 @@ class PartyRuntime:
             n = 1 if self.codec.matches(hidden, (1, d), self.rank) else BUCKET
             self.codec.check(hidden, (n, d), self.rank)
             while self.length + n > self.capacity:
-                if self.capacity + BUCKET > self.max_capacity:
-                    raise MpcConfigError(f"the session exceeds {self.max_capacity} tokens")
                 self.capacity += BUCKET
                 self._run(compile_program(self.shape, "grow", self.capacity))
             self._rt.set_var("hidden", hidden)
