@@ -7,6 +7,7 @@ import typer
 from veil.attest.cli import verify_app
 from veil.chain.cli import chain_app
 from veil.client.cli import chat
+from veil.mpc.cli import mpc_app
 from veil.node.cli import node_app
 from veil.relay.cli import relay_app
 
@@ -17,6 +18,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(relay_app, name="relay")
 app.add_typer(chain_app, name="chain")
 app.add_typer(verify_app, name="verify")
+app.add_typer(mpc_app, name="mpc")
 
 
 @app.command()

@@ -1,0 +1,99 @@
+"""Framing of the client <-> party control channel: a JSON header plus binary blobs (shares).
+
+    frame = b"VMPC" | u32 header length | header (JSON object) | blob 0 | blob 1 | ...
+
+The header lists the blob lengths under "blobs". Limits are checked before anything is
+allocated, so a peer cannot make a party reserve memory by announcing a huge frame.
+This channel is plain TCP for now; in the network it rides inside the encrypted transport.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from veil.mpc.errors import ProtocolViolation
+
+__all__ = [
+    "MAGIC",
+    "MAX_BLOB",
+    "MAX_HEADER",
+    "recv_frame",
+    "send_frame",
+    "share_blobs",
+    "shares_from",
+]
+
+MAGIC = b"VMPC"
+MAX_HEADER = 64 * 1024  # bytes
+MAX_BLOB = 64 * 1024 * 1024  # bytes; the largest share the client sends is a few hundred KB
+MAX_BLOBS = 16
+
+
+def send_frame(sock: socket.socket, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> None:
+    head = dict(header, blobs=[len(b) for b in blobs])
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    sock.sendall(b"".join([MAGIC, struct.pack(">I", len(raw)), raw, *blobs]))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError("peer closed the connection")
+        got += k
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[bytes]]:
+    """Read one frame; ConnectionError when the peer is gone, ProtocolViolation when malformed."""
+    prefix = _recv_exact(sock, 8)
+    if prefix[:4] != MAGIC:
+        raise ProtocolViolation("not a Veil MPC frame")
+    (n,) = struct.unpack(">I", prefix[4:])
+    if n > MAX_HEADER:
+        raise ProtocolViolation(f"header of {n} bytes exceeds {MAX_HEADER}")
+    try:
+        header = json.loads(_recv_exact(sock, n))
+    except ValueError as exc:
+        raise ProtocolViolation("header is not JSON") from exc
+    sizes = header.get("blobs") if isinstance(header, dict) else None
+    if (
+        not isinstance(sizes, list)
+        or len(sizes) > MAX_BLOBS
+        or not all(isinstance(s, int) and 0 <= s <= MAX_BLOB for s in sizes)
+    ):
+        raise ProtocolViolation("bad blob list in header")
+    return header, [_recv_exact(sock, s) for s in sizes]
+
+
+def share_blobs(shares: Sequence[Any]) -> tuple[list[int], list[bytes]]:
+    """Flatten SPU shares to blobs: per share its meta, then its chunks."""
+    counts, blobs = [], []
+    for s in shares:
+        chunks = list(s.share_chunks)
+        counts.append(len(chunks))
+        blobs.append(bytes(s.meta))
+        blobs.extend(bytes(c) for c in chunks)
+    return counts, blobs
+
+
+def shares_from(counts: Any, blobs: Sequence[bytes]) -> list[Any]:
+    """Rebuild SPU shares from `share_blobs` output; ProtocolViolation if the counts lie."""
+    from veil.mpc.runtime import make_share
+
+    if not isinstance(counts, list) or not all(isinstance(c, int) and c >= 0 for c in counts):
+        raise ProtocolViolation("bad share counts")
+    if sum(counts) + len(counts) != len(blobs):
+        raise ProtocolViolation("share counts do not match the blobs sent")
+    out, i = [], 0
+    for c in counts:
+        out.append(make_share(blobs[i], blobs[i + 1 : i + 1 + c]))
+        i += 1 + c
+    return out

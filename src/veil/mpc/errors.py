@@ -1,0 +1,96 @@
+"""MPC errors. Each has a stable `code`, so a party can send it to the client and the client can
+raise the same type again.
+
+    MpcError
+     +-- MpcConfigError        protocol/world size/rank that cannot work
+     +-- SessionError
+     |    +-- UnknownSession   no such session id (never opened, closed, or wiped)
+     |    +-- SessionExpired   the session timed out and its state was wiped
+     |    +-- SessionExists    the id is already in use (a party opening twice)
+     |    +-- PartyBusy        the party already runs another session
+     +-- BadShare              a share of the wrong shape, dtype, visibility or encoding
+     +-- ProtocolViolation     a malformed or unexpected message on the control channel
+     +-- PartyFailure          a party died or an SPU run failed; the session is over
+"""
+
+from __future__ import annotations
+
+from veil.errors import VeilError
+
+__all__ = [
+    "BadShare",
+    "MpcConfigError",
+    "MpcError",
+    "PartyBusy",
+    "PartyFailure",
+    "ProtocolViolation",
+    "SessionError",
+    "SessionExists",
+    "SessionExpired",
+    "UnknownSession",
+    "error_from_code",
+]
+
+
+class MpcError(VeilError):
+    """Base of MPC errors."""
+
+    code = "mpc_error"
+
+
+class MpcConfigError(MpcError):
+    code = "config"
+
+
+class SessionError(MpcError):
+    code = "session"
+
+
+class UnknownSession(SessionError):
+    code = "unknown_session"
+
+
+class SessionExpired(SessionError):
+    code = "session_expired"
+
+
+class SessionExists(SessionError):
+    code = "session_exists"
+
+
+class PartyBusy(SessionError):
+    code = "party_busy"
+
+
+class BadShare(MpcError):
+    code = "bad_share"
+
+
+class ProtocolViolation(MpcError):
+    code = "protocol_violation"
+
+
+class PartyFailure(MpcError):
+    code = "party_failure"
+
+
+_BY_CODE: dict[str, type[MpcError]] = {
+    c.code: c
+    for c in (
+        MpcError,
+        MpcConfigError,
+        SessionError,
+        UnknownSession,
+        SessionExpired,
+        SessionExists,
+        PartyBusy,
+        BadShare,
+        ProtocolViolation,
+        PartyFailure,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> MpcError:
+    """The typed error a party reported (unknown codes become a plain MpcError)."""
+    return _BY_CODE.get(code, MpcError)(message)

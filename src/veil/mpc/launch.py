@@ -1,0 +1,101 @@
+"""Starting party processes on loopback: for `veil mpc chat --local`, tests and the benchmark."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from veil.mpc.errors import PartyFailure
+from veil.mpc.runtime import MpcSettings
+
+__all__ = ["PartyProcess", "free_port", "start_parties"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PartyProcess:
+    """A running `veil mpc party` child process."""
+
+    proc: subprocess.Popen[bytes]
+    control: str  # host:port for clients
+    link: str  # host:port for peers
+    log_path: Path  # its stdout+stderr
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """Die abruptly, as a crashed node would."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+def start_parties(
+    model: str,
+    settings: MpcSettings,
+    log_dir: Path,
+    extra_args: tuple[str, ...] = (),
+    ready_timeout_s: float = 300.0,
+) -> list[PartyProcess]:
+    """Start `settings.world_size` parties on 127.0.0.1 and wait until each prints READY."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    parties: list[PartyProcess] = []
+    try:
+        for rank in range(settings.world_size):
+            link = f"127.0.0.1:{free_port()}"
+            log_path = log_dir / f"party{rank}.log"
+            cmd = [
+                sys.executable, "-m", "veil.mpc.cli", "party",
+                "--listen", "127.0.0.1:0", "--link", link, "--model", model,
+                "--protocol", settings.protocol, "--exp-mode", settings.exp_mode,
+                "--sigmoid-mode", settings.sigmoid_mode,
+                "--fxp-bits", str(settings.fxp_fraction_bits),
+                *extra_args,
+            ]  # fmt: skip
+            with log_path.open("wb") as log_file:
+                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            parties.append(PartyProcess(proc, "", link, log_path))
+        deadline = time.monotonic() + ready_timeout_s
+        for p in parties:
+            while not p.control:
+                for line in p.log_path.read_text(errors="replace").splitlines():
+                    if line.startswith("READY "):
+                        p.control = line.split()[1]
+                if p.control:
+                    break
+                if p.proc.poll() is not None:
+                    raise PartyFailure(f"party exited during startup; see {p.log_path}")
+                if time.monotonic() > deadline:
+                    raise PartyFailure(
+                        f"party not ready in {ready_timeout_s:.0f} s; see {p.log_path}"
+                    )
+                time.sleep(0.1)
+    except BaseException:
+        for p in parties:
+            p.stop()
+        raise
+    return parties

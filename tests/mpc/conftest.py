@@ -1,0 +1,94 @@
+"""Fixtures: tiny-model parties as processes (the real protocol) and in-process services."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from veil.mpc.launch import PartyProcess, free_port, start_parties
+from veil.mpc.runtime import MpcSettings
+from veil.mpc.source import ModelSource, load_source
+
+TINY = "tiny:0"
+
+
+@pytest.fixture(scope="session")
+def tiny() -> ModelSource:
+    return load_source(TINY)
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PartyProcess]]:
+    """Three ABY3 party processes serving the tiny model on loopback."""
+    procs = start_parties(TINY, MpcSettings(), tmp_path_factory.mktemp("parties"))
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+class Tap:
+    """A TCP forwarder that keeps every byte the client sends to one party."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.received = bytearray()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(conn, up, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, conn, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if record:
+                    self.received += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def read_log(p: PartyProcess) -> str:
+    return Path(p.log_path).read_text(errors="replace")
+
+
+__all__ = ["TINY", "Tap", "free_port", "read_log"]
+
+
+def assert_greedy_agrees(
+    tokens: list[int], src: ModelSource, prompt: list[int], tie: float = 0.05
+) -> None:
+    """Each MPC greedy token must be plaintext's argmax given the same prefix (teacher-forced),
+    unless plaintext's top two logits are within `tie` of each other there (a near-tie that
+    fixed-point error may flip; random tiny models have some).
+    """
+    from veil.mpc.client import prefill_prompt
+    from veil.mpc.local import PlainSession
+
+    session = PlainSession(src.shape, src.weights)
+    logits = prefill_prompt(session, src.head, prompt)
+    for i, tok in enumerate(tokens):
+        best = int(logits.argmax())
+        assert tok == best or logits[best] - logits[tok] < tie, (i, tok, best)
+        logits = src.head.logits(session.step(src.head.embed([tok], 1)))
