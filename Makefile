@@ -33,7 +33,9 @@ lint: setup
 	$(BIN)/python -m ruff format --check src tests benchmarks
 
 bench: setup
-	$(BIN)/veil bench engine
+	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/transport.py
+	$(BIN)/python benchmarks/gas.py
 
 # Re-resolve the environment from pyproject.toml and rewrite requirements.lock.
 lock:
