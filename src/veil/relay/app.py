@@ -189,6 +189,31 @@ def create_relay_app(
             background=BackgroundTask(answer.aclose),
         )
 
+    async def fetch_small(url: str, media: str, limit: int, what: str) -> Response:
+        """GET a small public document from a node (key list, descriptor), capped while read."""
+        try:
+            answer = await _client().send(
+                httpx.Request("GET", url, headers={"accept": media}), stream=True
+            )
+        except httpx.TimeoutException:
+            return _problem(504, "upstream-timeout", "the node did not answer in time")
+        except httpx.HTTPError:
+            return _problem(502, "upstream-unreachable", "the node could not be reached")
+        try:
+            got = answer.headers.get("content-type", "").split(";")[0].strip().lower()
+            if answer.status_code != 200 or got != media:
+                return _problem(502, "bad-upstream", f"the node gave no {what}")
+            body = bytearray()
+            async for piece in answer.aiter_bytes():
+                body += piece
+                if len(body) > limit:
+                    return _problem(502, "bad-upstream", f"the node's {what} is too large")
+        except httpx.HTTPError:
+            return _problem(502, "upstream-unreachable", f"the node's {what} broke off")
+        finally:
+            await answer.aclose()
+        return Response(bytes(body), media_type=media, headers={"cache-control": "no-store"})
+
     @app.get("/relay/{node_id}/ohttp-keys")
     async def keys(node_id: str, request: Request) -> Response:
         gate = _gate(request, node_id)
@@ -196,21 +221,7 @@ def create_relay_app(
             return gate
         node = directory.get(node_id)
         assert node is not None
-        try:
-            bare = httpx.Request("GET", node.keys_url, headers={"accept": MEDIA_KEYS})
-            answer = await _client().send(bare)
-        except httpx.TimeoutException:
-            return _problem(504, "upstream-timeout", "the node did not answer in time")
-        except httpx.HTTPError:
-            return _problem(502, "upstream-unreachable", "the node could not be reached")
-        media = answer.headers.get("content-type", "").split(";")[0].strip().lower()
-        if answer.status_code != 200 or media != MEDIA_KEYS:
-            return _problem(502, "bad-upstream", "the node gave no key list")
-        if len(answer.content) > cfg.max_keys_bytes:
-            return _problem(502, "bad-upstream", "the node's key list is too large")
-        return Response(
-            answer.content, media_type=MEDIA_KEYS, headers={"cache-control": "no-store"}
-        )
+        return await fetch_small(node.keys_url, MEDIA_KEYS, cfg.max_keys_bytes, "key list")
 
     @app.get("/relay/{node_id}/descriptor")
     async def descriptor(node_id: str, request: Request) -> Response:
@@ -219,28 +230,8 @@ def create_relay_app(
             return gate
         node = directory.get(node_id)
         assert node is not None
-        try:
-            bare = httpx.Request("GET", node.descriptor_url, headers={"accept": MEDIA_DESCRIPTOR})
-            answer = await _client().send(bare, stream=True)
-        except httpx.TimeoutException:
-            return _problem(504, "upstream-timeout", "the node did not answer in time")
-        except httpx.HTTPError:
-            return _problem(502, "upstream-unreachable", "the node could not be reached")
-        try:
-            media = answer.headers.get("content-type", "").split(";")[0].strip().lower()
-            if answer.status_code != 200 or media != MEDIA_DESCRIPTOR:
-                return _problem(502, "bad-upstream", "the node gave no descriptor")
-            body = bytearray()
-            async for piece in answer.aiter_bytes():
-                body += piece
-                if len(body) > cfg.max_descriptor_bytes:
-                    return _problem(502, "bad-upstream", "the node's descriptor is too large")
-        except httpx.HTTPError:
-            return _problem(502, "upstream-unreachable", "the node's descriptor broke off")
-        finally:
-            await answer.aclose()
-        return Response(
-            bytes(body), media_type=MEDIA_DESCRIPTOR, headers={"cache-control": "no-store"}
+        return await fetch_small(
+            node.descriptor_url, MEDIA_DESCRIPTOR, cfg.max_descriptor_bytes, "descriptor"
         )
 
     return app
