@@ -20,14 +20,19 @@ def free_port() -> int:
 
 
 class Tap:
-    """A TCP forwarder on a free port that records all bytes in both directions."""
+    """A TCP forwarder on a free loopback port to a loopback target (a port or "host:port").
 
-    def __init__(self, target_port: int) -> None:
-        self.target = target_port
+    `data` records all bytes in both directions; `received` only what went to the target.
+    """
+
+    def __init__(self, target: int | str) -> None:
+        self.target = int(str(target).rpartition(":")[2])
         self.data = bytearray()
+        self.received = bytearray()
         self.lock = threading.Lock()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -37,14 +42,16 @@ class Tap:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, inbound in ((conn, upstream, True), (upstream, conn, False)):
+                threading.Thread(target=self._pump, args=(a, b, inbound), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, inbound: bool) -> None:
         try:
             while chunk := src.recv(65536):
                 with self.lock:
                     self.data += chunk
+                    if inbound:
+                        self.received += chunk
                 dst.sendall(chunk)
         except OSError:
             pass

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,49 +28,11 @@ def parties(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PartyProc
         p.stop()
 
 
-class Tap:
-    """A TCP forwarder that keeps every byte the client sends to one party."""
-
-    def __init__(self, target: str) -> None:
-        host, _, port = target.rpartition(":")
-        self.target = (host, int(port))
-        self.received = bytearray()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            up = socket.create_connection(self.target)
-            threading.Thread(target=self._pipe, args=(conn, up, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, conn, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if record:
-                    self.received += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.server.close()
-
-
 def read_log(p: PartyProcess) -> str:
     return Path(p.log_path).read_text(errors="replace")
 
 
-__all__ = ["TINY", "Tap", "free_port", "read_log"]
+__all__ = ["TINY", "free_port", "read_log"]
 
 
 def assert_greedy_agrees(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from netsupport import Tap
 from veil.mpc.client import RemoteSession, generate, prefill_prompt
 from veil.mpc.errors import PartyFailure
 from veil.mpc.launch import PartyProcess, start_parties
@@ -20,7 +21,7 @@ from veil.mpc.local import PlainSession
 from veil.mpc.runtime import MpcSettings
 from veil.mpc.source import ModelSource
 
-from .conftest import TINY, Tap, assert_greedy_agrees, read_log
+from .conftest import TINY, assert_greedy_agrees, read_log
 
 pytestmark = pytest.mark.slow
 
