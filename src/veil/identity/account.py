@@ -65,6 +65,11 @@ class NodeIdentity:
         """EIP-55 checksummed address."""
         return str(self._account.address)
 
+    @property
+    def private_key(self) -> bytes:
+        """The raw key, for signing this account's own chain transactions (`ChainClient`)."""
+        return bytes(self._account.key)
+
     def sign_digest(self, digest: bytes) -> bytes:
         """EIP-191 (personal_sign) signature over a 32-byte digest: 65 bytes r || s || v."""
         if len(digest) != 32:
