@@ -115,6 +115,8 @@ class Devnet:
         block_time: float | None = None,
         anvil: Path | None = None,
         startup_timeout: float = 10.0,
+        state_path: Path | None = None,
+        state_interval_s: int = 5,
     ) -> None:
         self.chain_id = chain_id
         self.port = port
@@ -122,6 +124,10 @@ class Devnet:
         self.block_time = block_time
         self.anvil = anvil
         self.startup_timeout = startup_timeout
+        # With a state file the chain survives restarts: anvil loads it at start and writes
+        # it every `state_interval_s` and on exit.
+        self.state_path = state_path
+        self.state_interval_s = state_interval_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self.accounts: list[DevnetAccount] = []
@@ -158,6 +164,14 @@ class Devnet:
             ]
             if self.block_time:
                 cmd += ["--block-time", str(self.block_time)]
+            if self.state_path is not None:
+                Path(self.state_path).parent.mkdir(parents=True, exist_ok=True)
+                cmd += [
+                    "--state",
+                    str(self.state_path),
+                    "--state-interval",
+                    str(self.state_interval_s),
+                ]
             self._proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,

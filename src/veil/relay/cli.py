@@ -11,7 +11,16 @@ relay_app = typer.Typer(help="Oblivious relay: forwards sealed requests to known
 
 @relay_app.command()
 def serve(
-    nodes: Path = typer.Option(..., "--nodes", help="Node list file (TOML or JSON)."),
+    nodes: Path | None = typer.Option(
+        None, "--nodes", help="Node list file (TOML or JSON); or use --chain."
+    ),
+    chain: Path | None = typer.Option(
+        None,
+        "--chain",
+        help="Chain deployment file: forward to the active nodes of the on-chain registry "
+        "(node id = operator address).",
+    ),
+    refresh: float = typer.Option(5.0, help="Seconds between registry reads (with --chain)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8080, help="Port to listen on."),
     max_body: int = typer.Option(1024 * 1024, help="Largest encapsulated request, bytes."),
@@ -24,13 +33,31 @@ def serve(
     import uvicorn
 
     from veil.relay.app import RelayConfig, create_relay_app
-    from veil.relay.directory import NodeConfigError, load_nodes
+    from veil.relay.directory import ChainNodeDirectory, NodeConfigError, load_nodes
 
-    try:
-        directory = load_nodes(nodes)
-    except NodeConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    if (nodes is None) == (chain is None):
+        typer.echo("error: give exactly one of --nodes FILE or --chain DEPLOYMENT", err=True)
+        raise typer.Exit(2)
+    if nodes is not None:
+        try:
+            directory = load_nodes(nodes)
+        except NodeConfigError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        source = f"{len(directory)} node(s) from {nodes}"
+    else:
+        from veil.chain import ChainClient
+        from veil.chain.errors import ChainError
+
+        try:
+            client = ChainClient.from_file(chain)
+        except ChainError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        directory = ChainNodeDirectory(
+            lambda: [(n.operator, n.endpoint) for n in client.active_nodes()], refresh_s=refresh
+        ).start()
+        source = f"on-chain registry ({len(directory)} active node(s) now)"
     config = RelayConfig(
         max_body_bytes=max_body,
         rate_per_s=rate,
@@ -38,7 +65,7 @@ def serve(
         connect_timeout_s=connect_timeout,
         read_timeout_s=read_timeout,
     )
-    typer.echo(f"relay: {len(directory)} node(s), listening on {host}:{port}")
+    typer.echo(f"relay: {source}, listening on {host}:{port}")
     uvicorn.run(
         create_relay_app(directory, config),
         host=host,

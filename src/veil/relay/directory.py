@@ -1,4 +1,4 @@
-"""Which node gateways the relay forwards to: a config file now, the on-chain registry later.
+"""Which node gateways the relay forwards to: a config file, or the on-chain registry.
 
 The file (TOML or JSON, chosen by extension) lists nodes by id::
 
@@ -7,14 +7,20 @@ The file (TOML or JSON, chosen by extension) lists nodes by id::
     url = "http://127.0.0.1:8001"     # node base URL; gateway at /gateway, keys at
                                       # /.well-known/ohttp-keys
 
-`NodeDirectory` is the seam the registry will fill: the relay only asks it for a node by id.
+`ChainNodeDirectory` reads the NodeRegistry instead: a node's id is its operator address
+(EIP-55, matched case-insensitively) and its URL the endpoint it registered; only active
+nodes (bonded stake at least the minimum) are listed. The relay only asks `get(id)`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
+import time
 import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +30,16 @@ from veil.errors import VeilError
 from veil.identity.descriptor import DESCRIPTOR_PATH
 from veil.wire.ohttp import GATEWAY_PATH, KEYS_PATH
 
-__all__ = ["Node", "NodeConfigError", "NodeDirectory", "StaticNodeDirectory", "load_nodes"]
+__all__ = [
+    "ChainNodeDirectory",
+    "Node",
+    "NodeConfigError",
+    "NodeDirectory",
+    "StaticNodeDirectory",
+    "load_nodes",
+]
+
+log = logging.getLogger(__name__)
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -103,3 +118,81 @@ def load_nodes(path: Path) -> StaticNodeDirectory:
     if not isinstance(nodes, list):
         raise NodeConfigError("node list needs a `nodes` array")
     return StaticNodeDirectory([_node(entry) for entry in nodes])
+
+
+class ChainNodeDirectory:
+    """Active nodes from the on-chain registry, refreshed every `refresh_s` in a thread.
+
+    `read` returns (operator, endpoint) pairs: `lambda: [(n.operator, n.endpoint) for n in
+    chain.active_nodes()]` with a `veil.chain.ChainClient`. A lookup that misses refreshes at
+    once (at most once per `min_gap_s`), so a node that just registered is reachable
+    without waiting. A registry entry with an unusable endpoint is skipped and logged; a
+    failed read keeps the last good list.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], Iterable[tuple[str, str]]],
+        *,
+        refresh_s: float = 5.0,
+        min_gap_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._refresh_s = refresh_s
+        self._min_gap_s = min_gap_s
+        self._clock = clock
+        self._nodes: dict[str, Node] = {}
+        self._last = -float("inf")
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._last = self._clock()
+            try:
+                entries = list(self._read())
+            except Exception as err:  # the chain may be briefly unreachable: keep the list
+                log.warning(
+                    "relay: registry read failed (%s); keeping %d node(s)",
+                    type(err).__name__,
+                    len(self._nodes),
+                )
+                return
+            nodes = {}
+            for operator, endpoint in entries:
+                try:
+                    node = _node({"id": operator, "url": endpoint})
+                except NodeConfigError as err:
+                    log.warning("relay: skipping registry entry: %s", err)
+                    continue
+                nodes[operator.lower()] = node
+            self._nodes = nodes
+
+    def get(self, node_id: str, /) -> Node | None:
+        node = self._nodes.get(node_id.lower())
+        if node is None and self._clock() - self._last >= self._min_gap_s:
+            self.refresh()
+            node = self._nodes.get(node_id.lower())
+        return node
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def start(self) -> ChainNodeDirectory:
+        """First read now, then keep refreshing in a daemon thread until `stop()`."""
+        self.refresh()
+
+        def loop() -> None:
+            while not self._stop.wait(self._refresh_s):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="registry-refresh", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
