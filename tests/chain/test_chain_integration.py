@@ -128,6 +128,10 @@ def test_register_fund_redeem_challenge_slash(devnet, deployment, actors) -> Non
     node.redeem_ticket(big, client.sign_ticket(big), rand)  # 2 from deposit, 1 from reserve
     assert client.sender_funds().deposit == 0 and client.sender_funds().reserve == TOKEN
     assert node.earnings() == 4 * TOKEN
+    paid = reader.redeemed_tickets(sender=client.address)
+    assert [t.face_value for t in paid] == [TOKEN, 3 * TOKEN]
+    assert paid[0].ticket_hash == client.ticket_hash(ticket) and paid[0].recipient == node.address
+    assert reader.redeemed_tickets(recipient=actors["other_node"].address) == []
     before = node.token_balance()
     node.withdraw_earnings()
     assert node.token_balance() == before + 4 * TOKEN

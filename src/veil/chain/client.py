@@ -21,6 +21,7 @@ from veil.chain.types import (
     ChallengeStatus,
     ModelEntry,
     NodeInfo,
+    RedeemedTicket,
     ReleaseAction,
     ReleaseEntry,
     SenderFunds,
@@ -291,6 +292,34 @@ class ChainClient:
 
     def withdraw_earnings(self) -> TxReceipt:
         return self._transact(self.broker, "withdrawEarnings")
+
+    def redeemed_tickets(
+        self, *, sender: str | None = None, recipient: str | None = None
+    ) -> list[RedeemedTicket]:
+        """Winning tickets paid since deployment (optionally of one sender or recipient)."""
+        filters: dict[str, Any] = {}
+        if sender is not None:
+            filters["sender"] = sender
+        if recipient is not None:
+            filters["recipient"] = recipient
+        event = self.broker.events.WinningTicketRedeemed()
+        logs = self._read(
+            "WinningTicketRedeemed logs",
+            lambda: event.get_logs(
+                from_block=self.deployment.block_number, argument_filters=filters or None
+            ),
+        )
+        return [
+            RedeemedTicket(
+                sender=str(e["args"]["sender"]),
+                recipient=str(e["args"]["recipient"]),
+                ticket_hash=bytes(e["args"]["ticketHash"]),
+                face_value=int(e["args"]["faceValue"]),
+                block_number=int(e["blockNumber"]),
+                tx_hash="0x" + bytes(e["transactionHash"]).hex(),
+            )
+            for e in logs
+        ]
 
     # ------------------------------------------------------------------ slasher
 

@@ -10,6 +10,7 @@ __all__ = [
     "ChallengeStatus",
     "ModelEntry",
     "NodeInfo",
+    "RedeemedTicket",
     "ReleaseAction",
     "ReleaseEntry",
     "SenderFunds",
@@ -61,6 +62,18 @@ class SenderFunds:
     deposit: int  # pays winning tickets first
     reserve: int  # pays when the deposit runs out
     withdraw_at: int  # unix time withdrawal opens (0: not unlocking)
+
+
+@dataclass(frozen=True)
+class RedeemedTicket:
+    """A winning ticket paid by the broker (from its `WinningTicketRedeemed` event)."""
+
+    sender: str
+    recipient: str
+    ticket_hash: bytes
+    face_value: int
+    block_number: int
+    tx_hash: str
 
 
 @dataclass(frozen=True)
