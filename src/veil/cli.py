@@ -35,79 +35,101 @@ app.command("chat")(chat)
 @app.command()
 def up(
     data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="State directory (default $VEIL_HOME or ./.veil)."
+        None, "--data-dir", help="State directory (default $VEIL_HOME or ./.veil); reused."
     ),
     prompt: str = typer.Option(
         "In two sentences, why does privacy matter when using AI?",
         "--prompt",
         "-p",
-        help="First message sent once the network is up.",
+        help="First message sent through the gateway once the network is up ('' for none).",
     ),
     interactive: bool | None = typer.Option(
         None,
         "--interactive/--no-interactive",
-        help="Keep chatting after the first answer (default: when the terminal is interactive).",
+        help="Chat in this terminal after the first answer (default: when it is a terminal).",
+    ),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Keep the network up until Ctrl-C (--no-wait: stop)."
     ),
     max_tokens: int = typer.Option(96, help="Longest answer, in tokens."),
 ) -> None:
-    """Start a local Veil network (node + relay), then chat with it through the relay."""
-    import sys
+    """Start a local Veil network and chat through it; Ctrl-C stops everything.
 
+    The devnet chain with Veil's contracts, two nodes that stake and register themselves,
+    the relay (nodes from the on-chain registry) and the OpenAI-compatible gateway.
+    """
+    import signal
+    import sys
+    import time
+
+    import openai
     from rich.console import Console
 
-    from veil.client.cli import (
-        describe_session,
-        open_session,
-        receipt_line,
-        refused_line,
-        run_repl,
-        stream_reply,
-    )
-    from veil.client.errors import ClientError, NodeRejected, ReceiptRefused
-    from veil.up import NODE_ID, LocalNetwork, default_data_dir
+    from veil.client.cli import DEFAULT_MODEL, gateway_openai, gateway_reply, run_gateway_repl
+    from veil.up import LocalNetwork, default_data_dir
 
+    def _stop_on_term(_signum, _frame):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop_on_term)
     console = Console()
     net = LocalNetwork(data_dir or default_data_dir())
     if interactive is None:
         interactive = sys.stdin.isatty()
     try:
         net.start(console)
-        session = open_session(
-            net.relay_url, NODE_ID, mode="anonymous", receipts=net.data_dir / "receipts.sqlite"
-        )
-        for line in describe_session(session):
-            style = "yellow" if line.startswith("warning") else "green"
-            console.print(f"[{style}]{'!' if style == 'yellow' else '✓'}[/] {line}")
-        client = session.openai()
-        params = {"max_tokens": max_tokens, "temperature": 0.7}
-        history = [{"role": "user", "content": prompt}]
         console.print(
-            f"\n[bold]you>[/] {prompt}\n"
-            f"[dim](sealed with OHTTP to {NODE_ID}, sent through the relay)[/]"
+            f"\n[bold]Veil is up.[/] State in {net.data_dir}/ (a second `veil up` reuses it).\n"
+            f"  OpenAI-compatible API: {net.gateway_url}/v1  (any api key)\n"
+            f'    e.g. OpenAI(base_url="{net.gateway_url}/v1", api_key="veil")\n'
+            f"  chat:   veil chat          status: veil status\n"
+            f"  models: {DEFAULT_MODEL} (anonymous mode), "
+            f"{DEFAULT_MODEL}:tee is refused here (nodes have dev evidence only)"
         )
-        sys.stdout.write("assistant> ")
-        try:
-            answer = stream_reply(client, "smollm2-135m-instruct", history, sys.stdout, **params)
-            console.print(f"[green]✓[/] {receipt_line(session)}")
-            history.append({"role": "assistant", "content": answer})
-        except ReceiptRefused as exc:
-            console.print(f"[red]✗ {refused_line(exc)}[/]")
-            history.pop()
-        if interactive:
+        client = gateway_openai(net.gateway_url)
+        params = {"max_tokens": max_tokens, "temperature": 0.7}
+        history: list[dict[str, str]] = []
+        if prompt:
+            history.append({"role": "user", "content": prompt})
             console.print(
-                f"\nThe network stays up while you chat. Other shells can use it too:\n"
-                f"  veil chat --relay {net.relay_url} --node {NODE_ID}"
+                f"\n[bold]you>[/] {prompt}\n[dim](paid with a ticket, sealed with OHTTP to "
+                f"the chosen node, sent through the relay)[/]"
             )
-            run_repl(client, "smollm2-135m-instruct", history, params, session)
+            sys.stdout.write("assistant> ")
+            answer = gateway_reply(client, DEFAULT_MODEL, history, sys.stdout, **params)
+            history.append({"role": "assistant", "content": answer})
+        if interactive:
+            run_gateway_repl(client, DEFAULT_MODEL, history, params)
+        if wait:
+            console.print("\nThe network is running; Ctrl-C stops it.")
+            while True:
+                net.check()
+                time.sleep(1)
     except KeyboardInterrupt:
         console.print("\ninterrupted")
-    except NodeRejected as exc:
-        console.print(f"[red]error:[/] node refused at step {exc.check!r}: {exc}")
-        raise typer.Exit(1) from None
-    except (RuntimeError, ClientError) as exc:
+    except (RuntimeError, openai.APIError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
     finally:
         with console.status("stopping the network..."):
             net.stop()
         console.print("stopped.")
+
+
+@app.command()
+def status(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="State directory of `veil up` (default $VEIL_HOME or ./.veil)."
+    ),
+    deployment: Path | None = typer.Option(
+        None, "--chain", help="Deployment file (default: the data directory's)."
+    ),
+    sender: list[str] = typer.Option(
+        [], "--sender", help="Also show this payer's deposit (default: the data dir's wallet)."
+    ),
+) -> None:
+    """Nodes, stakes, releases, balances, deposits and redeemed tickets, read from the chain."""
+    from veil.status import print_status
+    from veil.up import default_data_dir
+
+    raise typer.Exit(print_status(data_dir or default_data_dir(), deployment, sender))

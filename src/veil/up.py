@@ -1,12 +1,24 @@
-"""`veil up`: run a local Veil network (a node and a relay as separate processes) and chat with it.
+"""`veil up`: a whole local Veil network under one data directory.
 
-Each service runs as its own process, logging to a file under the data directory, so a crash in
-one is visible and Ctrl-C stops them all cleanly.
+What runs (each service its own process with a log file under `logs/`, so a crash in one is
+visible and Ctrl-C stops them all, gateway first, chain last):
+
+* the devnet chain (anvil) with Veil's contracts; its state is kept in `chain/state.json`, so a
+  second `veil up` finds the same deployment, stakes, deposits and redeemed tickets;
+* two nodes, `node-a` and `node-b`, each with its own identity, OHTTP keys and ticket queue;
+  each registers and stakes itself on-chain at start and is paid with tickets;
+* the packaged model's release, published once to the ReleaseLog by governance;
+* a relay whose node list is the on-chain registry;
+* the client gateway (OpenAI-compatible, on localhost) paying from the user's wallet.
+
+Devnet accounts (anvil's public test mnemonic, never for real funds): 0 deploys and governs,
+1 and 2 operate the nodes, 3 is the user's pseudonymous wallet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -14,16 +26,28 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 from rich.console import Console
 
-__all__ = ["LocalNetwork", "Service", "pick_port"]
+from veil.home import INFO_FILE, default_data_dir, load_network_info
 
-NODE_ID = "node-a"
+__all__ = [
+    "NODE_NAMES",
+    "LocalNetwork",
+    "NetworkSettings",
+    "Service",
+    "default_data_dir",
+    "load_network_info",
+    "pick_port",
+]
+
+NODE_NAMES = ("node-a", "node-b")
+VEIL = 10**18  # base units per VEIL
 
 
 def pick_port(preferred: int) -> int:
@@ -74,6 +98,12 @@ class Service:
             self._log.close()
             self._log = None
 
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def wait_ready(self, url: str, timeout: float) -> None:
         """Poll `url` until it answers 200; fail early, with the log's tail, if the process dies."""
         deadline = time.monotonic() + timeout
@@ -93,64 +123,287 @@ class Service:
             return ""
 
 
-class LocalNetwork:
-    """A node and a relay on loopback, with state under `data_dir`."""
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Knobs of a local network (the defaults suit a demo; tests raise the win probability)."""
 
-    def __init__(self, data_dir: Path, node_port: int = 8701, relay_port: int = 8780) -> None:
-        self.data_dir = data_dir
-        self.node_port = pick_port(node_port)
-        self.relay_port = pick_port(relay_port)
-        self.node_url = f"http://127.0.0.1:{self.node_port}"
-        self.relay_url = f"http://127.0.0.1:{self.relay_port}"
-        logs = data_dir / "logs"
-        node_dir = data_dir / NODE_ID
-        nodes_file = data_dir / "relay-nodes.json"
-        self.node = Service(
-            NODE_ID,
-            [
-                "node",
-                "serve",
-                "--port",
-                str(self.node_port),
-                "--keys",
-                str(node_dir / "ohttp-keys.json"),
-                "--identity",
-                str(node_dir / "identity.json"),
-            ],
-            logs / f"{NODE_ID}.log",
-        )
-        self.relay = Service(
-            "relay",
-            ["relay", "serve", "--nodes", str(nodes_file), "--port", str(self.relay_port)],
-            logs / "relay.log",
-        )
-        self._nodes_file = nodes_file
+    chain_port: int = 8545
+    node_ports: tuple[int, ...] = (8701, 8702)
+    relay_port: int = 8780
+    gateway_port: int = 8787
+    stake: int = 100 * VEIL  # per node
+    face_value: int = VEIL  # per winning ticket
+    win_prob: float = 0.1  # so a request costs 0.1 VEIL on average
+    deposit: int = 500 * VEIL  # the wallet's broker deposit, topped up to this at start
+    reserve: int = 100 * VEIL
+    mint: int = 10_000 * VEIL  # minted to each devnet account at deployment
+    # All of one user's traffic reaches the relay from the gateway's address: a per-client
+    # limit fit for a single user's gateway, not the relay's public default.
+    relay_rate: float = 50.0
+    relay_burst: int = 100
+    model_timeout_s: float = 600.0  # two nodes load the model side by side on 2 cores
+
+
+class LocalNetwork:
+    """The chain, two nodes, a relay and the gateway on loopback, with state under `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        settings: NetworkSettings | None = None,
+        *,
+        relay_proxy: Callable[[str], str] | None = None,
+    ) -> None:
+        """`relay_proxy` maps the relay's URL to the one the gateway is given (tests put a
+        recording proxy there to see exactly what the relay sees)."""
+        self.data_dir = Path(data_dir)
+        self.settings = settings or NetworkSettings()
+        self.relay_proxy = relay_proxy
+        self.devnet: Any = None
+        self.deployment_path = self.data_dir / "chain" / "deployment.json"
+        self.wallet_path = self.data_dir / "wallet" / "wallet.json"
+        self.nodes: dict[str, Service] = {}
+        self.node_urls: dict[str, str] = {}
+        self.node_addresses: dict[str, str] = {}
+        self.relay: Service | None = None
+        self.gateway: Service | None = None
+        self.relay_url = ""
+        self.gateway_url = ""
+
+    # ------------------------------------------------------------------ start
 
     def start(self, console: Console) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._nodes_file.write_text(
-            json.dumps({"nodes": [{"id": NODE_ID, "url": self.node_url}]}, indent=2)
-        )
-        with console.status(f"starting {NODE_ID}: loading the model (about 20-30 s)..."):
-            self.node.start()
-            self.node.wait_ready(f"{self.node_url}/healthz", timeout=300)
+        with console.status("starting the devnet chain..."):
+            chain = self._start_chain(console)
+        self._prepare_accounts(chain, console)
+        self._start_nodes(console)
+        self._start_relay(console)
+        self._start_gateway(console)
+        self._write_info()
+
+    def _start_chain(self, console: Console) -> Any:
+        from veil.chain import ChainClient, Deployment, Devnet, deploy
+        from veil.chain.errors import ChainError
+
+        s = self.settings
+        self.devnet = Devnet(
+            port=pick_port(s.chain_port), state_path=self.data_dir / "chain" / "state.json"
+        ).start()
+        accounts = self.devnet.accounts
+        deployment = None
+        if self.deployment_path.exists():
+            with contextlib.suppress(ChainError):
+                old = Deployment.load(self.deployment_path)
+                moved = dataclasses.replace(old, rpc_url=self.devnet.rpc_url)
+                client = ChainClient(moved)
+                if client.w3.eth.get_code(moved.addresses["TicketBroker"]):
+                    deployment = moved
+        if deployment is None:
+            deployment = deploy(
+                self.devnet.rpc_url,
+                accounts[0].private_key,
+                mint={a.address: s.mint for a in accounts[1:]},
+            )
+            what = "deployed Veil's contracts"
+        else:
+            what = "found Veil's contracts from the last run"
+        deployment.save(self.deployment_path)
+        console.print(f"[green]✓[/] chain at {self.devnet.rpc_url}: {what}")
+        return ChainClient(deployment, accounts[0].private_key)
+
+    def _prepare_accounts(self, governance: Any, console: Console) -> None:
+        """Node identities and the wallet from devnet accounts; release; wallet deposit."""
+        from eth_account import Account
+
+        from veil.chain import ChainClient
+        from veil.engine.model import locate_model, weights_digest
+        from veil.identity import NodeIdentity
+        from veil.identity.keystore import save_keystore
+        from veil.node.descriptor import software_claim
+
+        accounts = self.devnet.accounts
+        for index, name in enumerate(NODE_NAMES, start=1):
+            path = self.data_dir / name / "identity.json"
+            if not path.exists():
+                NodeIdentity(Account.from_key(accounts[index].private_key)).save(path)
+            self.node_addresses[name] = NodeIdentity.load(path).address
+        if not self.wallet_path.exists():
+            save_keystore(Account.from_key(accounts[3].private_key), self.wallet_path)
+
+        model_hash = bytes.fromhex(weights_digest(locate_model(None)))
+        measurement = software_claim()
+        if not governance.is_release_approved(model_hash, measurement):
+            governance.publish_release(model_hash, measurement, "packaged SmolLM2-135M-Instruct")
+            console.print(
+                f"[green]✓[/] release published: model sha256:{model_hash.hex()[:16]}... "
+                f"on software {measurement.hex()[:16]}..."
+            )
+        else:
+            console.print("[green]✓[/] release already approved in the ReleaseLog")
+
+        from veil.identity.keystore import load_keystore
+
+        wallet = ChainClient(governance.deployment, load_keystore(self.wallet_path).key)
+        funds = wallet.sender_funds()
+        s = self.settings
+        if funds.deposit < s.deposit:
+            wallet.fund_deposit(s.deposit - funds.deposit)
+        if funds.reserve < s.reserve:
+            wallet.fund_reserve(s.reserve - funds.reserve)
+        funds = wallet.sender_funds()
         console.print(
-            f"[green]✓[/] {NODE_ID} serving at {self.node_url} (log: {self.node.log_path})"
+            f"[green]✓[/] wallet {wallet.address}: deposit {funds.deposit / VEIL:g} VEIL, "
+            f"reserve {funds.reserve / VEIL:g} VEIL"
         )
+
+    def _start_nodes(self, console: Console) -> None:
+        s = self.settings
+        logs = self.data_dir / "logs"
+        for name, preferred in zip(NODE_NAMES, s.node_ports, strict=True):
+            port = pick_port(preferred)
+            url = f"http://127.0.0.1:{port}"
+            node_dir = self.data_dir / name
+            self.node_urls[name] = url
+            self.nodes[name] = Service(
+                name,
+                [
+                    "node",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--endpoint",
+                    url,
+                    "--keys",
+                    str(node_dir / "ohttp-keys.json"),
+                    "--identity",
+                    str(node_dir / "identity.json"),
+                    "--chain",
+                    str(self.deployment_path),
+                    "--stake",
+                    str(s.stake),
+                    "--face-value",
+                    str(s.face_value),
+                    "--win-prob",
+                    str(s.win_prob),
+                    "--tickets",
+                    str(node_dir / "tickets.json"),
+                ],
+                logs / f"{name}.log",
+            )
+        for service in self.nodes.values():
+            service.start()
+        started = time.monotonic()
+        pending = dict(self.nodes)
+        with console.status("") as status:
+            while pending:
+                waited = time.monotonic() - started
+                status.update(
+                    f"loading the model in {', '.join(pending)} and registering on-chain "
+                    f"({waited:.0f} s; about 30-60 s on 2 cores)..."
+                )
+                if waited > s.model_timeout_s:
+                    raise RuntimeError(f"{', '.join(pending)} did not start in time")
+                for name, service in list(pending.items()):
+                    if not service.alive():
+                        raise RuntimeError(f"{name} exited during startup:\n{service.log_tail()}")
+                    with contextlib.suppress(httpx.HTTPError):
+                        if httpx.get(self.node_urls[name] + "/healthz", timeout=2).is_success:
+                            del pending[name]
+                            console.print(
+                                f"[green]✓[/] {name} {self.node_addresses[name]} serving at "
+                                f"{self.node_urls[name]}, staked and registered "
+                                f"(log: {service.log_path})"
+                            )
+                time.sleep(0.3)
+
+    def _start_relay(self, console: Console) -> None:
+        port = pick_port(self.settings.relay_port)
+        self.relay_url = f"http://127.0.0.1:{port}"
+        self.relay = Service(
+            "relay",
+            [
+                "relay",
+                "serve",
+                "--chain",
+                str(self.deployment_path),
+                "--port",
+                str(port),
+                "--rate",
+                str(self.settings.relay_rate),
+                "--burst",
+                str(self.settings.relay_burst),
+            ],
+            self.data_dir / "logs" / "relay.log",
+        )
+        first = next(iter(self.node_addresses.values()))
         with console.status("starting the relay..."):
             self.relay.start()
-            self.relay.wait_ready(f"{self.relay_url}/relay/{NODE_ID}/descriptor", timeout=60)
-        console.print(f"[green]✓[/] relay at {self.relay_url} (log: {self.relay.log_path})")
+            self.relay.wait_ready(f"{self.relay_url}/relay/{first}/descriptor", timeout=60)
+        console.print(
+            f"[green]✓[/] relay at {self.relay_url}, nodes from the on-chain registry "
+            f"(log: {self.relay.log_path})"
+        )
+
+    def _start_gateway(self, console: Console) -> None:
+        port = pick_port(self.settings.gateway_port)
+        self.gateway_url = f"http://127.0.0.1:{port}"
+        self.gateway = Service(
+            "gateway",
+            [
+                "gateway",
+                "--relay",
+                self.relay_proxy(self.relay_url) if self.relay_proxy else self.relay_url,
+                "--chain",
+                str(self.deployment_path),
+                "--wallet",
+                str(self.wallet_path),
+                "--port",
+                str(port),
+                "--receipts",
+                str(self.data_dir / "receipts.sqlite"),
+            ],
+            self.data_dir / "logs" / "gateway.log",
+        )
+        with console.status("starting the gateway and verifying the nodes..."):
+            self.gateway.start()
+            self.gateway.wait_ready(f"{self.gateway_url}/v1/models", timeout=60)
+        console.print(
+            f"[green]✓[/] gateway (OpenAI-compatible) at {self.gateway_url}/v1 "
+            f"(log: {self.gateway.log_path})"
+        )
+
+    def _write_info(self) -> None:
+        info = {
+            "gateway_url": self.gateway_url,
+            "relay_url": self.relay_url,
+            "rpc_url": self.devnet.rpc_url,
+            "deployment": str(self.deployment_path),
+            "wallet": str(self.wallet_path),
+            "nodes": {
+                name: {"address": self.node_addresses[name], "url": self.node_urls[name]}
+                for name in NODE_NAMES
+            },
+            "pid": os.getpid(),
+        }
+        (self.data_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ run / stop
+
+    def services(self) -> list[Service]:
+        return [s for s in (self.gateway, self.relay, *self.nodes.values()) if s is not None]
 
     def check(self) -> None:
-        for service in (self.node, self.relay):
+        """Raise when a service has stopped on its own."""
+        for service in self.services():
             if not service.alive():
                 raise RuntimeError(f"{service.name} stopped:\n{service.log_tail()}")
 
     def stop(self) -> None:
-        for service in (self.relay, self.node):
+        for service in self.services():
             service.stop()
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("VEIL_HOME", ".veil"))
+        if self.devnet is not None:
+            self.devnet.stop()  # anvil writes its state file on exit
+            self.devnet = None
+        with contextlib.suppress(OSError):
+            (self.data_dir / INFO_FILE).unlink()

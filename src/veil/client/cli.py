@@ -1,9 +1,14 @@
-"""`veil chat`: a terminal chat with a verified node; every request sealed and sent via a relay.
+"""`veil chat`: a terminal chat, through the local gateway or straight to one node via a relay.
 
-Before the first prompt the node's descriptor is fetched through the relay and verified under
-the chosen privacy mode (the node's address and attestation kind are shown; a `dev` node says
-"no hardware isolation"). After each answer its receipt status is shown; an answer whose
-receipt is refused is marked untrusted and dropped from the conversation.
+Through the gateway (the default: the one `veil up` runs, or `--gateway URL`), the gateway
+picks a verified node, pays it and checks the receipt; each answer shows which node answered,
+its attestation and the receipt status (from the gateway's `x-veil-*` headers).
+
+With `--relay URL --node ID` this process does it itself: the node's descriptor is fetched
+through the relay and verified under the chosen privacy mode (the node's address and
+attestation kind are shown; a `dev` node says "no hardware isolation") and every receipt is
+checked here. Either way an answer whose receipt is refused is marked untrusted and dropped
+from the conversation.
 """
 
 from __future__ import annotations
@@ -95,15 +100,130 @@ def open_session(
     return connect(relay, node, policy=policy, store=receipt_store, model_id=model)
 
 
+def gateway_openai(gateway_url: str) -> Any:
+    """The unchanged openai SDK pointed at a Veil gateway."""
+    import openai
+
+    return openai.OpenAI(base_url=gateway_url.rstrip("/") + "/v1", api_key="veil", max_retries=0)
+
+
+def answered_line(headers: Any, *, streamed: bool) -> str:
+    """Who answered and what was checked, from the gateway's response headers."""
+    node = headers.get("x-veil-node", "unknown node")
+    attestation = headers.get("x-veil-attestation", "unknown attestation")
+    receipt = headers.get("x-veil-receipt") or ("verified" if streamed else "not reported")
+    return f"answered by {node} (attestation {attestation}); receipt {receipt}"
+
+
+def gateway_reply(
+    client: Any, model: str, history: list[dict[str, str]], out: Any, **params: Any
+) -> str:
+    """Stream one assistant turn through the gateway to `out`; return its text.
+
+    The gateway ends a stream with `[DONE]` only once the node's receipt verified; a refused
+    receipt or a node that fails mid-answer arrives as an error event, which the SDK raises.
+    """
+    parts: list[str] = []
+    with client.chat.completions.with_streaming_response.create(
+        model=model, messages=history, stream=True, **params
+    ) as response:
+        try:
+            for chunk in response.parse():
+                if chunk.choices and chunk.choices[0].delta.content:
+                    piece = chunk.choices[0].delta.content
+                    parts.append(piece)
+                    out.write(piece)
+                    out.flush()
+        finally:
+            out.write("\n")
+            out.flush()
+        _err(answered_line(response.headers, streamed=True))
+    return "".join(parts)
+
+
+def run_gateway_repl(
+    client: Any, model: str, history: list[dict[str, str]], params: dict[str, Any]
+) -> None:
+    """Read prompts until EOF or Ctrl-C, answered through the gateway."""
+    import openai
+
+    typer.echo("(Ctrl-D or Ctrl-C to leave the chat)")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            typer.echo("")
+            return
+        if not line:
+            continue
+        history.append({"role": "user", "content": line})
+        sys.stdout.write("assistant> ")
+        try:
+            answer = gateway_reply(client, model, history, sys.stdout, **params)
+        except KeyboardInterrupt:
+            typer.echo("\n(interrupted)")
+            history.pop()
+            continue
+        except openai.APIError as exc:
+            _err(f"error: {exc}. The answer above, if any, is not trusted.")
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": answer})
+
+
+def _default_gateway() -> str:
+    from veil.home import default_data_dir, load_network_info
+
+    try:
+        return str(load_network_info(default_data_dir())["gateway_url"])
+    except (RuntimeError, KeyError):
+        return "http://127.0.0.1:8787"
+
+
+def chat_via_gateway(
+    gateway: str | None, model: str, mode: str, prompt: str | None, params: dict[str, Any]
+) -> None:
+    import openai
+
+    url = gateway or _default_gateway()
+    client = gateway_openai(url)
+    asked = model if ":" in model or mode == "anonymous" else f"{model}:{mode}"
+    _err(f"chatting through the Veil gateway at {url} (model {asked})")
+    history: list[dict[str, str]] = []
+    try:
+        if prompt is not None:
+            history.append({"role": "user", "content": prompt})
+            gateway_reply(client, asked, history, sys.stdout, **params)
+            return
+        run_gateway_repl(client, asked, history, params)
+    except openai.APIConnectionError:
+        _err(f"error: no gateway answers at {url}: start the network with `veil up`")
+        raise typer.Exit(1) from None
+    except openai.APIError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+
+
 def chat(
-    relay: str = typer.Option(..., "--relay", help="Relay base URL, e.g. http://127.0.0.1:8780."),
-    node: str = typer.Option(..., "--node", help="Node id on the relay's list of known nodes."),
+    gateway: str | None = typer.Option(
+        None,
+        "--gateway",
+        help="Veil gateway URL (default: the one `veil up` runs, else http://127.0.0.1:8787).",
+    ),
+    relay: str | None = typer.Option(
+        None, "--relay", help="Skip the gateway: relay base URL (with --node)."
+    ),
+    node: str | None = typer.Option(
+        None, "--node", help="Skip the gateway: node id on the relay (its operator address)."
+    ),
     model: str = typer.Option(DEFAULT_MODEL, help="Model to ask for."),
     prompt: str | None = typer.Option(None, "--prompt", "-p", help="Ask once and exit."),
     max_tokens: int = typer.Option(256, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.7, help="0 for greedy decoding."),
     mode: str = typer.Option(
-        "anonymous", help="Privacy mode: anonymous (accepts dev nodes, with a warning) or tee."
+        "anonymous",
+        help="Privacy mode: anonymous (accepts dev nodes, with a warning) or tee; through the "
+        "gateway it is sent as the model suffix (model:mode).",
     ),
     releases: Path | None = typer.Option(
         None, help="JSON list of approved releases (required by --mode tee)."
@@ -113,11 +233,19 @@ def chat(
     ),
     store: bool = typer.Option(True, "--store/--no-store", help="Keep verified receipts."),
 ) -> None:
-    """Chat with a verified node through a relay. The relay sees ciphertext only; the node never
-    sees you; every answer's receipt is checked."""
+    """Chat with Veil: through the local gateway, or (--relay, --node) with one verified node.
+    The relay sees ciphertext only; the node never sees you; every receipt is checked."""
     import openai
 
     from veil.client.errors import ClientError, NodeRejected, ReceiptRefused
+
+    params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+    if relay is None and node is None:
+        chat_via_gateway(gateway, model, mode, prompt, params)
+        return
+    if relay is None or node is None:
+        _err("error: --relay and --node go together (or use neither, for the gateway)")
+        raise typer.Exit(2)
 
     try:
         session = open_session(
@@ -136,7 +264,6 @@ def chat(
         _err(line)
     client = session.openai()
     history: list[dict[str, str]] = []
-    params = {"max_tokens": max_tokens, "temperature": temperature}
     try:
         if prompt is not None:
             history.append({"role": "user", "content": prompt})

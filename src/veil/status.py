@@ -1,0 +1,118 @@
+"""`veil status`: what the chain says about a Veil network, as an auditor would read it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["print_status"]
+
+VEIL = 10**18
+
+
+def _veil(amount: int) -> str:
+    return f"{amount / VEIL:,.4f}".rstrip("0").rstrip(".")
+
+
+def _wallet_address(path: Path) -> str | None:
+    """The address of a keystore, read without unlocking it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    address = data.get("address") if isinstance(data, dict) else None
+    if not isinstance(address, str):
+        return None
+    return address if address.startswith("0x") else "0x" + address
+
+
+def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str]) -> int:
+    """Print the chain's view; returns the exit code (1 when the chain cannot be read)."""
+    from veil.chain import ChainClient, Deployment
+    from veil.chain.errors import ChainError
+
+    console = Console()
+    path = deployment_path or data_dir / "chain" / "deployment.json"
+    try:
+        client = ChainClient(Deployment.load(path))
+        wallet = _wallet_address(data_dir / "wallet" / "wallet.json")
+        payers = list(dict.fromkeys([*senders, *([wallet] if wallet else [])]))
+        operators = [op for op, _stake in client.iter_active_operators()]
+        redeemed = client.redeemed_tickets()
+        console.print(
+            f"chain {client.deployment.chain_id} at {client.deployment.rpc_url}, block "
+            f"{client.block_number()}; min stake {_veil(client.min_stake())} VEIL"
+        )
+
+        nodes = Table(
+            "operator",
+            "endpoint",
+            "stake",
+            "active",
+            "models",
+            "balance",
+            "earned",
+            "tickets",
+            title="nodes (registry)",
+        )
+        for operator in operators:
+            node = client.get_node(operator)
+            won = [t for t in redeemed if t.recipient == operator]
+            nodes.add_row(
+                operator,
+                node.endpoint,
+                _veil(node.stake),
+                "yes" if node.active else "no",
+                ", ".join(f"{m.model_id} ({m.weights_hash.hex()[:8]})" for m in node.models),
+                _veil(client.token_balance(operator)),
+                _veil(client.earnings(operator)),
+                str(len(won)),
+            )
+        console.print(nodes)
+
+        releases = Table(
+            "entry", "action", "model hash", "measurement", "in force", "note", title="release log"
+        )
+        for entry in client.releases():
+            releases.add_row(
+                str(entry.index),
+                entry.action.name.lower(),
+                entry.model_hash.hex()[:16] + "...",
+                entry.measurement.hex()[:16] + "...",
+                "yes" if entry.in_force else "no",
+                entry.note,
+            )
+        console.print(releases)
+
+        funds = Table(
+            "payer",
+            "deposit",
+            "reserve",
+            "unlocking",
+            "tickets paid",
+            "paid",
+            title="payers (ticket broker)",
+        )
+        for payer in payers:
+            f = client.sender_funds(payer)
+            paid = [t for t in redeemed if t.sender.lower() == payer.lower()]
+            funds.add_row(
+                payer,
+                _veil(f.deposit),
+                _veil(f.reserve),
+                "no" if f.withdraw_at == 0 else f"from {f.withdraw_at}",
+                str(len(paid)),
+                _veil(sum(t.face_value for t in paid)),
+            )
+        console.print(funds)
+        console.print(
+            f"redeemed tickets: {len(redeemed)}, "
+            f"{_veil(sum(t.face_value for t in redeemed))} VEIL in all"
+        )
+    except ChainError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    return 0
