@@ -1,7 +1,10 @@
-"""The README's main command: `veil up` brings up a node and a relay and streams a chat."""
+"""The README's main command: `veil up` brings up the whole network, answers a first prompt
+through the gateway, stops cleanly, and a second run reuses the same state."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +14,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_veil_up_streams_an_answer_and_stops_cleanly(tmp_path: Path) -> None:
-    prompt = "Name one ocean of the Earth."
+def veil_up(data: Path, prompt: str) -> str:
     out = subprocess.run(
         [
             sys.executable,
@@ -20,25 +22,46 @@ def test_veil_up_streams_an_answer_and_stops_cleanly(tmp_path: Path) -> None:
             "veil",
             "up",
             "--no-interactive",
+            "--no-wait",
             "--data-dir",
-            str(tmp_path),
+            str(data),
             "--prompt",
             prompt,
             "--max-tokens",
-            "24",
+            "16",
         ],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    answer = out.stdout.split("assistant> ", 1)[1].split("\n", 1)[0].strip()
+    return out.stdout + out.stderr
+
+
+def test_veil_up_runs_the_network_and_reuses_its_state(tmp_path: Path) -> None:
+    prompt = "Name one ocean of the Earth."
+    first = veil_up(tmp_path, prompt)
+    assert "deployed Veil's contracts" in first and "release published" in first
+    answer = first.split("assistant> ", 1)[1].split("\n", 1)[0].strip()
     assert len(answer) > 3
-    assert "stopped." in out.stdout
-    assert (tmp_path / "node-a" / "ohttp-keys.json").stat().st_mode & 0o777 == 0o600
-    relay_log = (tmp_path / "logs" / "relay.log").read_text()
-    node_log = (tmp_path / "logs" / "node-a.log").read_text()
-    assert "Finished server process" in relay_log and "Finished server process" in node_log
-    for text in (prompt, answer):
-        assert text not in relay_log and text not in node_log
+    assert re.search(r"answered by 0x[0-9a-fA-F]{40} \(attestation dev", first)
+    assert "stopped." in first
+    nodes = sorted(set(re.findall(r"node-[ab] (0x[0-9a-fA-F]{40})", first)))
+    assert len(nodes) == 2
+    for name in ("node-a", "node-b"):
+        assert (tmp_path / name / "ohttp-keys.json").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / name / "identity.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "chain" / "state.json").exists()
+    assert not (tmp_path / "network.json").exists()  # removed when the network stopped
+
+    second = veil_up(tmp_path, "Name one mountain.")
+    assert "found Veil's contracts from the last run" in second
+    assert "release already approved" in second
+    assert sorted(set(re.findall(r"node-[ab] (0x[0-9a-fA-F]{40})", second))) == nodes
+
+    logs = {p.name: p.read_text() for p in (tmp_path / "logs").glob("*.log")}
+    assert {"node-a.log", "node-b.log", "relay.log", "gateway.log"} <= set(logs)
+    for name, text in logs.items():
+        assert prompt not in text and answer not in text, name
