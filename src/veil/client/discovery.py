@@ -248,12 +248,8 @@ class Discovery:
             raise _Refused(refusal)
         if session is None:
             session = self._verify(info, mode)
-        try:
-            self._match_registry(session, info, model_id)
-        except _Refused:
-            with self._lock:
-                health.sessions.pop(mode, None)
-            raise
+        # The session stays cached either way: the registry is matched again on every call.
+        self._match_registry(session, info, model_id)
         return Candidate(info, session, mode)
 
     def _verify(self, info: NodeInfo, mode: PrivacyMode) -> VeilSession:

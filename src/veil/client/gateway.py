@@ -66,6 +66,7 @@ from veil.client.discovery import (
 )
 from veil.client.errors import (
     ClientError,
+    DescriptorUnavailable,
     GatewayRefused,
     KeyConfigError,
     NodeRejected,
@@ -403,7 +404,7 @@ class _Gateway:
                 ) from None
             why = f"relay answered {err.status} ({err.problem_type or 'no type'})"
             raise _Failover(why) from None
-        except (KeyConfigError, NodeRejected) as err:
+        except (KeyConfigError, NodeRejected, DescriptorUnavailable) as err:
             self.discovery.drop_session(op, candidate.mode)
             raise _Failover(f"node no longer verifies: {type(err).__name__}") from None
         except (GatewayRefused, ResponseRefused) as err:
@@ -415,6 +416,8 @@ class _Gateway:
                 "relay_unreachable",
                 type_="server_error",
             ) from None
+        except VeilError as err:  # e.g. the chain could not be read while verifying again
+            raise _Failover(f"{type(err).__name__}: {err}") from None
 
     async def _attempt(
         self, candidate: Candidate, payload: bytes, stream: bool, min_stake: int
