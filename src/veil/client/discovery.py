@@ -422,6 +422,9 @@ class Discovery:
                     "in_flight": h.in_flight,
                     "ttfb_ms": None if h.ttfb_s is None else round(h.ttfb_s * 1000, 1),
                     "down_for_s": max(0.0, round(h.down_until - now, 1)),
+                    "down_until": (
+                        int(time.time() + h.down_until - now) if h.down_until > now else None
+                    ),
                 }
             )
         return out
@@ -438,14 +441,13 @@ def verification_summary(candidate: Candidate, min_stake: int) -> str:
     header)."""
     report = candidate.session.report
     passed = [s.name for s in report.steps if s.status is StepStatus.PASSED]
-    warned = [s.name for s in report.steps if s.status is StepStatus.WARNING]
+    passed = [name for name in passed if name != "descriptor"]
     parts = [
         f"registry: active, stake {candidate.info.stake} >= {min_stake}",
-        "descriptor: " + ", ".join(passed),
+        "descriptor verified: " + ", ".join(passed),
         "operator and weights hash match the registry",
+        *(f"{s.name}: {s.detail}" for s in report.steps if s.status is StepStatus.WARNING),
+        "receipt: checked",
     ]
-    if warned:
-        parts.append("warning: " + ", ".join(warned))
-    parts.append("receipt: checked")
     text = "; ".join(parts)
     return text.encode("ascii", "replace").decode("ascii")
