@@ -31,6 +31,7 @@ from tests.client.gateway_support import (
 )
 from tests.conftest import ServerThread
 from veil.chain.payment import TicketParams
+from veil.client.discovery import Discovery, DiscoveryConfig
 from veil.client.gateway import GatewayConfig, create_gateway_app, split_mode
 from veil.client.payer import TICKET_LIFETIME_S, Payer, Wallet
 from veil.client.policy import PrivacyMode
@@ -402,3 +403,37 @@ async def test_payer_refuses_params_it_must_not_pay() -> None:
     assert payment.ticket.signer(DOMAIN) == wallet.address
     assert payment.ticket.ticket.expiry >= 1_000 + TICKET_LIFETIME_S
     await payer.aclose()
+
+
+def test_cached_sessions_are_verified_again_off_the_loop(net: Network) -> None:
+    net.relay_app.calls.clear()
+    config = GatewayConfig(discovery=DiscoveryConfig(reverify_s=0))
+    app = create_gateway_app(net.chain, net.relay.url, config=config)
+    with ServerThread(app) as gateway:
+        for _ in range(2):
+            r = post(gateway, {"model": MODEL, "messages": MESSAGES})
+            assert r.status_code == 200 and "x-veil-ticket-id" not in r.headers  # no wallet
+    node = r.headers["x-veil-node"]
+    fetches = [p for m, p in net.relay_app.calls if p == f"/relay/{node}/descriptor"]
+    assert len(fetches) >= 2
+
+
+def test_pick_prefers_fewer_in_flight_then_lower_latency() -> None:
+    from types import SimpleNamespace
+
+    discovery = Discovery(FakeChain(), "http://relay.test")
+    a, b, c = (SimpleNamespace(operator=f"0x{i}") for i in "abc")
+    candidates: list[Any] = [a, b, c]
+    assert discovery.pick(candidates) is a  # nothing measured: registration order
+    discovery.record_ttfb("0xa", 0.5)
+    discovery.record_ttfb("0xb", 0.2)
+    discovery.record_ttfb("0xc", 0.3)
+    assert discovery.pick(candidates) is b
+    discovery.started("0xb")
+    assert discovery.pick(candidates) is c
+    discovery.mark_down("0xc", "test")
+    assert discovery.pick(candidates) is a
+    assert discovery.pick(candidates, exclude=["0xA"]) is b
+    discovery.finished("0xb")
+    assert discovery.pick(candidates) is b
+    discovery.close()

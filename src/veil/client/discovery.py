@@ -15,7 +15,9 @@
 `eligible(mode, model_id)` returns the usable candidates and, for every other node, why it was
 refused; `pick` takes the one with the fewest requests in flight, then the lowest latency.
 Refusals are cached for `refusal_ttl_s`, so a `tee` request in a network of `dev` nodes does
-not fetch every descriptor again each time. Nothing here sends a request to a node: only the
+not fetch every descriptor again each time. A cached session is verified again (in a worker
+thread, not on the event loop) every `reverify_s`, so rotated OHTTP keys are usually known
+before a request meets them. Nothing here sends a request to a node: only the
 public descriptor fetches go through the relay.
 """
 
@@ -75,6 +77,7 @@ class DiscoveryConfig:
     view_ttl_s: float = 5.0  # the chain view is read again when older than this
     max_stale_s: float = 60.0  # a failed re-read keeps the old view this long at most
     refusal_ttl_s: float = 10.0  # a node refused under a mode is not checked again for this
+    reverify_s: float = 300.0  # a cached session's descriptor is fetched and verified again
     down_s: float = 30.0  # a node that failed a request is skipped this long
     ewma_alpha: float = 0.3  # weight of the newest time-to-first-byte sample
     max_kept_receipts: int = 64  # verified receipts kept in memory per session
@@ -137,6 +140,7 @@ class _Health:
     ttfb_s: float | None = None  # EWMA of time to first byte
     down_until: float = 0.0  # monotonic
     sessions: dict[PrivacyMode, VeilSession] = field(default_factory=dict)
+    verified_at: dict[PrivacyMode, float] = field(default_factory=dict)  # monotonic
     refusals: dict[PrivacyMode, Refusal] = field(default_factory=dict)
 
 
@@ -248,6 +252,8 @@ class Discovery:
             raise _Refused(refusal)
         if session is None:
             session = self._verify(info, mode)
+        elif now - health.verified_at.get(mode, now) >= self.config.reverify_s:
+            self._reverify(session, health, mode)
         # The session stays cached either way: the registry is matched again on every call.
         self._match_registry(session, info, model_id)
         return Candidate(info, session, mode)
@@ -273,7 +279,19 @@ class Discovery:
         log.info("node %s verified for %s (%s)", info.operator, mode, session.attestation_kind)
         with self._lock:
             health.sessions[mode] = session
+            health.verified_at[mode] = self._clock()
         return session
+
+    def _reverify(self, session: VeilSession, health: _Health, mode: PrivacyMode) -> None:
+        try:
+            session.reverify()
+        except NodeRejected as err:
+            raise self._refuse(health, mode, POLICY, f"refused at {err.check}: {err}") from None
+        except VeilError as err:
+            reason = f"could not be verified again: {type(err).__name__}: {err}"
+            raise self._refuse(health, mode, UNAVAILABLE, reason) from None
+        with self._lock:
+            health.verified_at[mode] = self._clock()
 
     def _refuse(self, health: _Health, mode: PrivacyMode, kind: str, reason: str) -> _Refused:
         refusal = Refusal(kind, reason, self._clock() + self.config.refusal_ttl_s)
