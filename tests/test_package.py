@@ -26,7 +26,8 @@ def test_rooms_import_only_from_below() -> None:
     code = (
         "import json, sys, importlib\n"
         "out = {}\n"
-        "for m in ['veil.node.api', 'veil.relay.app', 'veil.client.session']:\n"
+        "for m in ['veil.node.api', 'veil.relay.app', 'veil.client.session',"
+        " 'veil.client.gateway']:\n"
         "    importlib.import_module(m)\n"
         "    out[m] = sorted({x.split('.')[1] for x in sys.modules if x.startswith('veil.')})\n"
         "    for x in [x for x in sys.modules if x.startswith('veil.')]: del sys.modules[x]\n"
@@ -37,3 +38,4 @@ def test_rooms_import_only_from_below() -> None:
     assert "client" not in rooms["veil.node.api"]
     assert not {"client", "node", "engine"} & set(rooms["veil.relay.app"])
     assert not {"node", "engine", "relay"} & set(rooms["veil.client.session"])
+    assert not {"node", "engine", "relay", "mpc"} & set(rooms["veil.client.gateway"])

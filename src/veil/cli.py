@@ -6,7 +6,7 @@ import typer
 
 from veil.attest.cli import verify_app
 from veil.chain.cli import chain_app
-from veil.client.cli import chat
+from veil.client.cli import chat, gateway
 from veil.mpc.cli import mpc_app
 from veil.node.cli import node_app
 from veil.relay.cli import relay_app
@@ -30,6 +30,7 @@ def version() -> None:
 
 
 app.command("chat")(chat)
+app.command("gateway")(gateway)
 
 
 @app.command()

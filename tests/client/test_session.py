@@ -49,6 +49,7 @@ class FakeNode:
         self.identity = NodeIdentity.generate()
         self.keys = NodeKeys.generate()
         self.tamper: str | None = None
+        self.ticket_id: bytes | None = None  # the ticket id the node's receipts name
         self.seen_digests: list[bytes] = []
         self.seen_headers: list[dict[str, str]] = []
         self.issuer = DescriptorIssuer(
@@ -66,7 +67,9 @@ class FakeNode:
             digest = request_digest(b"another request")
         answer = ANSWER + " (not what was sent)" if t == "other_answer" else text
         weights = bytes(32) if t == "other_model" else WEIGHTS
-        receipt = sign_receipt(signer, digest, answer, weights, 7, len(TOKENS)).to_json()
+        receipt = sign_receipt(
+            signer, digest, answer, weights, 7, len(TOKENS), self.ticket_id
+        ).to_json()
         if t and t.startswith("field:"):
             name = t.split(":", 1)[1]
             value = receipt[name]
@@ -459,3 +462,42 @@ def test_node_identity_keystore(tmp_path, caplog) -> None:  # type: ignore[no-un
     caplog.set_level(logging.WARNING)
     assert load_node_identity(None).address != first.address
     assert "in memory only" in caplog.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_receipt_must_name_the_ticket_the_request_carried(node: FakeNode, stream: bool) -> None:
+    from veil.client.session import TICKET_ID_EXTENSION
+
+    session = session_for(node)
+    sent = b"\x07" * 32
+    body = {"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    url = "http://node.veil.invalid/v1/chat/completions"
+
+    def send(http: httpx.Client) -> bytes:
+        request = http.build_request("POST", url, json=body, extensions={TICKET_ID_EXTENSION: sent})
+        response = http.send(request, stream=True)
+        try:
+            return b"".join(response.iter_bytes())
+        finally:
+            response.close()
+
+    with httpx.Client(transport=session.transport()) as http:
+        for named in (None, b"\x08" * 32):  # no ticket id in the receipt, or another one
+            node.ticket_id = named
+            with pytest.raises(ReceiptRefused) as info:
+                send(http)
+            assert info.value.check == "ticket_id"
+        node.ticket_id = sent
+        send(http)
+    [result] = session.receipts
+    assert result.receipt.ticket_id == sent and "ticket_id" in result.checks
+
+
+def test_checker_keeps_only_the_latest_receipts(node: FakeNode) -> None:
+    session = session_for(node)
+    session.checker.max_kept = 2
+    client = session.openai()
+    for _ in range(3):
+        ask(client, False)
+    assert len(session.receipts) == 2
+    assert session.receipts[-1].receipt.request_digest == node.seen_digests[-1]

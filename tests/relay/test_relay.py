@@ -206,3 +206,31 @@ async def test_descriptor_forwarded_bare_and_checked() -> None:
         assert r.status_code == 502
         r = await relay.get("/relay/nobody/descriptor")
         assert r.status_code == 404
+
+
+async def test_ticket_params_forwarded_bare_and_capped() -> None:
+    from veil.chain.payment import MEDIA_TICKET_PARAMS, TICKET_PARAMS_PATH
+
+    seen: list[httpx.Request] = []
+    answers = {"media": MEDIA_TICKET_PARAMS, "body": b'{"recipient": "0x00"}'}
+
+    def node(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200, headers={"content-type": answers["media"]}, content=answers["body"]
+        )
+
+    directory = StaticNodeDirectory([Node("node-a", "http://node-a.test")])
+    app = create_relay_app(directory, RelayConfig(), upstream=httpx.MockTransport(node))
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as relay:
+        r = await relay.get("/relay/node-a/ticket-params", headers={"user-agent": "me"})
+        assert r.status_code == 200 and r.content == answers["body"]
+        assert r.headers["content-type"] == MEDIA_TICKET_PARAMS
+        assert seen[0].url.path == TICKET_PARAMS_PATH
+        assert "user-agent" not in seen[0].headers
+        answers["media"] = "text/html"
+        assert (await relay.get("/relay/node-a/ticket-params")).status_code == 502
+        answers.update(media=MEDIA_TICKET_PARAMS, body=b"x" * (17 * 1024))
+        assert (await relay.get("/relay/node-a/ticket-params")).status_code == 502
+        assert (await relay.get("/relay/nobody/ticket-params")).status_code == 404

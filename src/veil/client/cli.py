@@ -310,3 +310,66 @@ def run_repl(
             history.pop()  # an untrusted answer does not become context
             continue
         history.append({"role": "assistant", "content": answer})
+
+
+def gateway(
+    relay: str = typer.Option(..., "--relay", help="Relay base URL, e.g. http://127.0.0.1:8780."),
+    chain: Path | None = typer.Option(
+        None,
+        "--chain",
+        help="Deployment file of the chain to read (default: $VEIL_DEPLOYMENT or "
+        ".veil/chain/deployment.json).",
+    ),
+    wallet: Path | None = typer.Option(
+        None,
+        "--wallet",
+        help="Keystore of the account that pays nodes (its TicketBroker deposit); an encrypted "
+        "one is opened with $VEIL_WALLET_PASSPHRASE. Without it no ticket is sent.",
+    ),
+    host: str = typer.Option("127.0.0.1", help="Bind address (keep it local: no auth)."),
+    port: int = typer.Option(8787, help="TCP port."),
+    receipts: Path | None = typer.Option(
+        None, help="Keep verified receipts in this SQLite store (no prompts or answers)."
+    ),
+) -> None:
+    """Serve an OpenAI-compatible API on this machine: every request goes to a node verified
+    from the chain, sealed through the relay, paid with a ticket, its receipt checked."""
+    import contextlib
+    import os
+
+    import uvicorn
+
+    from veil.chain import ChainClient, default_deployment_path
+    from veil.client.gateway import create_gateway_app
+    from veil.client.payer import Wallet
+    from veil.errors import VeilError
+
+    try:
+        chain_client = ChainClient.from_file(chain or default_deployment_path())
+        payer = (
+            None
+            if wallet is None
+            else Wallet.load(wallet, os.environ.get("VEIL_WALLET_PASSPHRASE") or None)
+        )
+    except VeilError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    app = create_gateway_app(chain_client, relay, wallet=payer, receipts=receipts)
+    base = f"http://{host}:{port}/v1"
+    _err(f"veil gateway on {base} (relay {relay}, chain id {chain_client.deployment.chain_id})")
+    if payer is None:
+        _err("warning: no --wallet: requests carry no payment ticket; paying nodes answer 402")
+    else:
+        _err(f"paying from {payer.address}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _err("warning: the gateway has no authentication; anyone who reaches it uses your wallet")
+    _err(
+        "use it with the openai SDK:\n"
+        f'  client = openai.OpenAI(base_url="{base}", api_key="unused")\n'
+        '  client.chat.completions.create(model="smollm2-135m-instruct", messages=[...])\n'
+        "  (model suffix :anonymous or :tee, or header x-veil-mode, picks the privacy mode)\n"
+        f"status: http://{host}:{port}/veil/status; Ctrl-C stops"
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly on Ctrl-C
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    _err("gateway stopped")

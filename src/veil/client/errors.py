@@ -85,7 +85,8 @@ class ReceiptRefused(ResponseRefused):
     raises this at its end, before `[DONE]`.
 
     `check` names the failed check: `missing`, `malformed`, `request_digest`, `signature`,
-    `signer`, `answer_digest`, `model_hash`, `usage` or `model`; `cause` is the identity error.
+    `signer`, `answer_digest`, `model_hash`, `usage`, `ticket_id` or `model`; `cause` is the
+    identity error.
     """
 
     def __init__(self, message: str, *, check: str, cause: Exception | None = None) -> None:

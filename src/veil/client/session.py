@@ -14,6 +14,9 @@
    encapsulated request this client sent, the answer text it received, and the model's weights
    hash. A whole answer whose receipt fails or is missing raises `ReceiptRefused` and is never
    returned; a streamed one raises `ReceiptRefused` at its end, before `[DONE]` is passed on.
+   A request that carries a payment ticket states its id in the request extension
+   `TICKET_ID_EXTENSION`; the receipt must then name exactly that ticket (check `ticket_id`),
+   since a receipt naming another ticket, or none, does not bind the payment to the answer.
 
 Verified receipts go to a `ReceiptStore` when one is given (prompt and answer only when the
 store's history is on, and then encrypted) and to `session.receipts`.
@@ -58,6 +61,7 @@ from veil.wire.ohttp import KeyConfig
 
 __all__ = [
     "INVALID_BASE_URL",
+    "TICKET_ID_EXTENSION",
     "AsyncReceiptCheckingTransport",
     "ReceiptChecker",
     "ReceiptCheckingTransport",
@@ -74,6 +78,8 @@ log = logging.getLogger(__name__)
 # Requests are sealed to the node; this host is never contacted (see veil.client.sdk).
 INVALID_BASE_URL = "http://node.veil.invalid/v1"
 _CHAT_PATH = "/chat/completions"
+# httpx request extension: the 32-byte id of the payment ticket the request carries.
+TICKET_ID_EXTENSION = "veil.ticket_id"
 
 
 def relay_descriptor_url(relay_url: str, node_id: str) -> str:
@@ -122,7 +128,7 @@ class VerifiedReceipt:
     receipt: Receipt
     model_id: str
     streamed: bool
-    checks: tuple[str, ...]  # the checks of veil.identity.receipt.RECEIPT_CHECKS made (+ usage)
+    checks: tuple[str, ...]  # the checks of RECEIPT_CHECKS made (+ usage, ticket_id)
 
     @property
     def status(self) -> str:
@@ -143,12 +149,14 @@ class ReceiptChecker:
         *,
         store: ReceiptStore | None = None,
         on_receipt: Callable[[VerifiedReceipt], None] | None = None,
+        max_kept: int | None = None,
     ) -> None:
         self.address = address
         self.models = {m.model_id: m.weights_hash for m in models}
         self.store = store
         self.on_receipt = on_receipt
         self.receipts: list[VerifiedReceipt] = []
+        self.max_kept = max_kept  # keep only the latest receipts in `receipts` (None: all)
         self.before_send: Callable[[], None] | None = None  # e.g. re-verify an aging node
 
     def begin(self, request: httpx.Request, body: bytes) -> _AnswerCheck | None:
@@ -156,6 +164,9 @@ class ReceiptChecker:
             self.before_send()
         if request.method != "POST" or not request.url.path.endswith(_CHAT_PATH):
             return None
+        ticket_id = request.extensions.get(TICKET_ID_EXTENSION)
+        if ticket_id is not None and (not isinstance(ticket_id, bytes) or len(ticket_id) != 32):
+            raise ValueError(f"{TICKET_ID_EXTENSION} must be 32 bytes")
         try:
             parsed = json.loads(body)
             model_id = parsed["model"]
@@ -167,10 +178,12 @@ class ReceiptChecker:
                 f"the verified node does not serve {model_id!r}; nothing was sent",
                 check="model",
             )
-        return _AnswerCheck(self, model_id, self.models[model_id], messages)
+        return _AnswerCheck(self, model_id, self.models[model_id], messages, ticket_id)
 
     def _accept(self, result: VerifiedReceipt, messages: Any, answer: str) -> None:
         self.receipts.append(result)
+        if self.max_kept is not None and len(self.receipts) > self.max_kept:
+            del self.receipts[: len(self.receipts) - self.max_kept]
         if self.store is not None:
             history = self.store.history_enabled
             try:
@@ -190,12 +203,18 @@ class _AnswerCheck:
     """Sans-IO check of one answer: bytes in (`feed` / `whole`), verdict out."""
 
     def __init__(
-        self, checker: ReceiptChecker, model_id: str, model_hash: bytes | None, messages: Any
+        self,
+        checker: ReceiptChecker,
+        model_id: str,
+        model_hash: bytes | None,
+        messages: Any,
+        ticket_id: bytes | None = None,
     ) -> None:
         self._checker = checker
         self._model_id = model_id
         self._model_hash = model_hash
         self._messages = messages
+        self._ticket_id = ticket_id  # the ticket the request carried; the receipt must name it
         self.request_digest: bytes | None = None
         self._buffer = b""
         self._parts: list[str] = []
@@ -298,6 +317,14 @@ class _AnswerCheck:
             if counts != (receipt.prompt_tokens, receipt.completion_tokens):
                 raise ReceiptRefused("the receipt's token counts differ from usage", check="usage")
             checks.append("usage")
+        if self._ticket_id is not None:
+            if receipt.ticket_id != self._ticket_id:
+                log.warning("receipt refused: ticket_id")
+                raise ReceiptRefused(
+                    "the receipt does not name the payment ticket the request carried",
+                    check="ticket_id",
+                )
+            checks.append("ticket_id")
         self._verified = True
         result = VerifiedReceipt(receipt, self._model_id, streamed, tuple(checks))
         self._checker._accept(result, self._messages, answer)
@@ -497,8 +524,15 @@ class VeilSession:
         inner = OhttpTransport(self.relay_url, self.node_id, **self._key_kwargs())
         return ReceiptCheckingTransport(inner, self.checker)
 
-    def async_transport(self) -> AsyncReceiptCheckingTransport:
-        inner = AsyncOhttpTransport(self.relay_url, self.node_id, **self._key_kwargs())
+    def async_transport(
+        self, *, outer: httpx.AsyncBaseTransport | None = None
+    ) -> AsyncReceiptCheckingTransport:
+        """The async transport; `outer` reaches the relay (the session's `outer`, if any, is a
+        sync transport for descriptor fetches and cannot serve here)."""
+        kwargs = self._key_kwargs()
+        if outer is not None:
+            kwargs["outer"] = outer
+        inner = AsyncOhttpTransport(self.relay_url, self.node_id, **kwargs)
         return AsyncReceiptCheckingTransport(inner, self.checker)
 
     def openai(self):  # type: ignore[no-untyped-def]

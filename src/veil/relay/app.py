@@ -7,6 +7,8 @@
   does not see who asks.
 * `GET /relay/{node_id}/descriptor`: the node's signed descriptor, fetched the same way. The
   relay does not vouch for it: the client verifies its signature and evidence itself.
+* `GET /relay/{node_id}/ticket-params`: the node's payment offer (`veil.chain.payment`), fetched
+  the same way; the payer checks it against the chain.
 
 Privacy rules: only the content type goes upstream (no client header, no forwarding header, no
 client address); only content type and `incremental` come back; no body is logged and no client
@@ -30,6 +32,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
+from veil.chain.payment import MEDIA_TICKET_PARAMS, TICKET_PARAMS_PATH
 from veil.identity.descriptor import MEDIA_DESCRIPTOR
 from veil.relay.directory import NodeDirectory, valid_node_id
 from veil.wire.ohttp import MEDIA_CHUNKED_REQUEST, MEDIA_KEYS, MEDIA_REQUEST
@@ -54,6 +57,7 @@ class RelayConfig:
     read_timeout_s: float = 120.0  # longest wait for the next piece of the answer
     max_keys_bytes: int = 64 * 1024  # key list size accepted from a node
     max_descriptor_bytes: int = 512 * 1024  # descriptor size accepted from a node (TDX quotes)
+    max_ticket_params_bytes: int = 16 * 1024  # ticket params size accepted from a node
 
 
 class RateLimiter:
@@ -232,6 +236,18 @@ def create_relay_app(
         assert node is not None
         return await fetch_small(
             node.descriptor_url, MEDIA_DESCRIPTOR, cfg.max_descriptor_bytes, "descriptor"
+        )
+
+    @app.get("/relay/{node_id}/ticket-params")
+    async def ticket_params(node_id: str, request: Request) -> Response:
+        gate = _gate(request, node_id)
+        if isinstance(gate, Response):
+            return gate
+        return await fetch_small(
+            gate + TICKET_PARAMS_PATH,
+            MEDIA_TICKET_PARAMS,
+            cfg.max_ticket_params_bytes,
+            "ticket params",
         )
 
     return app

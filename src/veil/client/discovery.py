@@ -1,0 +1,471 @@
+"""Which nodes a client may use: the chain's registry, each node verified, one chosen per request.
+
+`Discovery` keeps three things:
+
+* a **chain view** (`ChainView`): the active operators of the NodeRegistry with their records,
+  the minimum stake and the chain's time, read lazily and kept `view_ttl_s` (a few seconds);
+* a **verified session per (node, mode)** (`veil.client.session.VeilSession`): the node's
+  descriptor fetched through the relay (a node's relay id is its operator address) and
+  verified under the mode's policy, with the ReleaseLog as the release source; then checked
+  against the registry: the descriptor's address is the operator's, and the served model's
+  weights hash is the one registered on chain;
+* **health per node**: requests in flight, an EWMA of the time to the first byte, and a
+  down-until time after a failure (failover skips the node for `down_s`).
+
+`eligible(mode, model_id)` returns the usable candidates and, for every other node, why it was
+refused; `pick` takes the one with the fewest requests in flight, then the lowest latency.
+Refusals are cached for `refusal_ttl_s`, so a `tee` request in a network of `dev` nodes does
+not fetch every descriptor again each time. A cached session is verified again (in a worker
+thread, not on the event loop) every `reverify_s`, so rotated OHTTP keys are usually known
+before a request meets them. Nothing here sends a request to a node: only the
+public descriptor fetches go through the relay.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from veil.attest.report import StepStatus
+from veil.client.errors import ClientError, DescriptorUnavailable, NodeRejected
+from veil.client.policy import Policy, PrivacyMode
+from veil.client.receipts import ReceiptStore
+from veil.client.session import VeilSession, connect
+from veil.errors import VeilError
+
+if TYPE_CHECKING:
+    from veil.chain.tickets import TicketDomain
+    from veil.chain.types import NodeInfo, SenderFunds
+
+__all__ = [
+    "Candidate",
+    "ChainReader",
+    "ChainView",
+    "Discovery",
+    "DiscoveryConfig",
+    "Refusal",
+    "Selection",
+]
+
+log = logging.getLogger(__name__)
+
+POLICY = "policy"  # a refusal kind: the node does not satisfy the mode's policy (or registry)
+UNAVAILABLE = "unavailable"  # a refusal kind: the node could not be reached or checked now
+
+
+class ChainReader(Protocol):
+    """What discovery and payment read from the chain (`veil.chain.ChainClient` has it all)."""
+
+    def iter_active_operators(self) -> Iterable[tuple[str, int]]: ...
+    def get_node(self, operator: str) -> NodeInfo: ...
+    def min_stake(self) -> int: ...
+    def chain_time(self) -> int: ...
+    def is_release_approved(self, model_hash: bytes, measurement: bytes) -> bool: ...
+    def ticket_domain(self) -> TicketDomain: ...
+    def sender_funds(self, sender: str | None = None) -> SenderFunds: ...
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    view_ttl_s: float = 5.0  # the chain view is read again when older than this
+    max_stale_s: float = 60.0  # a failed re-read keeps the old view this long at most
+    refusal_ttl_s: float = 10.0  # a node refused under a mode is not checked again for this
+    reverify_s: float = 300.0  # a cached session's descriptor is fetched and verified again
+    down_s: float = 30.0  # a node that failed a request is skipped this long
+    ewma_alpha: float = 0.3  # weight of the newest time-to-first-byte sample
+    max_kept_receipts: int = 64  # verified receipts kept in memory per session
+    verify_workers: int = 4  # descriptor fetches run in parallel
+
+
+@dataclass(frozen=True)
+class ChainView:
+    """The registry as read at one moment."""
+
+    nodes: tuple[NodeInfo, ...]  # active operators' records, in registration order
+    min_stake: int  # token base units
+    chain_time: int  # latest block timestamp when read
+    read_at: float  # local monotonic time of the read
+    wall_at: float  # local wall time of the read
+
+    def node(self, operator: str) -> NodeInfo | None:
+        return next((n for n in self.nodes if n.operator.lower() == operator.lower()), None)
+
+    def chain_now(self) -> int:
+        """The chain's time now, estimated from the read (blocks may be rare on a devnet)."""
+        return self.chain_time + max(0, int(time.time() - self.wall_at))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: str  # POLICY or UNAVAILABLE
+    reason: str  # one line, for the user
+    until: float = 0.0  # monotonic time the refusal is kept until
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A node verified for a mode and model, with the registry record it was checked against."""
+
+    info: NodeInfo
+    session: VeilSession
+    mode: PrivacyMode
+
+    @property
+    def operator(self) -> str:
+        return self.info.operator
+
+
+@dataclass
+class Selection:
+    candidates: list[Candidate]
+    refusals: dict[str, Refusal]  # operator -> why it is not a candidate
+
+    def reasons(self) -> str:
+        return "; ".join(f"{op}: {r.reason}" for op, r in self.refusals.items()) or "none"
+
+
+@dataclass
+class _Health:
+    in_flight: int = 0
+    ttfb_s: float | None = None  # EWMA of time to first byte
+    down_until: float = 0.0  # monotonic
+    sessions: dict[PrivacyMode, VeilSession] = field(default_factory=dict)
+    verified_at: dict[PrivacyMode, float] = field(default_factory=dict)  # monotonic
+    refusals: dict[PrivacyMode, Refusal] = field(default_factory=dict)
+
+
+def registry_reason(info: NodeInfo, min_stake: int) -> str | None:
+    """Why the registry record alone rules the node out (None: it does not)."""
+    if not info.active:
+        return "not active in the registry"
+    if info.stake < min_stake:
+        return f"stake {info.stake} below the minimum {min_stake}"
+    return None
+
+
+def serves(info: NodeInfo, model_id: str) -> bool:
+    return any(m.model_id == model_id for m in info.models)
+
+
+class Discovery:
+    """The chain view, verified sessions per (node, mode) and node health; thread-safe."""
+
+    def __init__(
+        self,
+        chain: ChainReader,
+        relay_url: str,
+        *,
+        store: ReceiptStore | None = None,
+        descriptor_outer: httpx.BaseTransport | None = None,
+        config: DiscoveryConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from veil.chain.releases import ChainReleases
+
+        self.chain = chain
+        self.relay_url = relay_url
+        self.store = store
+        self.config = config or DiscoveryConfig()
+        self._descriptor_outer = descriptor_outer
+        self._clock = clock
+        self._releases = ChainReleases(chain)  # type: ignore[arg-type]
+        self._view: ChainView | None = None
+        self._chain_lock = threading.Lock()  # one chain read at a time
+        self._lock = threading.Lock()  # health and caches
+        self._health: dict[str, _Health] = {}
+        self._pool = ThreadPoolExecutor(self.config.verify_workers, "veil-verify")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ chain view
+
+    @property
+    def last_view(self) -> ChainView | None:
+        """The latest view read, however old (None before the first read)."""
+        return self._view
+
+    def view(self, *, force: bool = False) -> ChainView:
+        """The chain view, read again when older than `view_ttl_s` (raises `ChainError` when
+        the chain cannot be read and no view younger than `max_stale_s` is at hand)."""
+        with self._chain_lock:
+            now = self._clock()
+            view = self._view
+            if view is not None and not force and now - view.read_at < self.config.view_ttl_s:
+                return view
+            try:
+                view = self._read_view()
+            except VeilError as err:
+                if view is not None and now - view.read_at < self.config.max_stale_s:
+                    log.warning(
+                        "chain read failed (%s); using the view of %.0f s ago",
+                        type(err).__name__,
+                        now - view.read_at,
+                    )
+                    return view
+                raise
+            self._view = view
+            return view
+
+    def _read_view(self) -> ChainView:
+        min_stake = self.chain.min_stake()
+        nodes = tuple(self.chain.get_node(op) for op, _stake in self.chain.iter_active_operators())
+        chain_time = self.chain.chain_time()
+        view = ChainView(nodes, min_stake, chain_time, self._clock(), time.time())
+        with self._lock:
+            for info in nodes:
+                self._health.setdefault(info.operator, _Health())
+        log.debug("chain view: %d active node(s)", len(nodes))
+        return view
+
+    # ------------------------------------------------------------------ verification
+
+    def policy(self, mode: PrivacyMode) -> Policy:
+        return Policy.for_mode(mode, releases=self._releases)
+
+    def _health_of(self, operator: str) -> _Health:
+        with self._lock:
+            return self._health.setdefault(operator, _Health())
+
+    def _check(self, info: NodeInfo, mode: PrivacyMode, model_id: str | None) -> Candidate:
+        """A verified candidate for `info` under `mode` (serving `model_id`), or raise
+        `_Refused`. Uses the cached session or refusal when there is one."""
+        health = self._health_of(info.operator)
+        now = self._clock()
+        with self._lock:
+            refusal = health.refusals.get(mode)
+            if refusal is not None and now >= refusal.until:
+                del health.refusals[mode]
+                refusal = None
+            session = health.sessions.get(mode)
+        if refusal is not None:
+            raise _Refused(refusal)
+        if session is None:
+            session = self._verify(info, mode)
+        elif now - health.verified_at.get(mode, now) >= self.config.reverify_s:
+            self._reverify(session, health, mode)
+        # The session stays cached either way: the registry is matched again on every call.
+        self._match_registry(session, info, model_id)
+        return Candidate(info, session, mode)
+
+    def _verify(self, info: NodeInfo, mode: PrivacyMode) -> VeilSession:
+        health = self._health_of(info.operator)
+        try:
+            session = connect(
+                self.relay_url,
+                info.operator,
+                policy=self.policy(mode),
+                store=self.store,
+                outer=self._descriptor_outer,
+            )
+        except NodeRejected as err:
+            raise self._refuse(health, mode, POLICY, f"refused at {err.check}: {err}") from None
+        except DescriptorUnavailable as err:
+            raise self._refuse(health, mode, UNAVAILABLE, str(err)) from None
+        except VeilError as err:  # a chain error while checking releases, a key list...
+            reason = f"could not be checked: {type(err).__name__}: {err}"
+            raise self._refuse(health, mode, UNAVAILABLE, reason) from None
+        session.checker.max_kept = self.config.max_kept_receipts
+        log.info("node %s verified for %s (%s)", info.operator, mode, session.attestation_kind)
+        with self._lock:
+            health.sessions[mode] = session
+            health.verified_at[mode] = self._clock()
+        return session
+
+    def _reverify(self, session: VeilSession, health: _Health, mode: PrivacyMode) -> None:
+        try:
+            session.reverify()
+        except NodeRejected as err:
+            raise self._refuse(health, mode, POLICY, f"refused at {err.check}: {err}") from None
+        except VeilError as err:
+            reason = f"could not be verified again: {type(err).__name__}: {err}"
+            raise self._refuse(health, mode, UNAVAILABLE, reason) from None
+        with self._lock:
+            health.verified_at[mode] = self._clock()
+
+    def _refuse(self, health: _Health, mode: PrivacyMode, kind: str, reason: str) -> _Refused:
+        refusal = Refusal(kind, reason, self._clock() + self.config.refusal_ttl_s)
+        with self._lock:
+            health.refusals[mode] = refusal
+            health.sessions.pop(mode, None)
+        return _Refused(refusal)
+
+    def _match_registry(self, session: VeilSession, info: NodeInfo, model_id: str | None) -> None:
+        """The verified descriptor must be the registered operator's, serving what it
+        registered; and `model_id` must be approved in it."""
+        if session.address.lower() != info.operator.lower():
+            raise _Refused(
+                Refusal(POLICY, f"its descriptor names {session.address}, not the operator")
+            )
+        approved = {m.model_id: m.weights_hash for m in session.report.approved_models}
+        for entry in info.models:
+            if model_id is not None and entry.model_id != model_id:
+                continue
+            if entry.model_id not in approved:
+                raise _Refused(
+                    Refusal(POLICY, f"{entry.model_id!r} is not an approved release on it")
+                )
+            if approved[entry.model_id] != entry.weights_hash:
+                raise _Refused(
+                    Refusal(
+                        POLICY,
+                        f"the weights hash it serves for {entry.model_id!r} differs from "
+                        "the registry's",
+                    )
+                )
+
+    def eligible(self, mode: PrivacyMode | str, model_id: str | None) -> Selection:
+        """The nodes usable for `mode` (serving `model_id`, when given) and why the others
+        are not. Nodes marked down count as refused (`unavailable`)."""
+        mode = PrivacyMode(mode)
+        view = self.view()
+        now = self._clock()
+        refusals: dict[str, Refusal] = {}
+        todo: list[NodeInfo] = []
+        for info in view.nodes:
+            if model_id is not None and not serves(info, model_id):
+                continue
+            reason = registry_reason(info, view.min_stake)
+            if reason is not None:
+                refusals[info.operator] = Refusal(POLICY, reason)
+                continue
+            down = self._health_of(info.operator).down_until
+            if down > now:
+                refusals[info.operator] = Refusal(
+                    UNAVAILABLE, f"failed recently; skipped for {down - now:.0f} s more"
+                )
+                continue
+            todo.append(info)
+        candidates: list[Candidate] = []
+        futures = [(info, self._pool.submit(self._check, info, mode, model_id)) for info in todo]
+        for info, future in futures:
+            try:
+                candidates.append(future.result())
+            except _Refused as refused:
+                refusals[info.operator] = refused.refusal
+        return Selection(candidates, refusals)
+
+    def drop_session(self, operator: str, mode: PrivacyMode) -> None:
+        """Forget a session whose node failed verification again (keys, identity)."""
+        with self._lock:
+            self._health_of_locked(operator).sessions.pop(mode, None)
+
+    def _health_of_locked(self, operator: str) -> _Health:
+        return self._health.setdefault(operator, _Health())
+
+    # ------------------------------------------------------------------ choice and health
+
+    def pick(
+        self, candidates: Iterable[Candidate], exclude: Iterable[str] = ()
+    ) -> Candidate | None:
+        """The candidate with the fewest requests in flight, then the lowest time to first
+        byte (a node not measured yet counts as fastest, so it gets tried); None if none."""
+        skip = {op.lower() for op in exclude}
+        now = self._clock()
+        with self._lock:
+            ranked = []
+            for i, c in enumerate(candidates):
+                h = self._health_of_locked(c.operator)
+                if c.operator.lower() in skip or h.down_until > now:
+                    continue
+                ranked.append((h.in_flight, h.ttfb_s or 0.0, i, c))
+        return min(ranked, key=lambda r: r[:3])[3] if ranked else None
+
+    def started(self, operator: str) -> None:
+        with self._lock:
+            self._health_of_locked(operator).in_flight += 1
+
+    def finished(self, operator: str) -> None:
+        with self._lock:
+            h = self._health_of_locked(operator)
+            h.in_flight = max(0, h.in_flight - 1)
+
+    def record_ttfb(self, operator: str, seconds: float) -> None:
+        with self._lock:
+            h = self._health_of_locked(operator)
+            a = self.config.ewma_alpha
+            h.ttfb_s = seconds if h.ttfb_s is None else a * seconds + (1 - a) * h.ttfb_s
+
+    def mark_down(self, operator: str, why: str) -> None:
+        with self._lock:
+            self._health_of_locked(operator).down_until = self._clock() + self.config.down_s
+        log.warning("node %s marked down for %.0f s: %s", operator, self.config.down_s, why)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, modes: Iterable[PrivacyMode]) -> list[dict[str, Any]]:
+        """Every known node: registry record, verification per mode (or why not), health."""
+        view = self.view()
+        selections = {mode: self.eligible(mode, None) for mode in modes}
+        now = self._clock()
+        out = []
+        for info in view.nodes:
+            h = self._health_of(info.operator)
+            verified: dict[str, Any] = {}
+            for mode, selection in selections.items():
+                found = next((c for c in selection.candidates if c.operator == info.operator), None)
+                if found is not None:
+                    verified[str(mode)] = {
+                        "verified": True,
+                        "attestation": found.session.attestation_kind,
+                        "isolation": found.session.report.isolation,
+                    }
+                else:
+                    refusal = selection.refusals.get(info.operator)
+                    verified[str(mode)] = {
+                        "verified": False,
+                        "reason": refusal.reason if refusal else "not checked",
+                    }
+            out.append(
+                {
+                    "address": info.operator,
+                    "endpoint": info.endpoint,
+                    "stake": str(info.stake),
+                    "active": info.active,
+                    "models": [
+                        {"id": m.model_id, "weights_sha256": m.weights_hash.hex()}
+                        for m in info.models
+                    ],
+                    "modes": verified,
+                    "in_flight": h.in_flight,
+                    "ttfb_ms": None if h.ttfb_s is None else round(h.ttfb_s * 1000, 1),
+                    "down_for_s": max(0.0, round(h.down_until - now, 1)),
+                    "down_until": (
+                        int(time.time() + h.down_until - now) if h.down_until > now else None
+                    ),
+                }
+            )
+        return out
+
+
+class _Refused(ClientError):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+def verification_summary(candidate: Candidate, min_stake: int) -> str:
+    """One ASCII line naming the checks a candidate passed (for the `x-veil-verification`
+    header)."""
+    report = candidate.session.report
+    passed = [s.name for s in report.steps if s.status is StepStatus.PASSED]
+    passed = [name for name in passed if name != "descriptor"]
+    parts = [
+        f"registry: active, stake {candidate.info.stake} >= {min_stake}",
+        "descriptor verified: " + ", ".join(passed),
+        "operator and weights hash match the registry",
+        *(f"{s.name}: {s.detail}" for s in report.steps if s.status is StepStatus.WARNING),
+        "receipt: checked",
+    ]
+    text = "; ".join(parts)
+    return text.encode("ascii", "replace").decode("ascii")

@@ -1,0 +1,241 @@
+"""Test pieces for the gateway: an in-memory chain, paying fake nodes, a recording relay.
+
+The fake node is the real OHTTP gateway and descriptor issuer in front of a small inner app
+that checks the payment ticket it is sent, signs receipts naming it (as a paying node will)
+and serves its ticket params; knobs make it fail or cheat.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from veil.chain.payment import (
+    TICKET_HEADER,
+    TICKET_PARAMS_HEADER,
+    TICKET_PARAMS_PATH,
+    PaymentTicket,
+    TicketParams,
+)
+from veil.chain.tickets import TicketDomain
+from veil.chain.types import ModelEntry as ChainModelEntry
+from veil.chain.types import NodeInfo, SenderFunds
+from veil.identity import (
+    DESCRIPTOR_PATH,
+    MEDIA_DESCRIPTOR,
+    ModelEntry,
+    NodeIdentity,
+    sign_receipt,
+)
+from veil.node.descriptor import DescriptorIssuer, software_claim
+from veil.node.gateway import REQUEST_DIGEST_EXTENSION, NodeKeys, gateway_router
+
+MODEL = "smollm2-135m-instruct"
+WEIGHTS = bytes.fromhex("ab" * 32)
+SECRET_PROMPT = "cobalt-lantern-5521 is my secret prompt"
+TOKENS = ["Lime", " otters", " hum", " quartz-9907", "."]
+ANSWER = "".join(TOKENS)
+TOKEN = 10**18
+DOMAIN = TicketDomain(31337, "0x" + "42" * 20)
+
+
+@dataclass
+class FakeChain:
+    """The registry, release log and broker reads the gateway makes, in memory."""
+
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    minimum: int = 100 * TOKEN
+    releases: set[tuple[bytes, bytes]] = field(default_factory=set)
+    time_offset: int = 0
+    deposits: dict[str, int] = field(default_factory=dict)
+    reads: int = 0
+
+    def register(self, operator: str, models: list[tuple[str, bytes]], stake: int) -> None:
+        self.nodes[operator] = NodeInfo(
+            operator=operator,
+            endpoint=f"http://{operator.lower()}.test",
+            ohttp_keys_hash=bytes(32),
+            attestation_digest=bytes(32),
+            stake=stake,
+            unbonding=0,
+            unbonding_ends_at=0,
+            registered=True,
+            active=stake >= self.minimum,
+            models=tuple(ChainModelEntry(m, h) for m, h in models),
+        )
+
+    def set_stake(self, operator: str, stake: int) -> None:
+        self.nodes[operator] = replace(self.nodes[operator], stake=stake)
+
+    def iter_active_operators(self) -> list[tuple[str, int]]:
+        self.reads += 1
+        return [(op, n.stake) for op, n in self.nodes.items() if n.active]
+
+    def get_node(self, operator: str) -> NodeInfo:
+        return self.nodes[operator]
+
+    def min_stake(self) -> int:
+        return self.minimum
+
+    def chain_time(self) -> int:
+        return int(time.time()) + self.time_offset
+
+    def is_release_approved(self, model_hash: bytes, measurement: bytes) -> bool:
+        return (model_hash, measurement) in self.releases
+
+    def ticket_domain(self) -> TicketDomain:
+        return DOMAIN
+
+    def sender_funds(self, sender: str | None = None) -> SenderFunds:
+        return SenderFunds(deposit=self.deposits.get(sender or "", 0), reserve=0, withdraw_at=0)
+
+
+class PayNode:
+    """A node that takes tickets; `knob` picks a failure: `503`, `stale` (its params moved on),
+    `insufficient`, `midstream`, `zero_ticket` (receipt names no ticket), `no_params`."""
+
+    def __init__(self, model: str = MODEL, weights: bytes = WEIGHTS) -> None:
+        self.identity = NodeIdentity.generate()
+        self.keys = NodeKeys.generate()
+        self.model, self.weights = model, weights
+        self.knob: str | None = None
+        self.rand_hash = secrets.token_bytes(32)
+        self.seen: list[dict[str, Any]] = []
+        self.issuer = DescriptorIssuer(
+            self.identity, self.keys, endpoint="fake", models=[ModelEntry(model, weights)]
+        )
+        self.app = self._app()
+
+    @property
+    def address(self) -> str:
+        return self.identity.address
+
+    def params(self) -> TicketParams:
+        return TicketParams(
+            recipient=self.address,
+            face_value=TOKEN // 100,
+            win_prob=2**250,
+            recipient_rand_hash=self.rand_hash,
+            expires_at=int(time.time()) + 3600,
+            chain_id=DOMAIN.chain_id,
+            broker=DOMAIN.verifying_contract,
+        )
+
+    def _app(self) -> FastAPI:
+        app = FastAPI()
+        node = self
+
+        def refuse(status: int, code: str) -> JSONResponse:
+            body = {
+                "error": {"message": code, "type": "payment_error", "param": None, "code": code}
+            }
+            headers = {TICKET_PARAMS_HEADER: node.params().header_value()}
+            return JSONResponse(body, status_code=status, headers=headers)
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            digest = request.scope["extensions"][REQUEST_DIGEST_EXTENSION]
+            body = await request.json()
+            header = request.headers.get(TICKET_HEADER)
+            ticket = PaymentTicket.from_header(header) if header else None
+            node.seen.append(
+                {
+                    "digest": digest,
+                    "model": body.get("model"),
+                    "ticket": ticket,
+                    "headers": dict(request.headers),
+                }
+            )
+            if node.knob == "503":
+                return JSONResponse({"error": {"message": "busy", "code": "overloaded"}}, 503)
+            if node.knob == "insufficient":
+                return refuse(402, "insufficient_payment")
+            if node.knob == "stale" and (
+                ticket is None or ticket.ticket.recipient_rand_hash != node.rand_hash
+            ):
+                return refuse(402, "ticket_params_stale")
+            ticket_id = None
+            if ticket is not None and node.knob != "zero_ticket":
+                ticket_id = ticket.ticket_id(DOMAIN)
+            usage = {"prompt_tokens": 9, "completion_tokens": len(TOKENS), "total_tokens": 14}
+            receipt = sign_receipt(
+                node.identity, digest, ANSWER, node.weights, 9, len(TOKENS), ticket_id
+            ).to_json()
+            headers = {TICKET_PARAMS_HEADER: node.params().header_value()}
+            if not body.get("stream"):
+                return JSONResponse(
+                    {
+                        "id": "c1",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": node.model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": ANSWER},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": usage,
+                        "veil_receipt": receipt,
+                    },
+                    headers=headers,
+                )
+
+            def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+                c = {
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": node.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    **extra,
+                }
+                return f"data: {json.dumps(c)}\n\n"
+
+            async def events() -> Any:
+                yield chunk({"role": "assistant", "content": ""})
+                for i, token in enumerate(TOKENS):
+                    if node.knob == "midstream" and i == 2:
+                        raise RuntimeError("the node fell over")
+                    yield chunk({"content": token})
+                yield chunk({}, "stop", usage=usage, veil_receipt=receipt)
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+        @app.get(DESCRIPTOR_PATH)
+        async def descriptor() -> Response:
+            return Response(node.issuer.current().encode(), media_type=MEDIA_DESCRIPTOR)
+
+        @app.get(TICKET_PARAMS_PATH)
+        async def ticket_params() -> Response:
+            if node.knob == "no_params":
+                return JSONResponse({"error": "no"}, status_code=404)
+            return Response(node.params().encode(), media_type="application/json")
+
+        app.include_router(gateway_router(app, self.keys))
+        return app
+
+
+class Recording:
+    """ASGI wrapper that records (method, path) of every HTTP request (the relay's view)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.calls: list[tuple[str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.calls.append((scope["method"], scope["path"]))
+        await self.app(scope, receive, send)
+
+
+def approve(chain: FakeChain, weights: bytes = WEIGHTS) -> None:
+    chain.releases.add((weights, software_claim()))
