@@ -422,7 +422,7 @@ def test_redeemer_outcomes(tmp_path: Path, rand_params, caplog) -> None:  # type
     )
     clock = Clock()
     stats = PaymentStats()
-    r = Redeemer(q, chain, stats, interval_s=1.0, clock=clock)
+    r = Redeemer(q, chain, stats, interval_s=1.0, withdraw_interval_s=2.0, clock=clock)
     assert r.run_once() == 4  # 1 redeemed, 2 already redeemed, 3 and 5 dropped; 4 waits
     assert "dropping winning ticket" in caplog.text and "ticket expired" in caplog.text
     assert chain.withdrawals == 1
@@ -433,6 +433,7 @@ def test_redeemer_outcomes(tmp_path: Path, rand_params, caplog) -> None:  # type
     assert r.run_once() == 0
     clock.now += 1.0
     assert r.run_once() == 1
+    assert chain.withdrawals == 2  # due again, and the last one was 3.5 s ago
     snap = stats.snapshot()
     assert (snap["redeemed"], snap["failed"]) == (3, 2)
     assert snap["redeemed_face_value"] == 3 * TOKEN  # 1, 2 (found already redeemed), 4

@@ -280,7 +280,7 @@ def _print_offer(payments, console) -> None:  # type: ignore[no-untyped-def]
     path = payments.queue.path
     console.print(
         f"payments: a winning ticket pays {format_veil(desk.face_value)} with probability "
-        f"{desk.win_prob / 2**256:.4g}: {format_veil(desk.price)} per request"
+        f"{desk.win_prob / 2**256:.4g}: about {desk.price / 10**18:.6g} VEIL per request"
         + (" [yellow](free: requests without a ticket are served too)[/]" if desk.free else "")
     )
     console.print(

@@ -70,9 +70,10 @@ class Registration:
 
 
 def _say(progress: Callable[[str], None] | None, message: str) -> None:
-    log.info("%s", message)
     if progress is not None:
         progress(message)
+    else:
+        log.info("%s", message)
 
 
 def _need_tokens(client: ChainClient, amount: int, what: str) -> None:

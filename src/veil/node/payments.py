@@ -664,7 +664,9 @@ class Redeemer:
     `TicketReplayed` counts as redeemed (only the recipient can redeem, so it was this node,
     e.g. a transaction mined just before a crash). Any other contract refusal (expired,
     underfunded sender, bad signature ...) drops the ticket with a warning and counts it as
-    failed. After redemptions, with `auto_withdraw`, the earnings are withdrawn.
+    failed. After redemptions, with `auto_withdraw`, the earnings are withdrawn: at start
+    (what an earlier run left), then at most every `withdraw_interval_s` (a withdrawal is a
+    transaction too: one per minute rather than one per winning ticket).
     """
 
     def __init__(
@@ -676,6 +678,7 @@ class Redeemer:
         auto_withdraw: bool = True,
         interval_s: float = 5.0,
         max_backoff_s: float = 300.0,
+        withdraw_interval_s: float = 60.0,
         on_settled: Callable[[WinningTicket], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -685,6 +688,8 @@ class Redeemer:
         self.auto_withdraw = auto_withdraw
         self.interval_s = interval_s
         self.max_backoff_s = max_backoff_s
+        self.withdraw_interval_s = withdraw_interval_s
+        self._last_withdraw: float | None = None
         self.on_settled = on_settled
         self._clock = clock
         self._retry: dict[bytes, tuple[int, float]] = {}  # ticket id -> (failures, next try)
@@ -723,10 +728,12 @@ class Redeemer:
             self._wake.clear()
 
     def _next_wait(self) -> float:
-        if not self._retry:
+        soonest = [at for _n, at in self._retry.values()]
+        if self._withdraw_due and self._last_withdraw is not None:
+            soonest.append(self._last_withdraw + self.withdraw_interval_s)
+        if not soonest:
             return self.interval_s
-        soonest = min(at for _n, at in self._retry.values())
-        return max(0.05, min(self.interval_s, soonest - self._clock()))
+        return max(0.05, min(self.interval_s, min(soonest) - self._clock()))
 
     def run_once(self) -> int:
         """Try every due winner once, then withdraw if due. Returns how many settled."""
@@ -740,7 +747,9 @@ class Redeemer:
             if self._redeem(winner, failures):
                 settled += 1
         if self._withdraw_due and not self._stop.is_set():
-            self._withdraw()
+            last = self._last_withdraw
+            if last is None or self._clock() - last >= self.withdraw_interval_s:
+                self._withdraw()
         return settled
 
     def _redeem(self, winner: WinningTicket, failures: int) -> bool:
@@ -794,6 +803,7 @@ class Redeemer:
             self.on_settled(winner)
 
     def _withdraw(self) -> None:
+        self._last_withdraw = self._clock()
         try:
             amount = self.chain.earnings()
             if amount > 0:
