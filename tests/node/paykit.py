@@ -10,7 +10,7 @@ from eth_utils import to_checksum_address
 from veil.chain.errors import ChainUnavailable
 from veil.chain.payment import PaymentTicket, TicketParams
 from veil.chain.tickets import TicketDomain
-from veil.chain.types import SenderFunds
+from veil.chain.types import SenderFunds, TxReceipt
 
 TOKEN = 10**18
 DOMAIN = TicketDomain(31337, to_checksum_address("0x" + "b0" * 20))
@@ -52,3 +52,31 @@ def write_ticket(
     if over:
         ticket = replace(ticket, **over)
     return PaymentTicket.sign(ticket, domain or params.domain, sender.key)
+
+
+class FakeChain:
+    """Redeems from a script of outcomes per nonce; counts withdrawals."""
+
+    def __init__(self, script: dict[int, list[object]]) -> None:
+        self.script = script
+        self.earned = 0
+        self.withdrawals = 0
+        self.redeemed: list[int] = []
+
+    def redeem_ticket(self, ticket, signature, recipient_rand) -> TxReceipt:  # type: ignore[no-untyped-def]
+        outcomes = self.script.get(ticket.sender_nonce, [])
+        if outcomes:
+            outcome = outcomes.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+        self.earned += ticket.face_value
+        self.redeemed.append(ticket.sender_nonce)
+        return TxReceipt("0x" + "ab" * 32, 1, 80_000)
+
+    def earnings(self, recipient: str | None = None) -> int:
+        return self.earned
+
+    def withdraw_earnings(self) -> TxReceipt:
+        self.earned = 0
+        self.withdrawals += 1
+        return TxReceipt("0x" + "cd" * 32, 2, 40_000)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paykit import DOMAIN, NOW, TOKEN, FakeFunds, account, write_ticket
+from paykit import DOMAIN, NOW, TOKEN, FakeChain, FakeFunds, account, write_ticket
 
 from veil.chain.errors import (
     ChainUnavailable,
@@ -22,7 +22,7 @@ from veil.chain.errors import (
 )
 from veil.chain.payment import TicketParams
 from veil.chain.tickets import TicketDomain, win_prob_for
-from veil.chain.types import SenderFunds, TxReceipt
+from veil.chain.types import SenderFunds
 from veil.node.errors import APIError
 from veil.node.payments import (
     NodePayments,
@@ -376,34 +376,6 @@ def test_unsaved_winners_are_invisible_to_the_redeemer(tmp_path: Path, rand_para
 # ---------------------------------------------------------------------------- redeemer
 
 
-class FakeChain:
-    """Redeems from a script of outcomes per nonce; counts withdrawals."""
-
-    def __init__(self, script: dict[int, list[object]]) -> None:
-        self.script = script
-        self.earned = 0
-        self.withdrawals = 0
-        self.redeemed: list[int] = []
-
-    def redeem_ticket(self, ticket, signature, recipient_rand) -> TxReceipt:  # type: ignore[no-untyped-def]
-        outcomes = self.script.get(ticket.sender_nonce, [])
-        if outcomes:
-            outcome = outcomes.pop(0)
-            if isinstance(outcome, Exception):
-                raise outcome
-        self.earned += ticket.face_value
-        self.redeemed.append(ticket.sender_nonce)
-        return TxReceipt("0x" + "ab" * 32, 1, 80_000)
-
-    def earnings(self, recipient: str | None = None) -> int:
-        return self.earned
-
-    def withdraw_earnings(self) -> TxReceipt:
-        self.earned = 0
-        self.withdrawals += 1
-        return TxReceipt("0x" + "cd" * 32, 2, 40_000)
-
-
 def test_redeemer_outcomes(tmp_path: Path, rand_params, caplog) -> None:  # type: ignore[no-untyped-def]
     params, rand = rand_params
     path = tmp_path / "t.jsonl"
@@ -485,3 +457,14 @@ async def test_node_payments_health_and_wakeup(tmp_path: Path, clock: Clock, fun
         str(TOKEN),
     )
     assert "x-veil-ticket-params" in payments.params_header()
+
+
+def test_a_config_naming_a_deployment_never_serves_unpaid_by_accident(tmp_path: Path) -> None:
+    from veil.identity import NodeIdentity
+    from veil.node.api import create_app
+    from veil.node.config import NodeConfig
+    from veil.node.errors import NodeSetupError
+
+    config = NodeConfig(deployment_path=str(tmp_path / "absent.json"))
+    with pytest.raises(NodeSetupError, match="veil chain up"):  # before the engine is touched
+        create_app(None, config, identity=NodeIdentity.generate())  # type: ignore[arg-type]

@@ -11,9 +11,8 @@ import time
 
 import httpx
 import pytest
-from paykit import TOKEN, FakeFunds, account
+from paykit import TOKEN, FakeChain, FakeFunds, account
 from paykit import write_ticket as _write
-from test_payments import FakeChain
 
 from tests.conftest import ServerThread
 from veil.chain.payment import (
