@@ -64,3 +64,58 @@ def test_corrupt_key_file_is_a_typed_error(tmp_path: Path) -> None:
     os.chmod(path, 0o600)
     with pytest.raises(NodeSetupError, match="cannot read OHTTP keys"):
         load_or_create_keys(path)
+
+
+def test_payment_settings_from_file_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        '[node]\ndeployment_path = "d.json"\nticket_win_prob = 0.5\nfree = true\n'
+        "ticket_face_value = 2000000000000000000\n"
+    )
+    cfg = NodeConfig.load(path, stake=150 * 10**18, free=None, tickets_path="t.jsonl")
+    assert (cfg.deployment_path, cfg.ticket_win_prob, cfg.free) == ("d.json", 0.5, True)
+    assert (cfg.ticket_face_value, cfg.stake, cfg.tickets_path) == (
+        2 * 10**18,
+        150 * 10**18,
+        "t.jsonl",
+    )
+    assert NodeConfig().deployment_path is None and NodeConfig().auto_withdraw
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"ticket_win_prob": 0.0}, "ticket_win_prob"),
+        ({"ticket_win_prob": 1.5}, "ticket_win_prob"),
+        ({"ticket_face_value": 0}, "ticket_face_value"),
+        ({"stake": -1}, "stake"),
+        ({"redeem_interval_s": 0}, "redeem_interval_s"),
+    ],
+)
+def test_bad_payment_settings_are_named(override: dict, message: str) -> None:
+    with pytest.raises(NodeConfigError, match=message):
+        NodeConfig.load(None, **override)
+
+
+def test_cli_amounts() -> None:
+    import typer
+
+    from veil.node.cli import parse_amount
+
+    assert parse_amount("150VEIL") == 150 * 10**18
+    assert parse_amount("0.5 veil") == 5 * 10**17
+    assert parse_amount("1_000") == 1000
+    assert parse_amount(None) is None
+    for bad in ("-1", "1e-30VEIL", "lots", "0"):
+        with pytest.raises(typer.BadParameter):
+            parse_amount(bad)
+
+
+def test_serve_help_lists_the_payment_flags() -> None:
+    from typer.testing import CliRunner
+
+    from veil.node.cli import node_app
+
+    out = CliRunner().invoke(node_app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    for flag in ("--chain", "--stake", "--free", "--face-value", "--win-prob", "--tickets"):
+        assert flag in out

@@ -11,6 +11,13 @@ joined), the weights hash and the token counts. Signing takes about 0.5 ms (coin
 runs inline on the event loop.
 
 With OHTTP keys the node also serves its signed descriptor at `DESCRIPTOR_PATH`.
+
+Payments (`veil.node.payments`), when the node has a chain deployment: the node serves its
+ticket params at `TICKET_PARAMS_PATH`; a chat request's `x-veil-ticket` is checked after the
+request is parsed and validated and before the engine starts (refusals are 402
+`payment_error`s); the receipt's ticket id is the accepted ticket's id (zero when unpaid);
+every chat answer, errors included, carries the current params in `x-veil-ticket-params`.
+Without a deployment there are no payment checks.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.attest.producer import EvidenceProducer
+from veil.chain.payment import MEDIA_TICKET_PARAMS, TICKET_HEADER, TICKET_PARAMS_PATH
 from veil.engine import (
     ChatMessage,
     ContextLengthExceeded,
@@ -56,6 +64,7 @@ from veil.node.config import NodeConfig
 from veil.node.descriptor import DescriptorIssuer, load_node_identity
 from veil.node.errors import APIError, error_body
 from veil.node.gateway import REQUEST_DIGEST_EXTENSION, GatewayConfig, NodeKeys, gateway_router
+from veil.node.payments import AcceptedTicket, NodePayments, open_payments
 from veil.node.rotation import replay_window_for, rotate_periodically
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
 from veil.wire import bhttp
@@ -147,8 +156,15 @@ def _sse(obj: Any) -> bytes:
 class _Signer:
     """Signs the receipt that ends one answer."""
 
-    def __init__(self, identity: NodeIdentity, digest: bytes, weights_sha256: str) -> None:
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        digest: bytes,
+        weights_sha256: str,
+        ticket_id: bytes | None = None,
+    ) -> None:
         self.identity, self.digest, self.weights = identity, digest, weights_sha256
+        self.ticket_id = ticket_id
 
     def receipt(self, answer_text: str, fin: Finished) -> dict[str, Any]:
         return sign_receipt(
@@ -158,6 +174,7 @@ class _Signer:
             self.weights,
             fin.prompt_tokens,
             fin.completion_tokens,
+            self.ticket_id,
         ).to_json()
 
 
@@ -194,6 +211,7 @@ def create_app(
     identity: NodeIdentity | None = None,
     *,
     producer: EvidenceProducer | None = None,
+    payments: NodePayments | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine`; with `keys`, also the OHTTP gateway in front of it
     and the signed descriptor.
@@ -201,11 +219,17 @@ def create_app(
     `identity` signs receipts and the descriptor (default: the keystore at
     `config.identity_path`, else an in-memory one, with a warning). `producer` makes the
     descriptor's evidence (default: `DevProducer`, "no hardware isolation").
+
+    `payments` checks tickets and redeems winners (its redeemer runs with the app's
+    lifespan); without it, a config naming a deployment builds one (`open_payments`, which
+    connects to the chain), and a config without one serves every request unpaid.
     """
     config = config or NodeConfig()
     if identity is None:
         path = config.identity_path
         identity = load_node_identity(None if path is None else Path(path))
+    if payments is None and config.deployment_path:
+        payments = open_payments(config, identity)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -213,7 +237,11 @@ def create_app(
         if keys is not None and config.key_rotation_s:
             path = Path(config.keys_path) if config.keys_path else None
             rotating = asyncio.create_task(rotate_periodically(keys, config.key_rotation_s, path))
+        if payments is not None:
+            payments.start()
         yield
+        if payments is not None:
+            await asyncio.to_thread(payments.stop)
         if rotating is not None:
             rotating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -225,6 +253,7 @@ def create_app(
     app.state.engine = engine
     app.state.config = config
     app.state.identity = identity
+    app.state.payments = payments
     weights_sha256 = engine.loaded.weights_sha256
     model_info = {
         "id": engine.model_id,
@@ -260,13 +289,16 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {
+        health = {
             "status": "ok",
             "model": engine.model_id,
             "weights_sha256": engine.loaded.weights_sha256,
             "requests": engine.stats.requests,
             "tokens_generated": engine.stats.tokens_generated,
         }
+        if payments is not None:
+            health["payments"] = payments.health()
+        return health
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -280,8 +312,28 @@ def create_app(
             )
         return model_info
 
+    if payments is not None:
+
+        @app.get(TICKET_PARAMS_PATH)
+        async def ticket_params() -> Response:
+            return Response(
+                payments.params().encode(),
+                media_type=MEDIA_TICKET_PARAMS,
+                headers={"cache-control": "no-store"},
+            )
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        if payments is None:
+            return await _chat(request, None)
+        try:
+            response = await _chat(request, payments)
+        except APIError as err:  # refusals too tell the payer the current params
+            response = JSONResponse(err.body(), status_code=err.status)
+        response.headers.update(payments.params_header())
+        return response
+
+    async def _chat(request: Request, payments: NodePayments | None) -> Response:
         raw = await _read_body(request, config.max_body_bytes)
         req = parse_chat_request(raw)
         if req.model != engine.model_id:
@@ -292,10 +344,18 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
-        signer = _Signer(identity, _request_digest(request, raw), weights_sha256)
         messages = [ChatMessage(m.role, m.text()) for m in req.messages]
         prompt_ids = await asyncio.to_thread(engine.encode_chat, messages)
         params = _sampling(req, len(prompt_ids), engine, config)
+        paid: AcceptedTicket | None = None
+        if payments is not None:  # a valid request only: a refused one costs no ticket
+            paid = await payments.check(request.headers.get(TICKET_HEADER))
+        signer = _Signer(
+            identity,
+            _request_digest(request, raw),
+            weights_sha256,
+            None if paid is None else paid.ticket_id,
+        )
         try:
             handle = engine.submit(prompt_ids, params)
         except EngineOverloaded as exc:

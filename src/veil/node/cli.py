@@ -9,6 +9,32 @@ import typer
 
 node_app = typer.Typer(help="Run a Veil node: the model behind an OpenAI-compatible API.")
 
+_TOKEN = 10**18
+
+
+def parse_amount(text: str | None) -> int | None:
+    """`100VEIL`, `0.5 VEIL` (whole tokens) or a plain integer of base units (10**18 = 1 VEIL)."""
+    from decimal import Decimal, InvalidOperation
+
+    if text is None:
+        return None
+    raw = text.strip().replace("_", "")
+    try:
+        if raw.upper().endswith("VEIL"):
+            value = Decimal(raw[:-4].strip()) * _TOKEN
+            if value != value.to_integral_value():
+                raise InvalidOperation
+            amount = int(value)
+        else:
+            amount = int(raw)
+    except (InvalidOperation, ValueError):
+        raise typer.BadParameter(
+            f"{text!r} is not an amount: give base units (1000000000000000000) or VEIL (1VEIL)"
+        ) from None
+    if amount <= 0:
+        raise typer.BadParameter("the amount must be positive")
+    return amount
+
 
 @node_app.command()
 def serve(
@@ -41,6 +67,42 @@ def serve(
         None, help="Where clients reach the node, as the descriptor states it."
     ),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    chain: Path | None = typer.Option(
+        None,
+        "--chain",
+        help="Chain deployment file (written by `veil chain up`). With it the node registers "
+        "itself on chain at start, asks a payment ticket per request and redeems the winning "
+        "ones; without it the node serves for free and off chain.",
+    ),
+    stake: str | None = typer.Option(
+        None,
+        "--stake",
+        help="Stake to hold in the node registry, e.g. 150VEIL or base units (default: the "
+        "chain's minimum stake). Added at start when the bonded stake is lower.",
+    ),
+    free: bool = typer.Option(
+        False,
+        "--free",
+        help="With --chain: also serve requests that carry no ticket (for devnets; tickets "
+        "that are sent are still checked).",
+    ),
+    face_value: str | None = typer.Option(
+        None,
+        "--face-value",
+        help="What a winning ticket pays, e.g. 1VEIL (default) or base units.",
+    ),
+    win_prob: float | None = typer.Option(
+        None,
+        "--win-prob",
+        help="Chance that a ticket wins (default 0.1). The price of a request is face value "
+        "x win probability; lower odds mean fewer on-chain redemptions.",
+    ),
+    tickets: Path | None = typer.Option(
+        None,
+        "--tickets",
+        help="Queue file of winning tickets not yet redeemed (created 0600; default: "
+        "tickets.jsonl beside the --identity keystore, else in memory).",
+    ),
 ) -> None:
     """Load the model and serve the node API and its OHTTP gateway until Ctrl-C."""
     from rich.console import Console
@@ -64,6 +126,12 @@ def serve(
             identity_path=str(identity) if identity else None,
             endpoint=endpoint,
             log_level=log_level,
+            deployment_path=str(chain) if chain else None,
+            stake=parse_amount(stake),
+            free=True if free else None,
+            ticket_face_value=parse_amount(face_value),
+            ticket_win_prob=win_prob,
+            tickets_path=str(tickets) if tickets else None,
         )
     except NodeConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -111,12 +179,26 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
         max_queue=cfg.max_queue,
         context_length=cfg.context_length,
     )
-    app = create_app(engine, cfg, keys, identity)
+    payments = None
+    try:
+        if cfg.deployment_path:
+            payments = _open_chain(cfg, identity, console)
+        app = create_app(engine, cfg, keys, identity, payments=payments)
+        if payments is not None:
+            _register(cfg, app, payments, keys, console)
+    except NodeSetupError as exc:
+        engine.close()
+        console.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None
     console.print(
         f"node identity [bold]{identity.address}[/]"
         + ("" if cfg.identity_path else " [yellow](in memory only)[/]")
         + "; attestation [yellow]dev: no hardware isolation[/]"
     )
+    if payments is None:
+        console.print("payments: off (no --chain): every request is served for free")
+    else:
+        _print_offer(payments, console)
     console.print(
         f"node API on http://{cfg.host}:{cfg.port}/v1  (OHTTP gateway at /gateway, "
         f"keys at /.well-known/ohttp-keys)  Ctrl-C stops"
@@ -132,3 +214,77 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
         )
     finally:
         engine.close()
+
+
+def _open_chain(cfg, identity, console):  # type: ignore[no-untyped-def]
+    from veil.node.onchain import DEVNET_CHAIN_IDS
+    from veil.node.payments import open_payments
+
+    with console.status(f"connecting to the chain ({cfg.deployment_path})..."):
+        payments = open_payments(cfg, identity)
+    client = payments.client
+    console.print(
+        f"chain {client.deployment.chain_id} at {client.deployment.rpc_url}, "
+        f"broker {client.broker.address}"
+    )
+    if cfg.free and client.deployment.chain_id not in DEVNET_CHAIN_IDS:
+        console.print(
+            "[yellow]warning:[/] --free on a chain that is not a local devnet: requests "
+            "without a ticket are served unpaid"
+        )
+    return payments
+
+
+def _register(cfg, app, payments, keys, console) -> None:  # type: ignore[no-untyped-def]
+    from veil.chain.errors import ChainError
+    from veil.chain.types import ModelEntry
+    from veil.node.errors import NodeSetupError
+    from veil.node.onchain import devnet_top_up, ensure_registered
+
+    client = payments.client
+    engine = app.state.engine
+    issuer = app.state.descriptor_issuer
+    descriptor = issuer.current().descriptor
+
+    def say(message: str) -> None:
+        console.print(f"  {message}")
+
+    with console.status("registering the node on chain..."):
+        try:
+            stake = cfg.stake if cfg.stake is not None else client.min_stake()
+            bonded = client.get_node(client.address).stake
+        except ChainError as exc:
+            raise NodeSetupError(f"chain: {exc}") from exc
+        devnet_top_up(client, max(0, stake - bonded), progress=say)
+        registration = ensure_registered(
+            client,
+            endpoint=cfg.endpoint or f"http://{cfg.host}:{cfg.port}",
+            ohttp_keys=keys.encoded_configs(),
+            evidence_data=descriptor.evidence.data,
+            models=[ModelEntry(engine.model_id, bytes.fromhex(engine.loaded.weights_sha256))],
+            stake=cfg.stake,
+            progress=say,
+        )
+    from veil.node.payments import format_veil
+
+    console.print(
+        f"registered on chain as [bold]{registration.address}[/], "
+        f"stake {format_veil(registration.stake)}"
+    )
+
+
+def _print_offer(payments, console) -> None:  # type: ignore[no-untyped-def]
+    from veil.node.payments import format_veil
+
+    desk = payments.desk
+    path = payments.queue.path
+    console.print(
+        f"payments: a winning ticket pays {format_veil(desk.face_value)} with probability "
+        f"{desk.win_prob / 2**256:.4g}: about {desk.price / 10**18:.6g} VEIL per request"
+        + (" [yellow](free: requests without a ticket are served too)[/]" if desk.free else "")
+    )
+    console.print(
+        f"  winning tickets queue in {path if path else '[yellow]memory only[/]'}; "
+        f"{len(payments.queue)} pending; earnings "
+        + ("withdrawn automatically" if payments.redeemer.auto_withdraw else "left at the broker")
+    )

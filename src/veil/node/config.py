@@ -37,6 +37,15 @@ class NodeConfig:
     )
     descriptor_lifetime_s: int = 6 * 3600  # descriptor validity; re-issued after half of it
     log_level: str = "info"
+    # payments and on-chain registration (issue #6); without a deployment the node is free
+    deployment_path: str | None = None  # chain deployment JSON; None = off-chain, no payments
+    stake: int | None = None  # stake to hold, token base units; None = the chain's min stake
+    free: bool = False  # with a deployment: serve requests without tickets too (devnets)
+    ticket_face_value: int = 10**18  # paid when a ticket wins, base units (10**18 = 1 VEIL)
+    ticket_win_prob: float = 0.1  # chance a ticket wins: price = face value x this
+    tickets_path: str | None = None  # winning-ticket queue; None = tickets.jsonl by identity
+    auto_withdraw: bool = True  # withdraw earnings to the node account after redemptions
+    redeem_interval_s: float = 5.0  # redeemer pass period (and first retry delay)
 
     def __post_init__(self) -> None:
         checks = [
@@ -56,6 +65,13 @@ class NodeConfig:
                 "key_rotation_s must be at least 10",
             ),
             (self.descriptor_lifetime_s >= 60, "descriptor_lifetime_s must be at least 60"),
+            (self.stake is None or self.stake > 0, "stake must be positive"),
+            (0 < self.ticket_face_value < 2**256, "ticket_face_value must be positive"),
+            (
+                0.0 < self.ticket_win_prob <= 1.0 and self.ticket_win_prob * 2**256 >= 1,
+                "ticket_win_prob must be within (0, 1]",
+            ),
+            (self.redeem_interval_s > 0, "redeem_interval_s must be positive"),
         ]
         for ok, message in checks:
             if not ok:

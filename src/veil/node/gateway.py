@@ -48,6 +48,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
+from veil.chain.payment import TICKET_PARAMS_PATH
 from veil.identity.descriptor import DESCRIPTOR_PATH
 from veil.identity.receipt import request_digest
 from veil.wire import bhttp
@@ -89,7 +90,7 @@ ASGIApp = Callable[
 ]
 
 DEFAULT_ALLOWED_PATHS = frozenset(
-    {"/v1/chat/completions", "/v1/models", "/healthz", DESCRIPTOR_PATH}
+    {"/v1/chat/completions", "/v1/models", "/healthz", DESCRIPTOR_PATH, TICKET_PARAMS_PATH}
 )
 # How the gateway tells the inner app which request it answers (for the receipt).
 REQUEST_DIGEST_HEADER = b"x-veil-request-digest"
