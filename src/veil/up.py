@@ -134,6 +134,7 @@ class NetworkSettings:
     stake: int = 100 * VEIL  # per node
     face_value: int = VEIL  # per winning ticket
     win_prob: float = 0.1  # so a request costs 0.1 VEIL on average
+    withdraw_interval_s: float = 60.0  # nodes move redeemed earnings to their balance
     deposit: int = 500 * VEIL  # the wallet's broker deposit, topped up to this at start
     reserve: int = 100 * VEIL
     mint: int = 10_000 * VEIL  # minted to each devnet account at deployment
@@ -287,7 +288,9 @@ class LocalNetwork:
                     "--win-prob",
                     str(s.win_prob),
                     "--tickets",
-                    str(node_dir / "tickets.json"),
+                    str(node_dir / "tickets.jsonl"),
+                    "--withdraw-interval",
+                    str(s.withdraw_interval_s),
                 ],
                 logs / f"{name}.log",
             )

@@ -46,7 +46,12 @@ def network(tmp_path_factory):  # type: ignore[no-untyped-def]
         return f"http://{taps[0].address}"
 
     settings = NetworkSettings(
-        chain_port=0, node_ports=(0, 0), relay_port=0, gateway_port=0, win_prob=0.5
+        chain_port=0,
+        node_ports=(0, 0),
+        relay_port=0,
+        gateway_port=0,
+        win_prob=0.5,
+        withdraw_interval_s=1.0,
     )
     net = LocalNetwork(data, settings, relay_proxy=through_tap)
     try:

@@ -103,6 +103,11 @@ def serve(
         help="Queue file of winning tickets not yet redeemed (created 0600; default: "
         "tickets.jsonl beside the --identity keystore, else in memory).",
     ),
+    withdraw_interval: float | None = typer.Option(
+        None,
+        help="Seconds between withdrawals of redeemed earnings to the node account "
+        "(default 60; each is a transaction).",
+    ),
 ) -> None:
     """Load the model and serve the node API and its OHTTP gateway until Ctrl-C."""
     from rich.console import Console
@@ -132,6 +137,7 @@ def serve(
             ticket_face_value=parse_amount(face_value),
             ticket_win_prob=win_prob,
             tickets_path=str(tickets) if tickets else None,
+            withdraw_interval_s=withdraw_interval,
         )
     except NodeConfigError as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -46,6 +46,7 @@ class NodeConfig:
     tickets_path: str | None = None  # winning-ticket queue; None = tickets.jsonl by identity
     auto_withdraw: bool = True  # withdraw earnings to the node account after redemptions
     redeem_interval_s: float = 5.0  # redeemer pass period (and first retry delay)
+    withdraw_interval_s: float = 60.0  # seconds between earnings withdrawals (transactions)
 
     def __post_init__(self) -> None:
         checks = [
@@ -72,6 +73,7 @@ class NodeConfig:
                 "ticket_win_prob must be within (0, 1]",
             ),
             (self.redeem_interval_s > 0, "redeem_interval_s must be positive"),
+            (self.withdraw_interval_s >= 0, "withdraw_interval_s must not be negative"),
         ]
         for ok, message in checks:
             if not ok:

@@ -923,5 +923,6 @@ def open_payments(config: NodeConfig, identity: NodeIdentity) -> NodePayments:
         stats,
         auto_withdraw=config.auto_withdraw,
         interval_s=config.redeem_interval_s,
+        withdraw_interval_s=config.withdraw_interval_s,
     )
     return NodePayments(desk, redeemer, client=signer)
