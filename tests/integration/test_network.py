@@ -132,7 +132,7 @@ def test_whole_network(network) -> None:  # type: ignore[no-untyped-def]
     assert refused.value.status_code in (400, 403)
     assert "tee" in str(refused.value) and "dev" in str(refused.value)
     assert b"POST /relay/" not in bytes(tap.received[sent_before:])
-    assert _relay_forwards(net) == forwarded_before
+    assert _relay_forwards(net) == forwarded_before > 0
 
     # payment: every winning ticket is redeemed; the books balance exactly
     paid = _wait_redeemed(net, chain, wallet)
@@ -195,16 +195,28 @@ def _wait_redeemed(net: LocalNetwork, chain: ChainClient, wallet: str, timeout: 
     raise AssertionError("winning tickets were not redeemed in time")
 
 
-def test_status_reads_the_chain(network) -> None:  # type: ignore[no-untyped-def]
+def test_status_and_chat_commands(network) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
     from veil.cli import app
 
     net, _ = network
-    result = CliRunner().invoke(
-        app, ["status", "--data-dir", str(net.data_dir)], env={"COLUMNS": "300"}
-    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["status", "--data-dir", str(net.data_dir)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     for address in net.node_addresses.values():
-        assert address[:10] in result.output
+        assert address in result.output
     assert "release log" in result.output and "redeemed tickets" in result.output
+
+    chat = runner.invoke(
+        app, ["chat", "--gateway", net.gateway_url, "-p", "Say hi.", "--max-tokens", "6"]
+    )
+    assert chat.exit_code == 0, chat.output
+    assert f"answered by {net.node_addresses['node-b']}" in chat.output
+    assert "receipt verified" in chat.output
+
+    tee = runner.invoke(
+        app, ["chat", "--gateway", net.gateway_url, "--mode", "tee", "-p", "Say hi."]
+    )
+    assert tee.exit_code == 1  # node-a is down by now, node-b is refused by the tee policy
+    assert "the tee policy does not accept dev evidence" in tee.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -66,6 +67,10 @@ def serve(
         read_timeout_s=read_timeout,
     )
     typer.echo(f"relay: {source}, listening on {host}:{port}")
+    # The relay's own lines name nodes and status codes only: never a client or a body.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(
         create_relay_app(directory, config),
         host=host,
