@@ -143,6 +143,9 @@ class NetworkSettings:
     relay_rate: float = 50.0
     relay_burst: int = 100
     model_timeout_s: float = 600.0  # two nodes load the model side by side on 2 cores
+    # CPU threads per node: the machine's cores shared out, so two busy nodes do not thrash
+    # (on 2 cores, two nodes with 2 threads each decode at a third of the speed).
+    node_threads: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
 
 
 class LocalNetwork:
@@ -287,6 +290,8 @@ class LocalNetwork:
                     str(s.face_value),
                     "--win-prob",
                     str(s.win_prob),
+                    "--threads",
+                    str(s.node_threads),
                     "--tickets",
                     str(node_dir / "tickets.jsonl"),
                     "--withdraw-interval",

@@ -240,7 +240,7 @@ async def test_funds_are_cached_briefly_and_an_outage_is_a_503(
     assert fresh.stats.snapshot()["accepted"] == 0
 
 
-async def test_a_win_is_queued_durably_and_retires_the_rand(
+async def test_a_win_is_queued_durably_and_the_rand_retires_when_revealed(
     tmp_path: Path, clock: Clock, funds: FakeFunds
 ) -> None:
     path = tmp_path / "q" / "tickets.jsonl"
@@ -255,11 +255,14 @@ async def test_a_win_is_queued_durably_and_retires_the_rand(
     stored = WinningTicket.from_json(json.loads(line))  # checks the rand against its hash
     assert stored.payment == paid and stored.ticket_id == accepted.ticket_id
     assert len(woken) == 1
-    assert desk.params().recipient_rand_hash != p.recipient_rand_hash  # a new rand at once
-    err = await refused(desk, write_ticket(p, SENDER, 2).header_value())
-    assert err.code == "ticket_params_stale"  # the rand will be public once redeemed
+    assert desk.params().recipient_rand_hash != p.recipient_rand_hash  # a new offer at once
+    # still secret until redeemed: a ticket a concurrent request signed on it is good
+    assert (await desk.check(write_ticket(p, SENDER, 2).header_value())) is not None
+    desk.revealing(p.recipient_rand_hash)  # the redeemer is about to put it on chain
+    err = await refused(desk, write_ticket(p, SENDER, 3).header_value())
+    assert err.code == "ticket_params_stale"
     snap = desk.stats.snapshot()
-    assert (snap["accepted"], snap["winners"]) == (1, 1)
+    assert (snap["accepted"], snap["winners"]) == (2, 2)
 
 
 async def test_unredeemed_winners_count_against_the_sender(clock: Clock) -> None:
@@ -394,8 +397,18 @@ def test_redeemer_outcomes(tmp_path: Path, rand_params, caplog) -> None:  # type
     )
     clock = Clock()
     stats = PaymentStats()
-    r = Redeemer(q, chain, stats, interval_s=1.0, withdraw_interval_s=2.0, clock=clock)
+    revealed: list[bytes] = []
+    r = Redeemer(
+        q,
+        chain,
+        stats,
+        interval_s=1.0,
+        withdraw_interval_s=2.0,
+        on_reveal=revealed.append,
+        clock=clock,
+    )
     assert r.run_once() == 4  # 1 redeemed, 2 already redeemed, 3 and 5 dropped; 4 waits
+    assert revealed[0] == params.recipient_rand_hash  # the desk hears before the chain does
     assert "dropping winning ticket" in caplog.text and "ticket expired" in caplog.text
     assert chain.withdrawals == 1
     assert r.run_once() == 0  # 4 is backing off

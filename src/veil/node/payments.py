@@ -2,9 +2,11 @@
 
 * `TicketDesk` holds the node's secret recipient rands and issues its `TicketParams` (the
   offer: face value, win probability, commitment to the current rand). `check(header)`
-  accepts a signed ticket or refuses it with a precise 402 `payment_error`. A rand is
-  retired the moment a winning ticket on it is accepted: redeeming reveals the rand on
-  chain, after which a sender could tell losing tickets from winning ones before sending.
+  accepts a signed ticket or refuses it with a precise 402 `payment_error`. A rand stops
+  being offered the moment a winning ticket on it is accepted, and stops being accepted when
+  the redeemer is about to reveal it on chain (`revealing`): after that a sender could tell
+  losing tickets from winning ones before sending. Until then it is still secret, so tickets
+  that concurrent requests signed against it are still good (no refusal storm under load).
 * `TicketQueue` is the durable list of winning tickets not yet settled (JSON lines, 0600,
   fsync'd before the model runs), each stored with its rand.
 * `Redeemer` is a thread that redeems queued winners on chain, retrying transient failures
@@ -370,6 +372,7 @@ class _Rand:
     issued_at: int
     expires_at: int
     seen: set[tuple[str, int]] = field(default_factory=set)  # (sender, sender nonce)
+    offered: bool = True  # False once a ticket on it won: new params name a new rand
 
 
 @dataclass(frozen=True)
@@ -462,13 +465,21 @@ class TicketDesk:
         self._prune(now)
         if self._rands:
             rand = next(reversed(self._rands.values()))
-            if now < rand.issued_at + self._rand_lifetime // 2:  # served params stay fresh
+            fresh = now < rand.issued_at + self._rand_lifetime // 2  # served params stay fresh
+            if fresh and rand.offered:
                 return rand
         return self._issue(now)
 
     def _retire(self, rand: _Rand) -> None:
         self._rands.pop(rand.hash, None)
         self.rands_retired += 1
+
+    def revealing(self, rand_hash: bytes) -> None:
+        """The redeemer is about to put this rand on chain: accept no more tickets on it."""
+        with self._lock:
+            rand = self._rands.get(rand_hash)
+            if rand is not None:
+                self._retire(rand)
 
     def params(self) -> TicketParams:
         """The current offer (a new rand when the current one is retired or half-aged)."""
@@ -620,7 +631,7 @@ class TicketDesk:
             if winning:
                 winner = WinningTicket(payment, rand.value, ticket_id, now)
                 self.queue.reserve(winner)
-                self._retire(rand)  # its value goes on chain with the redemption
+                rand.offered = False  # accepted until the redeemer reveals it (`revealing`)
                 self._current(now)
             elif len(rand.seen) >= self._max_per_rand:
                 self._retire(rand)
@@ -680,9 +691,11 @@ class Redeemer:
         max_backoff_s: float = 300.0,
         withdraw_interval_s: float = 60.0,
         on_settled: Callable[[WinningTicket], None] | None = None,
+        on_reveal: Callable[[bytes], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.queue = queue
+        self.on_reveal = on_reveal  # told each rand hash before a redemption reveals its rand
         self.chain = chain
         self.stats = stats or PaymentStats()
         self.auto_withdraw = auto_withdraw
@@ -755,6 +768,8 @@ class Redeemer:
     def _redeem(self, winner: WinningTicket, failures: int) -> bool:
         tid = "0x" + winner.ticket_id.hex()
         t = winner.ticket
+        if self.on_reveal is not None:
+            self.on_reveal(t.recipient_rand_hash)
         try:
             receipt = self.chain.redeem_ticket(t, winner.payment.signature, winner.recipient_rand)
         except TicketReplayed:
@@ -924,5 +939,6 @@ def open_payments(config: NodeConfig, identity: NodeIdentity) -> NodePayments:
         auto_withdraw=config.auto_withdraw,
         interval_s=config.redeem_interval_s,
         withdraw_interval_s=config.withdraw_interval_s,
+        on_reveal=desk.revealing,
     )
     return NodePayments(desk, redeemer, client=signer)
