@@ -237,9 +237,34 @@ class Discovery:
         with self._lock:
             return self._health.setdefault(operator, _Health())
 
-    def _check(self, info: NodeInfo, mode: PrivacyMode, model_id: str | None) -> Candidate:
+    def fresh_view(self) -> ChainView | None:
+        """The cached chain view when it is young enough to use as is; else None."""
+        view = self._view
+        if view is not None and self._clock() - view.read_at < self.config.view_ttl_s:
+            return view
+        return None
+
+    def eligible_cached(self, mode: PrivacyMode | str, model_id: str | None) -> Selection | None:
+        """`eligible` from what is cached alone (no chain read, no descriptor fetch), so the
+        gateway can decide on the event loop; None when anything needs I/O first."""
+        if self.fresh_view() is None:
+            return None
+        try:
+            return self.eligible(mode, model_id, cached_only=True)
+        except _NotCached:
+            return None
+
+    def _check(
+        self,
+        info: NodeInfo,
+        mode: PrivacyMode,
+        model_id: str | None,
+        *,
+        cached_only: bool = False,
+    ) -> Candidate:
         """A verified candidate for `info` under `mode` (serving `model_id`), or raise
-        `_Refused`. Uses the cached session or refusal when there is one."""
+        `_Refused`. Uses the cached session or refusal when there is one (with `cached_only`,
+        raises `_NotCached` where it would have to fetch)."""
         health = self._health_of(info.operator)
         now = self._clock()
         with self._lock:
@@ -250,9 +275,14 @@ class Discovery:
             session = health.sessions.get(mode)
         if refusal is not None:
             raise _Refused(refusal)
+        due = session is not None and now - health.verified_at.get(mode, now) >= (
+            self.config.reverify_s
+        )
+        if cached_only and (session is None or due):
+            raise _NotCached
         if session is None:
             session = self._verify(info, mode)
-        elif now - health.verified_at.get(mode, now) >= self.config.reverify_s:
+        elif due:
             self._reverify(session, health, mode)
         # The session stays cached either way: the registry is matched again on every call.
         self._match_registry(session, info, model_id)
@@ -324,11 +354,15 @@ class Discovery:
                     )
                 )
 
-    def eligible(self, mode: PrivacyMode | str, model_id: str | None) -> Selection:
+    def eligible(
+        self, mode: PrivacyMode | str, model_id: str | None, *, cached_only: bool = False
+    ) -> Selection:
         """The nodes usable for `mode` (serving `model_id`, when given) and why the others
         are not. Nodes marked down count as refused (`unavailable`)."""
         mode = PrivacyMode(mode)
-        view = self.view()
+        view = self.fresh_view() if cached_only else self.view()
+        if view is None:
+            raise _NotCached
         now = self._clock()
         refusals: dict[str, Refusal] = {}
         todo: list[NodeInfo] = []
@@ -347,6 +381,13 @@ class Discovery:
                 continue
             todo.append(info)
         candidates: list[Candidate] = []
+        if cached_only:  # inline: nothing here waits on I/O
+            for info in todo:
+                try:
+                    candidates.append(self._check(info, mode, model_id, cached_only=True))
+                except _Refused as refused:
+                    refusals[info.operator] = refused.refusal
+            return Selection(candidates, refusals)
         futures = [(info, self._pool.submit(self._check, info, mode, model_id)) for info in todo]
         for info, future in futures:
             try:
@@ -446,6 +487,10 @@ class Discovery:
                 }
             )
         return out
+
+
+class _NotCached(Exception):
+    """A cache-only check met something that needs I/O."""
 
 
 class _Refused(ClientError):

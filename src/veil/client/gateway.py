@@ -284,7 +284,7 @@ class _Gateway:
             )
         body["model"] = bare
         payload = json.dumps(body, separators=(",", ":")).encode()
-        view = await self._view()
+        view = self.discovery.fresh_view() or await self._view()
         if not any(serves(n, bare) for n in view.nodes):
             raise _Error(
                 404,
@@ -292,7 +292,10 @@ class _Gateway:
                 "model_not_found",
                 param="model",
             )
-        selection = await asyncio.to_thread(self.discovery.eligible, mode, bare)
+        # From the cache on the event loop when it can; a thread when a fetch is due.
+        selection = self.discovery.eligible_cached(mode, bare)
+        if selection is None:
+            selection = await asyncio.to_thread(self.discovery.eligible, mode, bare)
         if not selection.candidates:
             if all(r.kind == POLICY for r in selection.refusals.values()):
                 raise _Error(
@@ -601,6 +604,16 @@ class _Gateway:
         }
 
 
+async def _keep_view_fresh(discovery: Any, config: Any) -> None:
+    """Read the chain view again before it goes stale, so no request waits for the read."""
+    while True:
+        await asyncio.sleep(config.view_ttl_s / 2)
+        try:
+            await asyncio.to_thread(discovery.view, force=True)
+        except VeilError as err:  # requests report the outage; keep trying
+            log.info("background chain read failed: %s", type(err).__name__)
+
+
 def create_gateway_app(
     chain: ChainReader,
     relay_url: str,
@@ -634,9 +647,13 @@ def create_gateway_app(
             config=cfg,
         )
         holder["gateway"] = gateway
+        keeper = asyncio.create_task(_keep_view_fresh(gateway.discovery, cfg.discovery))
         try:
             yield
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             await gateway.aclose()
             if isinstance(receipts, Path) and store is not None:
                 store.close()
