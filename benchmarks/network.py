@@ -49,7 +49,8 @@ def stream_once(
     first = last = None
     count = 0
     with client.stream("POST", url, json=body, headers=headers or {}) as r:
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code} from {url}: {r.read().decode()[:300]}")
         for line in r.iter_lines():
             if not line.startswith("data: {"):
                 continue

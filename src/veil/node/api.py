@@ -266,6 +266,7 @@ def create_app(
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        log.info("request refused: %d %s", exc.status, exc.code)  # codes only, never input
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
