@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/transport.py
 	$(BIN)/python benchmarks/gas.py
+	$(BIN)/python benchmarks/network.py
 
 # Re-resolve the environment from pyproject.toml and rewrite requirements.lock.
 lock:
