@@ -2,7 +2,7 @@
 
 Everything runs over loopback HTTP (uvicorn threads): the openai SDK talks to the gateway, the
 gateway reads the fake chain, verifies descriptors through the relay, pays with tickets, and
-checks receipts. The model-backed, anvil-backed run is in test_gateway_chain.py.
+checks receipts. The model-backed, anvil-backed run is in test_client_gateway_chain.py.
 """
 
 from __future__ import annotations
