@@ -98,7 +98,8 @@ class FakeChain:
 
 class PayNode:
     """A node that takes tickets; `knob` picks a failure: `503`, `stale` (its params moved on),
-    `insufficient`, `midstream`, `zero_ticket` (receipt names no ticket), `no_params`."""
+    `insufficient`, `midstream`, `zero_ticket` (receipt names no ticket), `no_params`,
+    `dear` (it asks 500 VEIL per request)."""
 
     def __init__(self, model: str = MODEL, weights: bytes = WEIGHTS) -> None:
         self.identity = NodeIdentity.generate()
@@ -117,10 +118,11 @@ class PayNode:
         return self.identity.address
 
     def params(self) -> TicketParams:
+        dear = self.knob == "dear"
         return TicketParams(
             recipient=self.address,
-            face_value=TOKEN // 100,
-            win_prob=2**250,
+            face_value=1000 * TOKEN if dear else TOKEN // 100,
+            win_prob=2**255 if dear else 2**250,
             recipient_rand_hash=self.rand_hash,
             expires_at=int(time.time()) + 3600,
             chain_id=DOMAIN.chain_id,

@@ -32,6 +32,7 @@ from tests.client.gateway_support import (
 from tests.conftest import ServerThread
 from veil.chain.payment import TicketParams
 from veil.client.discovery import Discovery, DiscoveryConfig
+from veil.client.errors import PriceAboveLimit
 from veil.client.gateway import GatewayConfig, create_gateway_app, split_mode
 from veil.client.payer import TICKET_LIFETIME_S, Payer, Wallet
 from veil.client.policy import PrivacyMode
@@ -241,6 +242,22 @@ def test_no_available_node_is_a_503_naming_each_failure(
     assert r.status_code == 503 and "failed recently" in r.json()["error"]["message"]
 
 
+def test_a_node_asking_more_than_the_limit_is_skipped_and_never_paid(
+    net: Network, gateway: ServerThread
+) -> None:
+    net.a.knob = "dear"
+    for _ in range(2):
+        r = post(gateway, {"model": MODEL, "messages": MESSAGES})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-veil-node"] == net.b.address
+    assert net.a.seen == []  # no request (so no ticket) ever reached it
+    net.b.knob = "dear"  # its answers now carry the dear offer: the cached one is dropped
+    post(gateway, {"model": MODEL, "messages": MESSAGES})  # may still go at the old price
+    r = post(gateway, {"model": MODEL, "messages": MESSAGES})
+    assert r.status_code == 503
+    assert "asks too much" in r.json()["error"]["message"]
+
+
 def test_mid_stream_failure_is_an_error_event_not_a_silent_cut(
     net: Network, gateway: ServerThread
 ) -> None:
@@ -401,6 +418,13 @@ async def test_payer_refuses_params_it_must_not_pay() -> None:
     assert payer.update_from_header(node.address, good.header_value())
     payment = payer.pay(payer.known(node.address))
     assert payment.ticket.signer(DOMAIN) == wallet.address
+    dear = TicketParams(**{**good.__dict__, "win_prob": 2**255, "face_value": 3 * TOKEN})
+    assert "1.5 VEIL on average, above the limit of 1 VEIL" in payer.limit_reason(dear)
+    huge = TicketParams(**{**good.__dict__, "face_value": 101 * TOKEN})
+    assert "101 VEIL, above the limit of 100 VEIL" in payer.limit_reason(huge)
+    with pytest.raises(PriceAboveLimit):  # a raised price drops the cached offer
+        payer.update_from_header(node.address, huge.header_value())
+    assert payer.known(node.address) is None
     assert payment.ticket.ticket.expiry >= 1_000 + TICKET_LIFETIME_S
     await payer.aclose()
 

@@ -44,6 +44,7 @@ __all__ = [
     "PaymentTicket",
     "TicketParams",
     "expected_value",
+    "parse_amount",
 ]
 
 TICKET_HEADER = "x-veil-ticket"
@@ -70,6 +71,34 @@ _TICKET_FIELDS = (
     "recipient_rand_hash",
     "expiry",
 )
+
+
+TOKEN = 10**18  # base units per VEIL
+
+
+def parse_amount(text: str) -> int:
+    """`100VEIL`, `0.5 VEIL` (whole tokens) or a plain integer of base units (10**18 = 1 VEIL).
+
+    Raises `ValueError` for anything else, and for amounts that are not positive.
+    """
+    from decimal import Decimal, InvalidOperation
+
+    raw = text.strip().replace("_", "")
+    try:
+        if raw.upper().endswith("VEIL"):
+            value = Decimal(raw[:-4].strip()) * TOKEN
+            if value != value.to_integral_value():
+                raise InvalidOperation
+            amount = int(value)
+        else:
+            amount = int(raw)
+    except (InvalidOperation, ValueError):
+        raise ValueError(
+            f"{text!r} is not an amount: give base units (1000000000000000000) or VEIL (1VEIL)"
+        ) from None
+    if amount <= 0:
+        raise ValueError("the amount must be positive")
+    return amount
 
 
 def expected_value(face_value: int, win_prob: int) -> int:

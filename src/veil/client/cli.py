@@ -331,6 +331,17 @@ def gateway(
     receipts: Path | None = typer.Option(
         None, help="Keep verified receipts in this SQLite store (no prompts or answers)."
     ),
+    max_price: str = typer.Option(
+        "1VEIL",
+        "--max-price",
+        help="Pay no node more than this per request on average (ticket face value x win "
+        "probability); VEIL or base units. Dearer nodes are skipped.",
+    ),
+    max_face_value: str = typer.Option(
+        "100VEIL",
+        "--max-face-value",
+        help="Sign no ticket that would pay more than this if it won.",
+    ),
 ) -> None:
     """Serve an OpenAI-compatible API on this machine: every request goes to a node verified
     from the chain, sealed through the relay, paid with a ticket, its receipt checked."""
@@ -340,9 +351,18 @@ def gateway(
     import uvicorn
 
     from veil.chain import ChainClient, default_deployment_path
-    from veil.client.gateway import create_gateway_app
-    from veil.client.payer import Wallet
+    from veil.chain.payment import parse_amount
+    from veil.client.gateway import GatewayConfig, create_gateway_app
+    from veil.client.payer import PayerConfig, Wallet
     from veil.errors import VeilError
+
+    try:
+        limits = PayerConfig(
+            max_expected_value=parse_amount(max_price),
+            max_face_value=parse_amount(max_face_value),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
     try:
         chain_client = ChainClient.from_file(chain or default_deployment_path())
@@ -354,13 +374,18 @@ def gateway(
     except VeilError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
-    app = create_gateway_app(chain_client, relay, wallet=payer, receipts=receipts)
+    app = create_gateway_app(
+        chain_client, relay, wallet=payer, receipts=receipts, config=GatewayConfig(payer=limits)
+    )
     base = f"http://{host}:{port}/v1"
     _err(f"veil gateway on {base} (relay {relay}, chain id {chain_client.deployment.chain_id})")
     if payer is None:
         _err("warning: no --wallet: requests carry no payment ticket; paying nodes answer 402")
     else:
-        _err(f"paying from {payer.address}")
+        _err(
+            f"paying from {payer.address}, at most {max_price} per request on average and "
+            f"{max_face_value} per winning ticket"
+        )
     if host not in ("127.0.0.1", "localhost", "::1"):
         _err("warning: the gateway has no authentication; anyone who reaches it uses your wallet")
     _err(

@@ -13,6 +13,7 @@ VeilError
      ├─ DescriptorUnavailable the node's descriptor could not be fetched (nothing was sent)
      ├─ NodeRejected          a node failed verification under the policy (`check`, `report`)
      ├─ PolicyConfigError     a policy or release list that cannot be used as configured
+     ├─ PriceAboveLimit       a node asks more per request than the payer's limits allow
      └─ ReceiptStoreError     the local receipt store cannot be opened or written
          └─ HistoryLocked     stored history needs the right passphrase or key file
 ```
@@ -35,6 +36,7 @@ __all__ = [
     "KeyConfigError",
     "NodeRejected",
     "PolicyConfigError",
+    "PriceAboveLimit",
     "ReceiptRefused",
     "ReceiptStoreError",
     "RelayRefused",
@@ -122,6 +124,10 @@ class NodeRejected(ClientError):
 
 class PolicyConfigError(ClientError):
     """The policy is inconsistent (e.g. `tee` accepting dev evidence) or its release list is bad."""
+
+
+class PriceAboveLimit(ClientError):
+    """A node's ticket offer is above the payer's limits: nothing is paid or sent to it."""
 
 
 class ReceiptStoreError(ClientError):

@@ -70,6 +70,7 @@ from veil.client.errors import (
     GatewayRefused,
     KeyConfigError,
     NodeRejected,
+    PriceAboveLimit,
     ReceiptRefused,
     RelayRefused,
     ResponseRefused,
@@ -345,7 +346,10 @@ class _Gateway:
     async def _payment(self, operator: str) -> Payment | None:
         if self.payer is None:
             return None
-        params = await self.payer.params_for(operator)
+        try:
+            params = await self.payer.params_for(operator)
+        except PriceAboveLimit as err:  # try a node that asks less
+            raise _Failover(str(err)) from None
         return None if params is None else self.payer.pay(params)
 
     def _headers(
@@ -434,7 +438,11 @@ class _Gateway:
                 started = time.monotonic()
                 response = await self._send(candidate, payload, stream, payment)
                 if self.payer is not None:
-                    self.payer.update_from_header(op, response.headers.get(TICKET_PARAMS_HEADER))
+                    with contextlib.suppress(PriceAboveLimit):  # forgotten: the next request
+                        # to this node fetches its offer again and fails over on it
+                        self.payer.update_from_header(
+                            op, response.headers.get(TICKET_PARAMS_HEADER)
+                        )
                 if response.status_code == 402 and not paid_retry:
                     retry = await self._payment_retry(op, response, payment)
                     if retry is not None:
@@ -514,7 +522,14 @@ class _Gateway:
             code = None
         fresh = response.headers.get(TICKET_PARAMS_HEADER)
         retry = code in _RETRY_PAYMENT or (code == "payment_required" and sent is None)
-        if not retry or not fresh or not self.payer.update_from_header(op, fresh):
+        if not retry or not fresh:
+            return None
+        try:
+            taken = self.payer.update_from_header(op, fresh)
+        except PriceAboveLimit as err:
+            await response.aclose()
+            raise _Failover(str(err)) from None
+        if not taken:
             return None
         params = self.payer.known(op)
         if params is None:

@@ -29,8 +29,9 @@ from pathlib import Path
 import httpx
 
 from veil.chain.errors import InvalidTicket
-from veil.chain.payment import MEDIA_TICKET_PARAMS, PaymentTicket, TicketParams
+from veil.chain.payment import MEDIA_TICKET_PARAMS, TOKEN, PaymentTicket, TicketParams
 from veil.chain.tickets import TicketDomain
+from veil.client.errors import PriceAboveLimit
 from veil.client.transport import relay_url_for
 from veil.identity.keystore import load_keystore
 
@@ -79,12 +80,20 @@ class Wallet:
         return f"Wallet({self.address})"
 
 
+def format_amount(amount: int) -> str:
+    """Token base units as VEIL, for messages."""
+    return f"{amount / TOKEN:.6g} VEIL"
+
+
 @dataclass(frozen=True)
 class PayerConfig:
     miss_ttl_s: float = 30.0  # after a failed params fetch, send without a ticket this long
     expiry_margin_s: int = 30  # params this close to expiry are fetched again
-    max_face_value: int | None = None  # refuse offers whose winning ticket pays more (base units)
-    max_expected_value: int | None = None  # refuse offers worth more per request (base units)
+    # A node names its own price: these caps keep one request from costing more than the
+    # user meant to pay (None: no cap). Defaults: 1 VEIL per request on average, and no
+    # single winning ticket above 100 VEIL.
+    max_face_value: int | None = 100 * TOKEN  # refuse offers whose winning ticket pays more
+    max_expected_value: int | None = TOKEN  # refuse offers worth more per request
 
 
 @dataclass(frozen=True)
@@ -146,12 +155,22 @@ class Payer:
             return "they name another chain or ticket broker"
         if params.expires_at <= self._wall() + self.config.expiry_margin_s:
             return "they have expired"
+        return self.limit_reason(params)
+
+    def limit_reason(self, params: TicketParams) -> str | None:
+        """Why `params` ask more than this payer's limits allow (None: they do not)."""
         cap = self.config.max_face_value
         if cap is not None and params.face_value > cap:
-            return f"their face value {params.face_value} is above the limit {cap}"
+            return (
+                f"a winning ticket would pay {format_amount(params.face_value)}, above the "
+                f"limit of {format_amount(cap)}"
+            )
         cap = self.config.max_expected_value
         if cap is not None and params.expected_value > cap:
-            return f"their expected value {params.expected_value} is above the limit {cap}"
+            return (
+                f"a request would cost {format_amount(params.expected_value)} on average, "
+                f"above the limit of {format_amount(cap)}"
+            )
         return None
 
     def accept(self, node_id: str, params: TicketParams) -> bool:
@@ -176,6 +195,10 @@ class Payer:
         current = self.known(node_id)
         if current == params:
             return True
+        why = self.limit_reason(params)
+        if why is not None:  # the node raised its price: stop paying it
+            self.forget(node_id)
+            raise PriceAboveLimit(f"node {node_id} asks too much: {why}")
         return self.accept(node_id, params)
 
     def forget(self, node_id: str) -> None:
@@ -192,6 +215,8 @@ class Payer:
         if self._clock() < self._misses.get(key, 0.0):
             return None
         params = await self._fetch(node_id)
+        if params is not None and (why := self.limit_reason(params)) is not None:
+            raise PriceAboveLimit(f"node {node_id} asks too much: {why}")
         if params is None or not self.accept(node_id, params):
             self._misses[key] = self._clock() + self.config.miss_ttl_s
             return None

@@ -9,31 +9,17 @@ import typer
 
 node_app = typer.Typer(help="Run a Veil node: the model behind an OpenAI-compatible API.")
 
-_TOKEN = 10**18
-
 
 def parse_amount(text: str | None) -> int | None:
-    """`100VEIL`, `0.5 VEIL` (whole tokens) or a plain integer of base units (10**18 = 1 VEIL)."""
-    from decimal import Decimal, InvalidOperation
+    """An amount flag (`100VEIL`, `0.5 VEIL` or base units); None stays None."""
+    from veil.chain.payment import parse_amount as parse
 
     if text is None:
         return None
-    raw = text.strip().replace("_", "")
     try:
-        if raw.upper().endswith("VEIL"):
-            value = Decimal(raw[:-4].strip()) * _TOKEN
-            if value != value.to_integral_value():
-                raise InvalidOperation
-            amount = int(value)
-        else:
-            amount = int(raw)
-    except (InvalidOperation, ValueError):
-        raise typer.BadParameter(
-            f"{text!r} is not an amount: give base units (1000000000000000000) or VEIL (1VEIL)"
-        ) from None
-    if amount <= 0:
-        raise typer.BadParameter("the amount must be positive")
-    return amount
+        return parse(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 @node_app.command()
