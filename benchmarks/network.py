@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import secrets
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -27,41 +26,11 @@ from rich.console import Console
 
 from veil.chain import ChainClient, Deployment
 from veil.chain.payment import TICKET_HEADER, TICKET_PARAMS_PATH, PaymentTicket, TicketParams
-from veil.engine import PACKAGED_MODEL_ID
 from veil.identity.keystore import load_keystore
 from veil.up import LocalNetwork, NetworkSettings
 
-PROMPT = "Tell me a long story about a lighthouse keeper."
-
-
-def stream_once(
-    client: httpx.Client, url: str, tokens: int, headers: dict[str, str] | None = None
-) -> tuple[float, float, int]:
-    """(seconds to first content token, tokens/s after it, content chunks) for one chat."""
-    body = {
-        "model": PACKAGED_MODEL_ID,
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": tokens,
-        "temperature": 0,
-        "stream": True,
-    }
-    start = time.perf_counter()
-    first = last = None
-    count = 0
-    with client.stream("POST", url, json=body, headers=headers or {}) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code} from {url}: {r.read().decode()[:300]}")
-        for line in r.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            delta = json.loads(line[6:]).get("choices")
-            if delta and delta[0]["delta"].get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-                count += 1
-    assert first is not None and last is not None and count > 1
-    return first - start, (count - 1) / (last - first), count
+sys.path.insert(0, str(Path(__file__).parent))
+from transport import stream_once  # the same timed request as the transport benchmark
 
 
 class DirectPayer:

@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import ohttp as ohttp_bench
 
 
-def stream_once(client: httpx.Client, url: str, tokens: int) -> tuple[float, float, int]:
+def stream_once(
+    client: httpx.Client, url: str, tokens: int, headers: dict[str, str] | None = None
+) -> tuple[float, float, int]:
     """(seconds to first content token, tokens/s after it, content chunks) for one chat."""
     body = {
         "model": PACKAGED_MODEL_ID,
@@ -39,12 +41,13 @@ def stream_once(client: httpx.Client, url: str, tokens: int) -> tuple[float, flo
     start = time.perf_counter()
     first = last = None
     count = 0
-    with client.stream("POST", url, json=body) as r:
-        r.raise_for_status()
+    with client.stream("POST", url, json=body, headers=headers or {}) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code} from {url}: {r.read().decode()[:300]}")
         for line in r.iter_lines():
             if not line.startswith("data: {"):
                 continue
-            delta = json.loads(line[6:])["choices"]
+            delta = json.loads(line[6:]).get("choices")
             if delta and delta[0]["delta"].get("content"):
                 now = time.perf_counter()
                 first = first or now

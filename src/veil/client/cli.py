@@ -147,6 +147,19 @@ def run_gateway_repl(
     """Read prompts until EOF or Ctrl-C, answered through the gateway."""
     import openai
 
+    def untrusted(exc: Exception) -> str:
+        return f"error: {exc}. The answer above, if any, is not trusted."
+
+    _repl(
+        lambda: gateway_reply(client, model, history, sys.stdout, **params),
+        history,
+        (openai.APIError, untrusted),
+    )
+
+
+def _repl(reply: Any, history: list[dict[str, str]], refused: tuple[type[Exception], Any]) -> None:
+    """Read prompts until EOF or Ctrl-C; `reply()` streams one answer to the history's last
+    prompt. An answer that raises `refused[0]` is reported and kept out of the history."""
     typer.echo("(Ctrl-D or Ctrl-C to leave the chat)")
     while True:
         try:
@@ -159,14 +172,14 @@ def run_gateway_repl(
         history.append({"role": "user", "content": line})
         sys.stdout.write("assistant> ")
         try:
-            answer = gateway_reply(client, model, history, sys.stdout, **params)
+            answer = reply()
         except KeyboardInterrupt:
             typer.echo("\n(interrupted)")
             history.pop()
             continue
-        except openai.APIError as exc:
-            _err(f"error: {exc}. The answer above, if any, is not trusted.")
-            history.pop()
+        except refused[0] as exc:
+            _err(refused[1](exc))
+            history.pop()  # an untrusted answer does not become context
             continue
         history.append({"role": "assistant", "content": answer})
 
@@ -288,28 +301,11 @@ def run_repl(
     """Read prompts until EOF or Ctrl-C; history stays in this process only."""
     from veil.client.errors import ReceiptRefused
 
-    typer.echo("(Ctrl-D or Ctrl-C to leave)")
-    while True:
-        try:
-            line = input("you> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            typer.echo("")
-            return
-        if not line:
-            continue
-        history.append({"role": "user", "content": line})
-        sys.stdout.write("assistant> ")
-        try:
-            answer = stream_reply(client, model, history, sys.stdout, session, **params)
-        except KeyboardInterrupt:
-            typer.echo("\n(interrupted)")
-            history.pop()
-            continue
-        except ReceiptRefused as exc:
-            _err(refused_line(exc))
-            history.pop()  # an untrusted answer does not become context
-            continue
-        history.append({"role": "assistant", "content": answer})
+    _repl(
+        lambda: stream_reply(client, model, history, sys.stdout, session, **params),
+        history,
+        (ReceiptRefused, refused_line),
+    )
 
 
 def gateway(
