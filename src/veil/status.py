@@ -54,9 +54,9 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
             "active",
             "models",
             "balance",
-            "earned",
-            "tickets",
-            title="nodes (registry)",
+            "not withdrawn",
+            "tickets won",
+            title="nodes (registry; amounts in VEIL)",
         )
         for operator in operators:
             node = client.get_node(operator)
@@ -94,7 +94,7 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
             "unlocking",
             "tickets paid",
             "paid",
-            title="payers (ticket broker)",
+            title="payers (ticket broker; amounts in VEIL)",
         )
         for payer in payers:
             f = client.sender_funds(payer)
