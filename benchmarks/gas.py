@@ -92,9 +92,10 @@ def measure(devnet: Devnet) -> list[tuple[str, str, int]]:
     expiry = 4_000_000_000
     nonce = 0
 
-    def redeem(op: str, face: int) -> None:
+    def redeem(op: str, face: int, recipient: ChainClient | None = None) -> None:
+        recipient = recipient or node
         nonce_ticket = Ticket(
-            node.address,
+            recipient.address,
             client.address,
             face,
             win_prob_for(1.0),
@@ -105,7 +106,7 @@ def measure(devnet: Devnet) -> list[tuple[str, str, int]]:
         rec(
             "TicketBroker",
             op,
-            node.redeem_ticket(nonce_ticket, client.sign_ticket(nonce_ticket), rand),
+            recipient.redeem_ticket(nonce_ticket, client.sign_ticket(nonce_ticket), rand),
         )
 
     nonce += 1
@@ -118,6 +119,11 @@ def measure(devnet: Devnet) -> list[tuple[str, str, int]]:
     nonce += 1
     redeem("redeemWinningTicket (deposit empty: paid from reserve)", TOKEN)
     rec("TicketBroker", "withdrawEarnings", node.withdraw_earnings())
+    # what a Veil node does when it registers: create its earnings slot off the hot path
+    rec("TicketBroker", "openEarnings (at node registration)", other.open_earnings())
+    client.fund_deposit(10 * TOKEN)
+    nonce += 1
+    redeem("redeemWinningTicket (first ever, after openEarnings)", TOKEN, other)
     client.fund_deposit(10 * TOKEN)
     nonce += 1
     redeem("redeemWinningTicket (after the recipient withdrew)", TOKEN)
@@ -187,13 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     # the worst of the steady-state samples (signature and nonce bytes move calldata cost)
     steady = max(gas for _c, op, gas in rows if op == "redeemWinningTicket (steady state)")
     first = next(gas for _c, op, gas in rows if op.endswith("(recipient's first ever)"))
+    opened = next(gas for _c, op, gas in rows if op.endswith("after openEarnings)"))
     n, p = args.requests, args.win_prob
     expected = n * p * steady
     baseline = n * steady
     console.print(
-        f"\nredeemWinningTicket: {steady:,} gas steady state, {first:,} for a recipient's "
-        f"first redemption (target {TARGET_REDEEM_GAS:,}: "
-        f"{'met' if steady <= TARGET_REDEEM_GAS else 'MISSED'} in steady state)"
+        f"\nredeemWinningTicket: {steady:,} gas steady state; a recipient's first redemption "
+        f"{first:,}, or {opened:,} once it opened its earnings (as Veil nodes do at "
+        f"registration). Target {TARGET_REDEEM_GAS:,}: "
+        f"{'met' if max(steady, opened) <= TARGET_REDEEM_GAS else 'MISSED'} for Veil nodes"
     )
     console.print(
         f"per {n:,} paid requests at win probability {p:g}: "

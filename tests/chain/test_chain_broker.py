@@ -83,6 +83,24 @@ def test_withdraw_earnings(ledger, alice, node_op, unchanged) -> None:
     assert ledger.broker.earnings(node_op) == TOKEN
 
 
+def test_open_earnings_keeps_earnings_at_zero_until_paid(ledger, alice, node_op, unchanged) -> None:
+    ledger.fund_sender(alice.address, 5 * TOKEN)
+    with boa.env.prank(node_op):
+        ledger.broker.openEarnings()
+    assert ledger.broker.earnings(node_op) == 0  # both counters start at 1 wei
+    with unchanged("earnings already open"), boa.env.prank(node_op):
+        ledger.broker.openEarnings()
+    with unchanged("no earnings"), boa.env.prank(node_op):
+        ledger.broker.withdrawEarnings()
+    ticket, sig, rand = ledger.make_ticket(alice, node_op)
+    redeem(ledger, ticket, sig, rand)  # its gas, on a real chain: test_chain_integration
+    assert ledger.broker.earnings(node_op) == TOKEN
+    with boa.env.prank(node_op):
+        ledger.broker.withdrawEarnings()
+    assert ledger.token.balanceOf(node_op) == TOKEN
+    assert ledger.broker.earnings(node_op) == 0
+
+
 def test_replay_is_refused(ledger, alice, node_op, unchanged) -> None:
     ledger.fund_sender(alice.address, 5 * TOKEN)
     ticket, sig, rand = ledger.make_ticket(alice, node_op)

@@ -124,14 +124,25 @@ def test_register_fund_redeem_challenge_slash(devnet, deployment, actors) -> Non
     ticket3 = make_ticket(client, node.address, rand, 3)
     with pytest.raises(WrongTicketRecipient):
         actors["other_node"].redeem_ticket(ticket3, client.sign_ticket(ticket3), rand)
+    other = actors["other_node"]  # opened its earnings slot first: a cheap first redemption
+    assert not other.earnings_open()
+    other.open_earnings()
+    assert other.earnings_open() and other.earnings() == 0
+    ticket5 = make_ticket(client, other.address, rand, 5)
+    assert other.redeem_ticket(ticket5, client.sign_ticket(ticket5), rand).gas_used < 80_000
+    client.fund_deposit(TOKEN)
     big = make_ticket(client, node.address, rand, 4, face_value=3 * TOKEN)
     node.redeem_ticket(big, client.sign_ticket(big), rand)  # 2 from deposit, 1 from reserve
     assert client.sender_funds().deposit == 0 and client.sender_funds().reserve == TOKEN
     assert node.earnings() == 4 * TOKEN
     paid = reader.redeemed_tickets(sender=client.address)
-    assert [t.face_value for t in paid] == [TOKEN, 3 * TOKEN]
-    assert paid[0].ticket_hash == client.ticket_hash(ticket) and paid[0].recipient == node.address
-    assert reader.redeemed_tickets(recipient=actors["other_node"].address) == []
+    assert [(t.recipient, t.face_value) for t in paid] == [
+        (node.address, TOKEN),
+        (other.address, TOKEN),
+        (node.address, 3 * TOKEN),
+    ]
+    assert paid[0].ticket_hash == client.ticket_hash(ticket)
+    assert reader.redeemed_tickets(recipient=other.address) == [paid[1]]
     before = node.token_balance()
     node.withdraw_earnings()
     assert node.token_balance() == before + 4 * TOKEN

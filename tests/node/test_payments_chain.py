@@ -65,8 +65,10 @@ def test_registration(node_client: ChainClient) -> None:
     said: list[str] = []
     first = register(node_client, ohttp_keys=keys, progress=said.append)
     min_stake = node_client.min_stake()
-    assert first.registered_now and first.stake == min_stake and len(first.transactions) == 1
+    assert first.registered_now and first.stake == min_stake and len(first.transactions) == 2
     assert "registered node" in said[0] and first.transactions[0][1] in said[0]
+    assert "earnings account" in said[1]  # so its first winning ticket costs steady-state gas
+    assert node_client.earnings_open() and node_client.earnings() == 0
     info = node_client.get_node(node_client.address)
     assert info.active and info.stake == min_stake and info.models == (MODEL,)
     assert info.ohttp_keys_hash == hashlib.sha256(keys).digest()

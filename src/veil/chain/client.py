@@ -293,6 +293,14 @@ class ChainClient:
     def withdraw_earnings(self) -> TxReceipt:
         return self._transact(self.broker, "withdrawEarnings")
 
+    def earnings_open(self, recipient: str | None = None) -> bool:
+        """Whether the recipient's earnings slot exists (opened, or credited before)."""
+        return int(self._call(self.broker, "earned", recipient or self.address)) > 0
+
+    def open_earnings(self) -> TxReceipt:
+        """Create this account's earnings slots now, so its first redemption is cheaper."""
+        return self._transact(self.broker, "openEarnings")
+
     def redeemed_tickets(
         self, *, sender: str | None = None, recipient: str | None = None
     ) -> list[RedeemedTicket]:

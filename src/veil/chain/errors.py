@@ -224,6 +224,7 @@ REVERT_REASONS: dict[str, type[ContractRevert]] = {
     "already registered": AlreadyExists,
     "already a validator": AlreadyExists,
     "already approved": AlreadyExists,
+    "earnings already open": AlreadyExists,
     "slasher already set": AlreadyExists,
     "not registered": NotFound,
     "not a validator": NotFound,

@@ -9,7 +9,8 @@
      deposit, earned) and makes no external call; recipients collect with
      `withdrawEarnings`. `earned` and `withdrawn` only grow, so a withdrawal never zeroes
      the slot a later redemption writes (a zero-to-nonzero write costs 17k gas more: only a
-     recipient's first redemption pays it). Signatures must
+     recipient's first redemption pays it, unless it called `openEarnings` beforehand,
+     e.g. when it registered as a node). Signatures must
      be 65 bytes, low-s, v in {27, 28}: a malleable signature would give the recipient a
      second draw at the lottery.
 """
@@ -156,6 +157,18 @@ def withdraw():
 def earnings(recipient: address) -> uint256:
     """@notice Redeemed face value not yet withdrawn."""
     return self.earned[recipient] - self.withdrawn[recipient]
+
+
+@external
+def openEarnings():
+    """
+    @notice Optional, once: start both of the caller's earnings counters at 1 wei (equal, so
+            its earnings stay 0), so its first redemption updates its `earned` slot instead
+            of creating it (about 17k gas less, paid here instead, off the hot path).
+    """
+    assert self.earned[msg.sender] == 0, "earnings already open"
+    self.earned[msg.sender] = 1
+    self.withdrawn[msg.sender] = 1
 
 
 @external
