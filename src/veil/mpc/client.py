@@ -226,6 +226,8 @@ class HttpChannel:
         except MpcError:
             raise
         except Exception as exc:  # httpx errors, and the OHTTP transport's refusals
+            if getattr(exc, "status", None) == 413:  # the relay's or the gateway's size limit
+                raise ProtocolViolation(f"party {self.name}: request too large") from exc
             raise PartyFailure(f"is unreachable: {type(exc).__name__}: {exc}") from exc
         media = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if media == MEDIA_MPC:
