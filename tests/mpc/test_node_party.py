@@ -8,6 +8,7 @@ the client made or got back, no embedding, no token id and no prompt text may ap
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from collections.abc import Iterator
@@ -130,7 +131,7 @@ def _wait_wiped(net: Net, timeout: float = 15.0) -> bool:
 
 
 def test_session_through_relay_matches_plaintext_and_leaks_nothing(
-    net: Net, tiny: ModelSource, monkeypatch: pytest.MonkeyPatch
+    net: Net, tiny: ModelSource, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import veil.mpc.client as client_mod
     import veil.mpc.party as party_mod
@@ -147,6 +148,7 @@ def test_session_through_relay_matches_plaintext_and_leaks_nothing(
 
     monkeypatch.setattr(client_mod, "share_blobs", recording(client_mod.share_blobs))
     monkeypatch.setattr(party_mod, "share_blobs", recording(party_mod.share_blobs))
+    caplog.set_level(logging.DEBUG)
     parties = _parties(net)
     start = len(net.tap.data)
     with RemoteSession(parties(), SETTINGS, tiny.weights_sha256) as s:
@@ -176,6 +178,11 @@ def test_session_through_relay_matches_plaintext_and_leaks_nothing(
     needles += [row[:4].tobytes() for row in emb]
     for n in needles:
         assert n not in wire
+    logs = caplog.text  # relay, gateway, node and party lines: no frame content
+    assert "open as rank" in logs and "closed by client" in logs
+    assert text.decode() not in logs and "launch code" not in logs
+    for blob in big:
+        assert blob[8:20].hex() not in logs and repr(blob[8:20])[2:-1] not in logs
     # the search has power: the same frame sent in plaintext to a node is found at once
     plain_tap = Tap(net.nodes[0].port)
     try:

@@ -88,6 +88,7 @@ def chat(
     import numpy as np
 
     from veil.mpc.client import RemoteSession, generate
+    from veil.mpc.errors import MpcError
     from veil.mpc.launch import start_parties
     from veil.mpc.source import load_source
 
@@ -118,9 +119,9 @@ def chat(
         from veil.client.mpc import mpc_parties  # the CLI sits over both rooms
         from veil.errors import VeilError
 
-        ids = [n.strip() for n in nodes.split(",") if n.strip()]
+        node_ids = [n.strip() for n in nodes.split(",") if n.strip()]
         try:
-            specs = mpc_parties([(relay, node_id) for node_id in ids])()
+            specs = mpc_parties([(relay, node_id) for node_id in node_ids])()
         except VeilError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -148,6 +149,9 @@ def chat(
             if steps:
                 per = sum(s.seconds for s in steps) / len(steps)
                 typer.echo(f"[{len(done)} tokens, {per:.2f} s/token under {protocol}]", err=True)
+    except MpcError as exc:
+        typer.echo(f"\nerror: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
     finally:
         for p in started:
             p.stop()
