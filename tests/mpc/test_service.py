@@ -106,7 +106,7 @@ def test_wrong_shape_and_dtype_shares_then_keeps_serving(services: list, tiny: M
 
 def test_party_opening_twice_fourth_party_and_busy(services: list, tiny: ModelSource) -> None:
     links = [svc.config.link for svc, _ in services]
-    base = {"op": "open", "settings": SETTINGS.to_dict()}
+    base = {"op": "open", "settings": SETTINGS.to_dict(), "token": secrets.token_hex(16)}
     sid = secrets.token_hex(16)
     # a fourth party, a party listed twice, a rank that is not this party: config errors
     four = _call(services[0][1], dict(base, session=sid, rank=0, links=[*links, "127.0.0.1:1"]))

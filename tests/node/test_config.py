@@ -119,3 +119,37 @@ def test_serve_help_lists_the_payment_flags() -> None:
     out = CliRunner().invoke(node_app, ["serve", "--help"], env={"COLUMNS": "200"}).output
     for flag in ("--chain", "--stake", "--free", "--face-value", "--win-prob", "--tickets"):
         assert flag in out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"mpc_link": "7101"}, "mpc_link"),
+        ({"mpc_link": "127.0.0.1:x"}, "mpc_link"),
+        ({"mpc_session_timeout_s": 0}, "mpc_session_timeout_s"),
+        ({"mpc_link_timeout_s": -1}, "mpc_link_timeout_s"),
+    ],
+)
+def test_bad_mpc_settings_are_named(override: dict, message: str) -> None:
+    with pytest.raises(NodeConfigError, match=message):
+        NodeConfig.load(None, **override)
+
+
+def test_mpc_party_settings_and_flags(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from veil.node.cli import node_app
+    from veil.node.mpc import build_party
+
+    path = tmp_path / "node.toml"
+    path.write_text('[node]\nmpc_link = "127.0.0.1:7101"\nmpc_protocol = "aby3"\n')
+    cfg = NodeConfig.load(path, mpc_session_timeout_s=30.0)
+    assert (cfg.mpc_link, cfg.mpc_session_timeout_s) == ("127.0.0.1:7101", 30.0)
+    assert NodeConfig().mpc_link is None  # no party unless asked for
+    with pytest.raises(NodeSetupError, match="unknown protocol"):
+        build_party(NodeConfig(mpc_link="127.0.0.1:7101", mpc_protocol="nope"), warm=False)
+    with pytest.raises(NodeSetupError, match="unknown model source"):
+        build_party(NodeConfig(mpc_link="127.0.0.1:7101", mpc_model="big"), warm=False)
+    out = CliRunner().invoke(node_app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    for flag in ("--mpc-link", "--mpc-protocol", "--mpc-session-timeout", "--mpc-link-timeout"):
+        assert flag in out

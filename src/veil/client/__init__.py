@@ -1,8 +1,9 @@
 """Veil client: Oblivious HTTP transports for httpx (and so for the `openai` SDK).
 
-Node verification (`veil.client.policy`), receipts (`veil.client.receipts`) and verified
-sessions (`veil.client.session`: `connect`, `verified_openai`) are imported from their modules,
-so importing the transports stays light.
+Node verification (`veil.client.policy`), receipts (`veil.client.receipts`), verified
+sessions (`veil.client.session`: `connect`, `verified_openai`) and the OHTTP clients of MPC
+parties (`veil.client.mpc`: `mpc_parties`) are imported from their modules, so importing the
+transports stays light.
 """
 
 from veil.client.errors import (

@@ -4,7 +4,11 @@
 
 The header lists the blob lengths under "blobs". Limits are checked before anything is
 allocated, so a peer cannot make a party reserve memory by announcing a huge frame.
-This channel is plain TCP for now; in the network it rides inside the encrypted transport.
+
+Two carriers: a plain TCP stream of frames (`send_frame`/`recv_frame`; `veil mpc party`, for
+loopback and tests), and one frame per HTTP request and answer (`encode_frame`/`decode_frame`,
+media type `MEDIA_MPC`, at `MPC_PATH` of a node), which in the network travels inside Oblivious
+HTTP sealed to that node's key, so the relay and the other nodes see only ciphertext.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ __all__ = [
     "MAGIC",
     "MAX_BLOB",
     "MAX_HEADER",
+    "MEDIA_MPC",
+    "MPC_PATH",
+    "decode_frame",
+    "encode_frame",
     "recv_frame",
     "send_frame",
     "share_blobs",
@@ -31,12 +39,18 @@ MAGIC = b"VMPC"
 MAX_HEADER = 64 * 1024  # bytes
 MAX_BLOB = 64 * 1024 * 1024  # bytes; the largest share the client sends is a few hundred KB
 MAX_BLOBS = 16
+MEDIA_MPC = "application/x-veil-mpc"  # an HTTP body that is exactly one frame
+MPC_PATH = "/v1/mpc"  # where a node that hosts a party takes frames
+
+
+def encode_frame(header: dict[str, Any], blobs: Sequence[bytes] = ()) -> bytes:
+    head = dict(header, blobs=[len(b) for b in blobs])
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    return b"".join([MAGIC, struct.pack(">I", len(raw)), raw, *blobs])
 
 
 def send_frame(sock: socket.socket, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> None:
-    head = dict(header, blobs=[len(b) for b in blobs])
-    raw = json.dumps(head, separators=(",", ":")).encode()
-    sock.sendall(b"".join([MAGIC, struct.pack(">I", len(raw)), raw, *blobs]))
+    sock.sendall(encode_frame(header, blobs))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -51,26 +65,53 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[bytes]]:
-    """Read one frame; ConnectionError when the peer is gone, ProtocolViolation when malformed."""
-    prefix = _recv_exact(sock, 8)
+def _header_length(prefix: bytes) -> int:
     if prefix[:4] != MAGIC:
         raise ProtocolViolation("not a Veil MPC frame")
     (n,) = struct.unpack(">I", prefix[4:])
     if n > MAX_HEADER:
         raise ProtocolViolation(f"header of {n} bytes exceeds {MAX_HEADER}")
+    return int(n)
+
+
+def _header(raw: bytes) -> tuple[dict[str, Any], list[int]]:
     try:
-        header = json.loads(_recv_exact(sock, n))
+        header = json.loads(raw)
     except ValueError as exc:
         raise ProtocolViolation("header is not JSON") from exc
     sizes = header.get("blobs") if isinstance(header, dict) else None
     if (
         not isinstance(sizes, list)
         or len(sizes) > MAX_BLOBS
-        or not all(isinstance(s, int) and 0 <= s <= MAX_BLOB for s in sizes)
-    ):
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_BLOB
+                   for s in sizes)
+    ):  # fmt: skip
         raise ProtocolViolation("bad blob list in header")
+    return header, sizes
+
+
+def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[bytes]]:
+    """Read one frame; ConnectionError when the peer is gone, ProtocolViolation when malformed."""
+    n = _header_length(_recv_exact(sock, 8))
+    header, sizes = _header(_recv_exact(sock, n))
     return header, [_recv_exact(sock, s) for s in sizes]
+
+
+def decode_frame(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """One whole frame from a buffer (an HTTP body); ProtocolViolation unless it is exactly one."""
+    if len(data) < 8:
+        raise ProtocolViolation("frame shorter than its prefix")
+    n = _header_length(data[:8])
+    if len(data) < 8 + n:
+        raise ProtocolViolation("frame shorter than its header")
+    header, sizes = _header(data[8 : 8 + n])
+    if 8 + n + sum(sizes) != len(data):
+        raise ProtocolViolation("frame length does not match its blob list")
+    blobs, i = [], 8 + n
+    for s in sizes:
+        blobs.append(data[i : i + s])
+        i += s
+    return header, blobs
 
 
 def share_blobs(shares: Sequence[Any]) -> tuple[list[int], list[bytes]]:

@@ -69,7 +69,15 @@ def party(
 def chat(
     prompt: str = typer.Argument(..., help="the user message"),
     parties: str = typer.Option(
-        "", help="comma-separated control addresses; empty starts 3 local parties"
+        "",
+        help="comma-separated `veil mpc party` control addresses (plain TCP: loopback only); "
+        "empty, without --relay, starts 3 local parties",
+    ),
+    relay: str = typer.Option(
+        "", help="relay URL: reach node-hosted parties (--nodes) sealed through it (OHTTP)"
+    ),
+    nodes: str = typer.Option(
+        "", help="with --relay: comma-separated node ids of the parties, as the relay knows them"
     ),
     model: str = typer.Option("smollm2"),
     protocol: str = typer.Option("aby3", help=_PROTOCOL_HELP),
@@ -80,6 +88,7 @@ def chat(
     import numpy as np
 
     from veil.mpc.client import RemoteSession, generate
+    from veil.mpc.errors import MpcError
     from veil.mpc.launch import start_parties
     from veil.mpc.source import load_source
 
@@ -102,14 +111,28 @@ def chat(
             return int(np.argmax(logits))
 
     started = []
-    if not parties:
+    specs: list = []
+    if relay or nodes:
+        if not (relay and nodes) or parties:
+            typer.echo("error: give --relay with --nodes (and no --parties)", err=True)
+            raise typer.Exit(2)
+        from veil.client.mpc import mpc_parties  # the CLI sits over both rooms
+        from veil.errors import VeilError
+
+        node_ids = [n.strip() for n in nodes.split(",") if n.strip()]
+        try:
+            specs = mpc_parties([(relay, node_id) for node_id in node_ids])()
+        except VeilError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    elif not parties:
         typer.echo("starting 3 local parties (loading the model in each)...", err=True)
         started = start_parties(model, settings, Path(tempfile.mkdtemp(prefix="veil-mpc-")))
-        addrs = [p.control for p in started]
+        specs = [p.control for p in started]
     else:
-        addrs = [a.strip() for a in parties.split(",") if a.strip()]
+        specs = [a.strip() for a in parties.split(",") if a.strip()]
     try:
-        with RemoteSession(addrs, settings, src.weights_sha256) as session:
+        with RemoteSession(specs, settings, src.weights_sha256) as session:
             done: list[int] = []
             shown = ""
             for tok in generate(session, src.head, ids, max_tokens, pick, src.eos_token_ids):
@@ -126,6 +149,9 @@ def chat(
             if steps:
                 per = sum(s.seconds for s in steps) / len(steps)
                 typer.echo(f"[{len(done)} tokens, {per:.2f} s/token under {protocol}]", err=True)
+    except MpcError as exc:
+        typer.echo(f"\nerror: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
     finally:
         for p in started:
             p.stop()

@@ -1,28 +1,47 @@
 """The MPC client: embeds locally, secret-shares hidden states to the parties, reconstructs the
 last hidden state and samples locally. Token ids, prompt and answer never leave this process.
 
-`RemoteSession` talks to party processes; `veil.mpc.local` has a plaintext and an in-process
-simulated session with the same interface, so `generate` runs unchanged on all three.
+`RemoteSession` talks to the parties, each through its own `PartyChannel`: `TcpChannel` for a
+`veil mpc party` control port (loopback, tests), `HttpChannel` for a node's `POST /v1/mpc`
+through any `httpx.Client`. In the network that client carries an OHTTP transport sealed to
+the node's key (`veil.client.mpc.mpc_parties` builds them), so the relay and the other nodes
+see only ciphertext: never all three shares. `veil.mpc.local` has a plaintext and an in-process
+simulated session with the same interface, so `generate` runs unchanged on all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import queue
 import secrets
-import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
+import httpx
 import numpy as np
 
-from veil.mpc.channel import recv_frame, send_frame, share_blobs, shares_from
+from veil.mpc.channel import (
+    MEDIA_MPC,
+    MPC_PATH,
+    decode_frame,
+    encode_frame,
+    recv_frame,
+    send_frame,
+    share_blobs,
+    shares_from,
+)
 from veil.mpc.errors import (
     MpcConfigError,
     MpcError,
     PartyFailure,
+    PartyUnavailable,
+    ProtocolViolation,
     SessionError,
     error_from_code,
 )
@@ -31,9 +50,13 @@ from veil.mpc.model import BUCKET
 from veil.mpc.runtime import MpcSettings, ShareCodec
 
 __all__ = [
+    "HttpChannel",
     "LayerSession",
+    "PartyChannel",
+    "PartySpec",
     "RemoteSession",
     "StepStats",
+    "TcpChannel",
     "generate",
     "greedy",
     "prefill_prompt",
@@ -117,44 +140,194 @@ def _parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class RemoteSession:
-    """A session across party processes, each reached over its own control connection."""
+Frame: TypeAlias = tuple[dict[str, Any], list[bytes]]
+
+
+class PartyChannel(Protocol):
+    """How the client reaches one party: one frame out, one frame back.
+
+    `call` raises `PartyFailure` when the party cannot be reached or its answer is not a
+    frame; a frame that reports an error is returned as is (the session decides)."""
+
+    name: str  # for messages: an address or a node id
+
+    def call(self, header: dict[str, Any], blobs: Sequence[bytes]) -> Frame: ...
+
+    def end(self, header: dict[str, Any], wait: bool) -> None:
+        """Best effort: send the session's close; `wait` for its answer. Never raises."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TcpChannel:
+    """A `veil mpc party` control port: a frame stream on one TCP connection (plaintext)."""
+
+    def __init__(self, addr: str, timeout_s: float = 600.0) -> None:
+        self.name = addr
+        try:
+            self._sock = socket.create_connection(_parse_addr(addr), timeout=timeout_s)
+        except OSError as exc:
+            raise PartyFailure(f"party {addr} is unreachable: {exc}") from exc
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._lock = threading.Lock()  # one request in flight: replies come back in order
+
+    def call(self, header: dict[str, Any], blobs: Sequence[bytes]) -> Frame:
+        with self._lock:
+            try:
+                send_frame(self._sock, header, blobs)
+                return recv_frame(self._sock)
+            except (OSError, ConnectionError) as exc:
+                raise PartyFailure(f"died: {exc}") from exc
+
+    def end(self, header: dict[str, Any], wait: bool) -> None:
+        try:
+            if not wait:  # closing the connection right after also ends the session there
+                send_frame(self._sock, header)
+                return
+            self._sock.settimeout(5.0)
+            self.call(header, [])
+        except (OSError, MpcError):
+            pass
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class HttpChannel:
+    """A node that hosts a party: each frame is one `POST /v1/mpc` through `http`.
+
+    `http` decides the path: in the network an `httpx.Client` over `OhttpTransport`, so the
+    frame is sealed to that node's key and the relay forwards ciphertext. The channel owns
+    `http` and closes it.
+    """
 
     def __init__(
         self,
-        parties: Sequence[str],
+        http: httpx.Client,
+        name: str = "party",
+        *,
+        url: str = "http://node.veil.invalid" + MPC_PATH,  # the host is never contacted
+        timeout_s: float = 600.0,
+    ) -> None:
+        self.name = name
+        self._http = http
+        self._url = url
+        self._timeout = timeout_s
+
+    def call(self, header: dict[str, Any], blobs: Sequence[bytes]) -> Frame:
+        try:
+            response = self._http.post(
+                self._url,
+                content=encode_frame(header, blobs),
+                headers={"content-type": MEDIA_MPC, "accept": MEDIA_MPC},
+                timeout=self._timeout,
+            )
+        except MpcError:
+            raise
+        except Exception as exc:  # httpx errors, and the OHTTP transport's refusals
+            if getattr(exc, "status", None) == 413:  # the relay's or the gateway's size limit
+                raise ProtocolViolation(f"party {self.name}: request too large") from exc
+            raise PartyFailure(f"is unreachable: {type(exc).__name__}: {exc}") from exc
+        media = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media == MEDIA_MPC:
+            try:
+                return decode_frame(response.content)
+            except ProtocolViolation as exc:
+                raise PartyFailure(f"answered a broken frame: {exc}") from exc
+        raise _http_error(self.name, response)
+
+    def end(self, header: dict[str, Any], wait: bool) -> None:
+        # HTTP cannot send without waiting: `wait` only matters to the caller's thread
+        with contextlib.suppress(MpcError):
+            self.call(header, [])
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _http_error(name: str, response: httpx.Response) -> MpcError:
+    """A typed error for an answer that is not a frame (an OpenAI-style error, or a problem)."""
+    code = ""
+    try:
+        body = json.loads(response.content)
+        error = body.get("error") if isinstance(body, dict) else None
+        code = str(error.get("code") or "") if isinstance(error, dict) else ""
+    except ValueError:
+        pass
+    status = response.status_code
+    if code == PartyUnavailable.code:
+        return PartyUnavailable(f"node {name} hosts no MPC party")
+    if status == 413:
+        return ProtocolViolation(f"party {name}: request too large")
+    return PartyFailure(f"answered HTTP {status} {code}".rstrip())
+
+
+# What `RemoteSession` takes per party: a `veil mpc party` control address ("host:port"),
+# (name, httpx.Client) for a node's MPC route, or a ready channel.
+PartySpec: TypeAlias = "str | tuple[str, httpx.Client] | PartyChannel"
+
+
+def _channel(spec: Any, timeout_s: float) -> PartyChannel:
+    if isinstance(spec, str):
+        return TcpChannel(spec, timeout_s)
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], httpx.Client):
+        return HttpChannel(spec[1], str(spec[0]), timeout_s=timeout_s)
+    if all(hasattr(spec, a) for a in ("name", "call", "end", "close")):
+        return spec  # type: ignore[no-any-return]
+    raise MpcConfigError(f"a party is an address, (name, httpx.Client) or a channel, not {spec!r}")
+
+
+class RemoteSession:
+    """A session across three (or two) parties, each reached through its own channel.
+
+    Requests to the parties go out in parallel (one thread each); the first party that cannot
+    be reached fails the call at once. Each party gets its own random token at `open` and
+    every later request carries it, so only this client can drive the session. The session owns
+    its channels: `close` ends the session on every party (they wipe their shares and KV
+    cache) and closes the channels.
+    """
+
+    def __init__(
+        self,
+        parties: Sequence[PartySpec],
         settings: MpcSettings,
         weights_sha256: str,
         timeout_s: float = 600.0,
         session_id: str | None = None,
     ) -> None:
-        if len(parties) != settings.world_size:
-            raise MpcConfigError(
-                f"{settings.protocol} needs {settings.world_size} parties, got {len(parties)}"
-            )
         self.settings = settings
         self.codec = ShareCodec(settings)
         self.session_id = session_id or secrets.token_hex(16)
-        self.parties = list(parties)
         self.stats: list[StepStats] = []
-        self._socks: list[socket.socket] = []
         self._timeout = timeout_s
         self._open = False
+        self._channels: list[PartyChannel] = []
         try:
-            for addr in self.parties:
-                s = socket.create_connection(_parse_addr(addr), timeout=timeout_s)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._socks.append(s)
-            hellos = self._all([({"op": "hello"}, [])] * len(self._socks))
+            if len(parties) != settings.world_size:
+                raise MpcConfigError(
+                    f"{settings.protocol} needs {settings.world_size} parties, got {len(parties)}"
+                )
+            for spec in parties:
+                self._channels.append(_channel(spec, timeout_s))
+        except BaseException:
+            for channel in self._channels:
+                channel.close()
+            self._close_channels(parties[len(self._channels) :])
+            raise
+        self.parties = [c.name for c in self._channels]
+        self._tokens = [secrets.token_hex(16) for _ in self._channels]
+        try:
+            hellos = self._all([({"op": "hello"}, [])] * len(self._channels))
             links = [h["link"] for h, _ in hellos]
-            for (h, _), addr in zip(hellos, self.parties, strict=True):
+            for (h, _), name in zip(hellos, self.parties, strict=True):
                 if h["settings"] != settings.to_dict():
                     raise MpcConfigError(
-                        f"party {addr} runs {h['settings']}, not {settings.to_dict()}"
+                        f"party {name} runs {h['settings']}, not {settings.to_dict()}"
                     )
                 if h["weights_sha256"] != weights_sha256:
                     raise MpcConfigError(
-                        f"party {addr} serves other weights ({h['weights_sha256'][:12]})"
+                        f"party {name} serves other weights ({h['weights_sha256'][:12]})"
                     )
             if len(set(links)) != len(links):
                 raise MpcConfigError("two of the chosen parties are the same party")
@@ -164,46 +337,64 @@ class RemoteSession:
                 "links": links,
                 "settings": settings.to_dict(),
             }
+            self._open = True  # from here on, a failure must close what did open
             self._all([(dict(base, rank=r), []) for r in range(len(links))])
-            self._open = True
         except BaseException:
-            self.close()
+            self.close(wait=False)
             raise
 
-    def _all(
-        self, requests: list[tuple[dict[str, Any], list[bytes]]]
-    ) -> list[tuple[dict[str, Any], list[bytes]]]:
-        """Send one request to each party, then collect all replies, failing fast on a dead one."""
-        for i, (sock, (header, blobs)) in enumerate(zip(self._socks, requests, strict=True)):
+    @staticmethod
+    def _close_channels(specs: Sequence[Any]) -> None:
+        """Close what was handed over when the session cannot even start (it owns them)."""
+        for spec in specs:
+            closer = spec[1] if isinstance(spec, tuple) and len(spec) == 2 else spec
+            if not isinstance(closer, str) and hasattr(closer, "close"):
+                with contextlib.suppress(Exception):
+                    closer.close()
+
+    def _all(self, requests: list[Frame]) -> list[Frame]:
+        """Send one request to each party in parallel and collect the replies, failing fast
+        when a party cannot be reached; error replies raise their typed error."""
+        done: queue.Queue[tuple[int, Frame | BaseException]] = queue.Queue()
+
+        def one(i: int, header: dict[str, Any], blobs: list[bytes]) -> None:
+            channel = self._channels[i]
             try:
-                send_frame(sock, header, blobs)
-            except OSError as exc:
-                raise PartyFailure(f"party {i} ({self.parties[i]}) is unreachable: {exc}") from exc
-        replies: dict[int, tuple[dict[str, Any], list[bytes]]] = {}
+                done.put((i, channel.call(header, blobs)))
+            except PartyFailure as exc:
+                done.put((i, PartyFailure(f"party {i} ({channel.name}) {exc}")))
+            except BaseException as exc:
+                done.put((i, exc))
+
+        for i, (header, blobs) in enumerate(requests):
+            if header.get("op") != "hello":
+                header = dict(header, token=self._tokens[i])
+            threading.Thread(
+                target=one, args=(i, header, list(blobs)), daemon=True, name=f"mpc-party-{i}"
+            ).start()
+        replies: dict[int, Frame] = {}
         deadline = time.monotonic() + self._timeout
-        while len(replies) < len(self._socks):
-            waiting = [s for i, s in enumerate(self._socks) if i not in replies]
-            ready, _, _ = select.select(waiting, [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise PartyFailure(f"no reply from parties within {self._timeout:.0f} s")
-            for s in ready:
-                i = self._socks.index(s)
-                try:
-                    replies[i] = recv_frame(s)
-                except (OSError, ConnectionError) as exc:
-                    raise PartyFailure(f"party {i} ({self.parties[i]}) died: {exc}") from exc
+        while len(replies) < len(requests):
+            try:
+                i, got = done.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise PartyFailure(f"no reply from parties within {self._timeout:.0f} s") from None
+            if isinstance(got, BaseException):
+                raise got
+            replies[i] = got
         errors = [(i, h) for i, (h, _) in sorted(replies.items()) if not h.get("ok")]
         if errors:
             # a party that failed the run reports it; the others' reports are about the same cause
             i, h = next(((i, h) for i, h in errors if h.get("error") == "party_failure"), errors[0])
-            raise error_from_code(str(h.get("error")), f"party {i}: {h.get('message')}")
-        return [replies[i] for i in range(len(self._socks))]
+            name = self._channels[i].name if i < len(self._channels) else "?"
+            raise error_from_code(str(h.get("error")), f"party {i} ({name}): {h.get('message')}")
+        return [replies[i] for i in range(len(requests))]
 
     def _run(self, op: str, arrays: list[np.ndarray]) -> np.ndarray:
         if not self._open:
             raise PartyFailure("session is closed")
         t0 = time.perf_counter()
-        per_party: list[list[Any]] = [[] for _ in self._socks]
+        per_party: list[list[Any]] = [[] for _ in self._channels]
         for a in arrays:
             for r, share in enumerate(self.codec.secret(a)):
                 per_party[r].append(share)
@@ -237,24 +428,37 @@ class RemoteSession:
         return self._run("step", [hidden])
 
     def close(self, wait: bool = True) -> None:
-        """Ask every reachable party to wipe the session, then drop the connections (a party
-        also wipes a session whose connection drops). `wait` waits for each acknowledgement."""
-        if self._open:
-            self._open = False
-            for sock in self._socks:
-                try:
-                    send_frame(sock, {"op": "close", "session": self.session_id})
-                    if wait:
-                        sock.settimeout(5.0)
-                        recv_frame(sock)
-                except (OSError, ConnectionError, MpcError):
-                    pass
-        for sock in self._socks:
-            sock.close()
-        self._socks = []
+        """End the session on every party (each wipes its shares and KV cache), then close the
+        channels. `wait` waits (10 s at most) for the parties' acknowledgements; without it the
+        closes go out in the background (a party still in a run answers when the run ends)."""
+        channels, self._channels = self._channels, []
+        if not self._open:
+            for channel in channels:
+                channel.close()
+            return
+        self._open = False
+        threads = []
+        for i, channel in enumerate(channels):
+            header = {"op": "close", "session": self.session_id, "token": self._tokens[i]}
+            t = threading.Thread(
+                target=_end_and_close, args=(channel, header, wait), daemon=True, name="mpc-close"
+            )
+            t.start()
+            threads.append(t)
+        if wait:
+            deadline = time.monotonic() + 10.0
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> RemoteSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _end_and_close(channel: PartyChannel, header: dict[str, Any], wait: bool) -> None:
+    try:
+        channel.end(header, wait)
+    finally:
+        channel.close()

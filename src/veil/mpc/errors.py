@@ -11,6 +11,8 @@ raise the same type again.
      +-- BadShare              a share of the wrong shape, dtype, visibility or encoding
      +-- ProtocolViolation     a malformed or unexpected message on the control channel
      +-- PartyFailure          a party died or an SPU run failed; the session is over
+     +-- PartyUnavailable      the node reached hosts no MPC party (`veil node serve` without
+                               --mpc-link)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "MpcError",
     "PartyBusy",
     "PartyFailure",
+    "PartyUnavailable",
     "ProtocolViolation",
     "SessionError",
     "SessionExists",
@@ -74,6 +77,10 @@ class PartyFailure(MpcError):
     code = "party_failure"
 
 
+class PartyUnavailable(MpcError):
+    code = "mpc_unavailable"
+
+
 _BY_CODE: dict[str, type[MpcError]] = {
     c.code: c
     for c in (
@@ -87,6 +94,7 @@ _BY_CODE: dict[str, type[MpcError]] = {
         BadShare,
         ProtocolViolation,
         PartyFailure,
+        PartyUnavailable,
     )
 }
 

@@ -1,12 +1,20 @@
 """An MPC party: serves sessions for clients, computing on secret shares with two peer parties.
 
-Each party process has two addresses: a control address where clients send shares and get
-shares back (the `channel` framing), and a link address where SPU connects it to its peers for
-the protocol itself. A client opens a session by telling each of its three chosen parties the
-session id, the party's rank and all three link addresses; the parties then build an SPU link
-for that session alone, check each other's settings and model digest over it, and keep the
-secret KV cache between steps. A session belongs to the connection that opened it: when that
-connection closes, when it idles past the timeout, or when a run fails, its state is wiped.
+Each party has two addresses: a control address where clients send shares and get shares back
+(the `channel` framing), and a link address where SPU connects it to its peers for the protocol
+itself. The control address is either a plain TCP port (`serve`, as `veil mpc party` runs it) or
+a node's `POST /v1/mpc` route (`handle`, as `veil node serve --mpc-link` runs it), which clients
+reach inside Oblivious HTTP through the relay.
+
+A client opens a session by telling each of its three chosen parties the session id, the party's
+rank, all three link addresses and a token for that party alone; the parties then build an SPU
+link for that session, check each other's settings and model digest over it, and keep the
+secret KV cache between steps. The session id is known to all three parties (it names the link);
+the token is not, so only the client can run, step or close the session on a party (a party
+that knows the id cannot drive its peers and collect their output shares).
+
+A session ends, and its state is wiped, when the client closes it, when it idles past the
+timeout, or when a run fails; over a TCP control connection, also when that connection closes.
 
 One session at a time per party: SPU runs are collective, so sessions interleaved in different
 orders on different parties would deadlock; a second client gets `PartyBusy`.
@@ -14,6 +22,7 @@ orders on different parties would deadlock; a second client gets `PartyBusy`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -50,6 +59,8 @@ __all__ = ["PartyConfig", "PartyService", "io_bytes"]
 log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^[0-9a-f]{16,64}$")  # random hex from the client; also the link id
+TOKEN = re.compile(r"^[0-9a-f]{32,64}$")  # random hex from the client, one per party
+OPS = frozenset({"hello", "status", "open", "prefill", "step", "close"})
 _EXPIRED_KEPT = 1024  # how many expired ids are remembered to answer SessionExpired
 
 
@@ -78,6 +89,7 @@ def io_bytes() -> tuple[int, int]:
 class _Session:
     sid: str
     rank: int
+    token: str
     runtime: PartyRuntime | None = None
     link: Any = None
     last_used: float = field(default_factory=time.monotonic)
@@ -105,6 +117,7 @@ class PartyService:
         self._lock = threading.Lock()
         self._server: socketserver.ThreadingTCPServer | None = None
         self._stop = threading.Event()
+        self._reaping: threading.Thread | None = None
 
     # -- identity ---------------------------------------------------------------------------
     def hello(self) -> dict[str, Any]:
@@ -127,9 +140,11 @@ class PartyService:
             return sorted(self._sessions)
 
     # -- session lifecycle ------------------------------------------------------------------
-    def open(self, sid: Any, rank: Any, links: Any, settings: Any) -> _Session:
+    def open(self, sid: Any, rank: Any, links: Any, settings: Any, token: Any) -> _Session:
         if not isinstance(sid, str) or not SESSION_ID.match(sid):
             raise ProtocolViolation("session id must be 16-64 lowercase hex characters")
+        if not isinstance(token, str) or not TOKEN.match(token):
+            raise ProtocolViolation("session token must be 32-64 lowercase hex characters")
         world = self.config.settings.world_size
         if settings != self.config.settings.to_dict():
             raise MpcConfigError(
@@ -152,13 +167,17 @@ class PartyService:
                 raise SessionExpired(f"session {sid} ended; open a new one")
             if self._sessions:
                 raise PartyBusy("this party is serving another session; retry later")
-            session = _Session(sid, rank)
+            session = _Session(sid, rank, token)
+            session.busy.acquire()  # a close that comes during link setup waits for its end
             self._sessions[sid] = session
         try:
             self._connect(session, links)
         except BaseException:
             self._wipe(session, "link setup failed")
             raise
+        finally:
+            session.last_used = time.monotonic()
+            session.busy.release()
         return session
 
     def _connect(self, session: _Session, links: list[str]) -> None:
@@ -193,13 +212,16 @@ class PartyService:
     def _handshake(self, sid: str) -> dict[str, Any]:
         return {"session": sid, **self.hello(), "link": None}
 
-    def _get(self, sid: Any) -> _Session:
+    def _get(self, sid: Any, token: Any) -> _Session:
+        """The session, for its client only: a wrong token reads as an unknown session."""
         with self._lock:
-            if isinstance(sid, str) and sid in self._sessions:
-                return self._sessions[sid]
-            if isinstance(sid, str) and sid in self._expired:
-                raise SessionExpired(f"session {sid} timed out or failed and was wiped")
-        raise UnknownSession(f"no session {sid!r} on this party")
+            session = self._sessions.get(sid) if isinstance(sid, str) else None
+            if session is not None and isinstance(token, str):
+                if hmac.compare_digest(session.token.encode(), token.encode()):
+                    return session
+            elif session is None and isinstance(sid, str) and sid in self._expired:
+                raise SessionExpired(f"session {sid} ended (closed, timed out or failed)")
+        raise UnknownSession("no such session on this party")
 
     def _wipe(self, session: _Session, why: str) -> None:
         with self._lock:
@@ -220,8 +242,8 @@ class PartyService:
             session.link = None
         log.info("session %s wiped (%s)", session.sid, why)
 
-    def close(self, sid: Any) -> None:
-        session = self._get(sid)
+    def close(self, sid: Any, token: Any) -> None:
+        session = self._get(sid, token)
         with session.busy:
             self._wipe(session, "closed by client")
 
@@ -238,8 +260,8 @@ class PartyService:
                     s.busy.release()
 
     # -- computation ------------------------------------------------------------------------
-    def run(self, sid: Any, op: str, shares: list[Any]) -> Any:
-        session = self._get(sid)
+    def run(self, sid: Any, token: Any, op: str, shares: list[Any]) -> Any:
+        session = self._get(sid, token)
         with session.busy:
             if session.runtime is None:
                 raise SessionExpired(f"session {sid} was wiped")
@@ -259,14 +281,25 @@ class PartyService:
 
     # -- control channel --------------------------------------------------------------------
     def handle(
-        self, header: dict[str, Any], blobs: list[bytes], owned: set[str]
+        self,
+        header: dict[str, Any],
+        blobs: list[bytes],
+        owned: set[str] | None = None,
+        *,
+        public: bool = False,
     ) -> tuple[dict[str, Any], list[bytes]]:
-        """One request -> one reply; typed errors become {"error": code} replies."""
+        """One request -> one reply; typed errors become {"error": code} replies.
+
+        `owned` collects the sessions a TCP connection opened (wiped when it drops); None
+        where there is no connection to tie them to (the node's HTTP route). `public` hides
+        `status` (the list of open session ids) from callers who are not the operator.
+        """
         op = header.get("op")
+        token = header.get("token")
         try:
             if op == "hello":
                 return {"ok": True, **self.hello()}, []
-            if op == "status":
+            if op == "status" and not public:
                 return {"ok": True, "sessions": self.active_sessions()}, []
             if op == "open":
                 s = self.open(
@@ -274,13 +307,16 @@ class PartyService:
                     header.get("rank"),
                     header.get("links"),
                     header.get("settings"),
+                    token,
                 )
-                owned.add(s.sid)
+                if owned is not None:
+                    owned.add(s.sid)
                 return {"ok": True, "rank": s.rank}, []
             if op in ("prefill", "step"):
                 before = io_bytes()
                 t0 = time.perf_counter()
-                out = self.run(header.get("session"), op, shares_from(header.get("shares"), blobs))
+                shares = shares_from(header.get("shares"), blobs)
+                out = self.run(header.get("session"), token, op, shares)
                 after = io_bytes()
                 counts, out_blobs = share_blobs([out])
                 stats = {
@@ -290,19 +326,20 @@ class PartyService:
                 }
                 return {"ok": True, "shares": counts, "stats": stats}, out_blobs
             if op == "close":
-                self.close(header.get("session"))
-                owned.discard(header.get("session"))
+                self.close(header.get("session"), token)
+                if owned is not None:
+                    owned.discard(header.get("session"))
                 return {"ok": True}, []
-            raise ProtocolViolation(f"unknown op {op!r}")
-        except MpcError as exc:
-            log.info("request %s refused: %s", op, exc.code)
+            raise ProtocolViolation("unknown op")
+        except MpcError as exc:  # the op only if it is one of ours: never echo client input
+            log.info("request %s refused: %s", op if op in OPS else "?", exc.code)
             return {"ok": False, "error": exc.code, "message": str(exc)}, []
 
     def drop_connection(self, owned: set[str]) -> None:
         for sid in list(owned):
-            try:
-                session = self._get(sid)
-            except MpcError:
+            with self._lock:
+                session = self._sessions.get(sid)
+            if session is None:
                 continue
             with session.busy:
                 self._wipe(session, "client disconnected")
@@ -336,9 +373,15 @@ class PartyService:
 
         self._server = Server((host, port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True, name="mpc-control").start()
-        threading.Thread(target=self._reaper, daemon=True, name="mpc-reaper").start()
+        self.start()
         addr = self._server.server_address
         return str(addr[0]), int(addr[1])
+
+    def start(self) -> None:
+        """Start the reaper of idle sessions (`serve` does; a host calling `handle` must)."""
+        if self._reaping is None:
+            self._reaping = threading.Thread(target=self._reaper, daemon=True, name="mpc-reaper")
+            self._reaping.start()
 
     def _reaper(self) -> None:
         while not self._stop.wait(1.0):

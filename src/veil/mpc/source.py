@@ -21,7 +21,7 @@ from veil.mpc.model import (
     random_weights,
 )
 
-__all__ = ["TINY_SHAPE", "TINY_VOCAB", "ModelSource", "load_source"]
+__all__ = ["TINY_SHAPE", "TINY_VOCAB", "ModelSource", "load_source", "source_from_loaded"]
 
 # 2 layers, hidden 64, GQA 4 query heads over 2 KV heads: the CI configuration
 TINY_SHAPE = LlamaShape(2, 64, 4, 2, 16, 128, 1e-5, 10000.0)
@@ -63,21 +63,27 @@ def load_source(name: str = "smollm2") -> ModelSource:
         head = ClientHead.random(TINY_VOCAB, TINY_SHAPE.hidden_size, seed=seed + 1)
         return ModelSource(name, TINY_SHAPE, weights, head, _digest(weights))
     if name == "smollm2":
-        from veil.engine import ChatMessage, encode_chat, load_model
+        from veil.engine import load_model
 
-        lm = load_model()
-        shape, weights = extract_weights(lm.model)
-        head = ClientHead.from_torch(lm.model)
-        ids = encode_chat(lm.tokenizer, [ChatMessage("user", CALIBRATION_TEXT)])
-        shape = calibrate_norm_scales(shape, weights, head.embed(ids, len(ids)))
-        return ModelSource(
-            name,
-            shape,
-            weights,
-            head,
-            lm.weights_sha256,
-            tokenizer=lm.tokenizer,
-            eos_token_ids=lm.eos_token_ids,
-            torch_model=lm.model,
-        )
+        return source_from_loaded(load_model(), name)
     raise MpcConfigError(f"unknown model source {name!r}: smollm2 or tiny:<seed>")
+
+
+def source_from_loaded(lm: Any, name: str = "smollm2") -> ModelSource:
+    """The source of a model `veil.engine.load_model` already loaded (a node's own model)."""
+    from veil.engine import ChatMessage, encode_chat
+
+    shape, weights = extract_weights(lm.model)
+    head = ClientHead.from_torch(lm.model)
+    ids = encode_chat(lm.tokenizer, [ChatMessage("user", CALIBRATION_TEXT)])
+    shape = calibrate_norm_scales(shape, weights, head.embed(ids, len(ids)))
+    return ModelSource(
+        name,
+        shape,
+        weights,
+        head,
+        lm.weights_sha256,
+        tokenizer=lm.tokenizer,
+        eos_token_ids=lm.eos_token_ids,
+        torch_model=lm.model,
+    )

@@ -18,6 +18,10 @@ request is parsed and validated and before the engine starts (refusals are 402
 `payment_error`s); the receipt's ticket id is the accepted ticket's id (zero when unpaid);
 every chat answer, errors included, carries the current params in `x-veil-ticket-params`.
 Without a deployment there are no payment checks.
+
+MPC (`veil.node.mpc`): with a `party` the node is one party of the `mpc` mode and
+`POST /v1/mpc` takes one control frame and answers one (runs go off the event loop); without
+one that route answers 404 `mpc_unavailable`. Frames are never logged.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from veil.node.config import NodeConfig
 from veil.node.descriptor import DescriptorIssuer, load_node_identity
 from veil.node.errors import APIError, error_body
 from veil.node.gateway import REQUEST_DIGEST_EXTENSION, GatewayConfig, NodeKeys, gateway_router
+from veil.node.mpc import MEDIA_MPC, MPC_PATH, NodeParty
 from veil.node.payments import AcceptedTicket, NodePayments, open_payments
 from veil.node.rotation import replay_window_for, rotate_periodically
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
@@ -212,6 +217,7 @@ def create_app(
     *,
     producer: EvidenceProducer | None = None,
     payments: NodePayments | None = None,
+    party: NodeParty | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine`; with `keys`, also the OHTTP gateway in front of it
     and the signed descriptor.
@@ -223,6 +229,9 @@ def create_app(
     `payments` checks tickets and redeems winners (its redeemer runs with the app's
     lifespan); without it, a config naming a deployment builds one (`open_payments`, which
     connects to the chain), and a config without one serves every request unpaid.
+
+    `party` (`veil.node.mpc.build_party`) serves the MPC route; its reaper runs with the
+    app's lifespan, and shutdown wipes its sessions.
     """
     config = config or NodeConfig()
     if identity is None:
@@ -239,7 +248,11 @@ def create_app(
             rotating = asyncio.create_task(rotate_periodically(keys, config.key_rotation_s, path))
         if payments is not None:
             payments.start()
+        if party is not None:
+            party.start()
         yield
+        if party is not None:
+            party.stop()
         if payments is not None:
             await asyncio.to_thread(payments.stop)
         if rotating is not None:
@@ -322,6 +335,18 @@ def create_app(
                 media_type=MEDIA_TICKET_PARAMS,
                 headers={"cache-control": "no-store"},
             )
+
+    @app.post(MPC_PATH)
+    async def mpc(request: Request) -> Response:
+        if party is None:
+            raise APIError(404, "this node hosts no MPC party", code="mpc_unavailable")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != MEDIA_MPC:
+            raise APIError(415, f"the body must be {MEDIA_MPC}", code="unsupported_media_type")
+        status, frame = await party.answer(await _read_body(request, config.max_body_bytes))
+        return Response(
+            frame, status_code=status, media_type=MEDIA_MPC, headers={"cache-control": "no-store"}
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -94,6 +94,25 @@ def serve(
         help="Seconds between withdrawals of redeemed earnings to the node account "
         "(default 60; each is a transaction).",
     ),
+    mpc_link: str | None = typer.Option(
+        None,
+        "--mpc-link",
+        help="Also serve as an MPC party (the mpc mode, docs/mpc.md): the host:port this node "
+        "binds for the SPU links to its peer parties. Clients reach the party at /v1/mpc "
+        "through the relay, sealed to this node's key.",
+    ),
+    mpc_protocol: str | None = typer.Option(
+        None, help="MPC protocol: aby3 (3 parties, default) | semi2k | cheetah (2 parties)."
+    ),
+    mpc_model: str | None = typer.Option(
+        None, help="Layers the party serves (default: this node's model; tiny:<seed> for tests)."
+    ),
+    mpc_session_timeout: float | None = typer.Option(
+        None, help="Seconds an idle MPC session lives before it is wiped (default 300)."
+    ),
+    mpc_link_timeout: float | None = typer.Option(
+        None, help="Seconds a silent peer party may take mid-run (default 60)."
+    ),
 ) -> None:
     """Load the model and serve the node API and its OHTTP gateway until Ctrl-C."""
     from rich.console import Console
@@ -124,6 +143,11 @@ def serve(
             ticket_win_prob=win_prob,
             tickets_path=str(tickets) if tickets else None,
             withdraw_interval_s=withdraw_interval,
+            mpc_link=mpc_link,
+            mpc_protocol=mpc_protocol,
+            mpc_model=mpc_model,
+            mpc_session_timeout_s=mpc_session_timeout,
+            mpc_link_timeout_s=mpc_link_timeout,
         )
     except NodeConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -171,11 +195,13 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
         max_queue=cfg.max_queue,
         context_length=cfg.context_length,
     )
-    payments = None
+    payments = party = None
     try:
+        if cfg.mpc_link:
+            party = _open_party(cfg, loaded, console)
         if cfg.deployment_path:
             payments = _open_chain(cfg, identity, console)
-        app = create_app(engine, cfg, keys, identity, payments=payments)
+        app = create_app(engine, cfg, keys, identity, payments=payments, party=party)
         if payments is not None:
             _register(cfg, app, payments, keys, console)
     except NodeSetupError as exc:
@@ -206,6 +232,19 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
         )
     finally:
         engine.close()
+
+
+def _open_party(cfg, loaded, console):  # type: ignore[no-untyped-def]
+    from veil.node.mpc import build_party
+
+    logging.getLogger("jax").setLevel(logging.WARNING)
+    with console.status("preparing the MPC party (compiling its first programs)..."):
+        party = build_party(cfg, loaded)
+    console.print(
+        f"MPC party: {cfg.mpc_protocol}, SPU link on {cfg.mpc_link}, control at /v1/mpc "
+        f"(sealed through the relay); idle sessions wiped after {cfg.mpc_session_timeout_s:g} s"
+    )
+    return party
 
 
 def _open_chain(cfg, identity, console):  # type: ignore[no-untyped-def]

@@ -16,6 +16,11 @@ class NodeConfigError(VeilError):
     """The configuration file or a flag is invalid."""
 
 
+def _host_port(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     host: str = "127.0.0.1"  # bind address; loopback unless the operator opens it up
@@ -47,6 +52,12 @@ class NodeConfig:
     auto_withdraw: bool = True  # withdraw earnings to the node account after redemptions
     redeem_interval_s: float = 5.0  # redeemer pass period (and first retry delay)
     withdraw_interval_s: float = 60.0  # seconds between earnings withdrawals (transactions)
+    # MPC party (issue #7): with a link address the node is one of three parties of the mpc mode
+    mpc_link: str | None = None  # host:port bound for the SPU links to peer parties; None = off
+    mpc_protocol: str = "aby3"  # aby3 (3 parties) | semi2k | cheetah (2 parties)
+    mpc_model: str | None = None  # None = the node's own model; "tiny:<seed>" for tests
+    mpc_session_timeout_s: float = 300.0  # an idle MPC session is wiped after this
+    mpc_link_timeout_s: float = 60.0  # a peer party silent this long mid-run fails the session
 
     def __post_init__(self) -> None:
         checks = [
@@ -74,6 +85,12 @@ class NodeConfig:
             ),
             (self.redeem_interval_s > 0, "redeem_interval_s must be positive"),
             (self.withdraw_interval_s >= 0, "withdraw_interval_s must not be negative"),
+            (
+                self.mpc_link is None or _host_port(self.mpc_link),
+                "mpc_link must be host:port",
+            ),
+            (self.mpc_session_timeout_s > 0, "mpc_session_timeout_s must be positive"),
+            (self.mpc_link_timeout_s > 0, "mpc_link_timeout_s must be positive"),
         ]
         for ok, message in checks:
             if not ok:

@@ -51,6 +51,7 @@ from starlette.responses import Response, StreamingResponse
 from veil.chain.payment import TICKET_PARAMS_PATH
 from veil.identity.descriptor import DESCRIPTOR_PATH
 from veil.identity.receipt import request_digest
+from veil.mpc.channel import MPC_PATH
 from veil.wire import bhttp
 from veil.wire.errors import MessageTooLarge, ReplayedRequest, WireError
 from veil.wire.ohttp import (
@@ -90,7 +91,14 @@ ASGIApp = Callable[
 ]
 
 DEFAULT_ALLOWED_PATHS = frozenset(
-    {"/v1/chat/completions", "/v1/models", "/healthz", DESCRIPTOR_PATH, TICKET_PARAMS_PATH}
+    {
+        "/v1/chat/completions",
+        "/v1/models",
+        "/healthz",
+        DESCRIPTOR_PATH,
+        TICKET_PARAMS_PATH,
+        MPC_PATH,  # MPC control frames (404 `mpc_unavailable` on a node without a party)
+    }
 )
 # How the gateway tells the inner app which request it answers (for the receipt).
 REQUEST_DIGEST_HEADER = b"x-veil-request-digest"
