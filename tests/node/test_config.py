@@ -153,3 +153,26 @@ def test_mpc_party_settings_and_flags(tmp_path: Path) -> None:
     out = CliRunner().invoke(node_app, ["serve", "--help"], env={"COLUMNS": "200"}).output
     for flag in ("--mpc-link", "--mpc-protocol", "--mpc-session-timeout", "--mpc-link-timeout"):
         assert flag in out
+
+
+def test_attestation_setting_is_checked() -> None:
+    assert NodeConfig().attestation == "dev"
+    assert NodeConfig(attestation="tdx").attestation == "tdx"
+    with pytest.raises(NodeConfigError, match="attestation must be dev or tdx"):
+        NodeConfig(attestation="sgx")
+
+
+def test_tdx_attestation_outside_a_td_refuses_to_start_before_loading_the_model() -> None:
+    """Fails closed: no silent fallback to dev evidence, and no 20 s model load first."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from veil.cli import app
+
+    if Path("/sys/kernel/config/tsm/report").exists():
+        pytest.skip("this machine has a configfs-tsm report interface")
+    out = CliRunner().invoke(app, ["node", "serve", "--attestation", "tdx"], env={"COLUMNS": "200"})
+    assert out.exit_code == 2
+    assert "--attestation tdx" in out.output and "configfs-tsm" in out.output
+    assert "loading model" not in out.output and "model " not in out.output

@@ -53,6 +53,12 @@ def serve(
         None, help="Where clients reach the node, as the descriptor states it."
     ),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error."),
+    attestation: str | None = typer.Option(
+        None,
+        help="Evidence the node offers: dev (default; no hardware isolation, refused by tee "
+        "clients) or tdx (an Intel TDX quote via configfs-tsm; the node refuses to start "
+        "when it cannot make one, and never falls back to dev).",
+    ),
     chain: Path | None = typer.Option(
         None,
         "--chain",
@@ -148,11 +154,28 @@ def serve(
             mpc_model=mpc_model,
             mpc_session_timeout_s=mpc_session_timeout,
             mpc_link_timeout_s=mpc_link_timeout,
+            attestation=attestation,
         )
     except NodeConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     run_node(cfg, console)
+
+
+def _evidence_producer(cfg, console):  # type: ignore[no-untyped-def]
+    """The configured evidence producer; for tdx, one quote is made now as a probe."""
+    from veil.attest.errors import EvidenceUnavailable
+    from veil.attest.producer import DevProducer, TdxProducer
+
+    if cfg.attestation != "tdx":
+        return DevProducer()
+    producer = TdxProducer()
+    try:
+        producer.produce(b"\x00" * 64)
+    except EvidenceUnavailable as exc:
+        console.print(f"[red]error:[/] --attestation tdx: {exc}")
+        raise SystemExit(2) from None
+    return producer
 
 
 def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
@@ -170,6 +193,7 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    producer = _evidence_producer(cfg, console)  # before the model: fail fast, fail closed
     with console.status("loading model (about 20 s on 2 CPU cores)..."):
         try:
             loaded = load_model(cfg.model_path, cfg.model_id, threads=cfg.threads)
@@ -201,7 +225,9 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
             party = _open_party(cfg, loaded, console)
         if cfg.deployment_path:
             payments = _open_chain(cfg, identity, console)
-        app = create_app(engine, cfg, keys, identity, payments=payments, party=party)
+        app = create_app(
+            engine, cfg, keys, identity, producer=producer, payments=payments, party=party
+        )
         if payments is not None:
             _register(cfg, app, payments, keys, console)
     except NodeSetupError as exc:
@@ -211,7 +237,11 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
     console.print(
         f"node identity [bold]{identity.address}[/]"
         + ("" if cfg.identity_path else " [yellow](in memory only)[/]")
-        + "; attestation [yellow]dev: no hardware isolation[/]"
+        + (
+            "; attestation [green]tdx[/]"
+            if cfg.attestation == "tdx"
+            else "; attestation [yellow]dev: no hardware isolation[/]"
+        )
     )
     if payments is None:
         console.print("payments: off (no --chain): every request is served for free")

@@ -42,6 +42,9 @@ class NodeConfig:
     )
     descriptor_lifetime_s: int = 6 * 3600  # descriptor validity; re-issued after half of it
     log_level: str = "info"
+    # evidence in the descriptor: "dev" (no hardware isolation; `tee` clients refuse it) or
+    # "tdx" (a quote from configfs-tsm inside an Intel TDX guest; never falls back to dev)
+    attestation: str = "dev"
     # payments and on-chain registration (issue #6); without a deployment the node is free
     deployment_path: str | None = None  # chain deployment JSON; None = off-chain, no payments
     stake: int | None = None  # stake to hold, token base units; None = the chain's min stake
@@ -77,6 +80,7 @@ class NodeConfig:
                 "key_rotation_s must be at least 10",
             ),
             (self.descriptor_lifetime_s >= 60, "descriptor_lifetime_s must be at least 60"),
+            (self.attestation in ("dev", "tdx"), "attestation must be dev or tdx"),
             (self.stake is None or self.stake > 0, "stake must be positive"),
             (0 < self.ticket_face_value < 2**256, "ticket_face_value must be positive"),
             (
