@@ -40,9 +40,17 @@ def stream_reply(
     after the text was shown; the caller must then not trust it) and its status is shown.
     """
     stream = client.chat.completions.create(model=model, messages=history, stream=True, **params)
+    text = _show_stream(stream, out)
+    if session is not None:
+        _err(receipt_line(session))
+    return text
+
+
+def _show_stream(chunks: Any, out: Any) -> str:
+    """Write each content delta of a chat stream to `out` as it arrives; return the text."""
     parts: list[str] = []
     try:
-        for chunk in stream:
+        for chunk in chunks:
             if chunk.choices and chunk.choices[0].delta.content:
                 piece = chunk.choices[0].delta.content
                 parts.append(piece)
@@ -51,8 +59,6 @@ def stream_reply(
     finally:
         out.write("\n")
         out.flush()
-    if session is not None:
-        _err(receipt_line(session))
     return "".join(parts)
 
 
@@ -123,22 +129,12 @@ def gateway_reply(
     The gateway ends a stream with `[DONE]` only once the node's receipt verified; a refused
     receipt or a node that fails mid-answer arrives as an error event, which the SDK raises.
     """
-    parts: list[str] = []
     with client.chat.completions.with_streaming_response.create(
         model=model, messages=history, stream=True, **params
     ) as response:
-        try:
-            for chunk in response.parse():
-                if chunk.choices and chunk.choices[0].delta.content:
-                    piece = chunk.choices[0].delta.content
-                    parts.append(piece)
-                    out.write(piece)
-                    out.flush()
-        finally:
-            out.write("\n")
-            out.flush()
+        text = _show_stream(response.parse(), out)
         _err(answered_line(response.headers, streamed=True))
-    return "".join(parts)
+    return text
 
 
 def run_gateway_repl(
