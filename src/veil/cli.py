@@ -67,7 +67,8 @@ def up(
     from rich.console import Console
 
     from veil.client.cli import DEFAULT_MODEL, gateway_openai, gateway_reply, run_gateway_repl
-    from veil.up import LocalNetwork, default_data_dir
+    from veil.home import default_data_dir
+    from veil.up import LocalNetwork
 
     def _stop_on_term(_signum, _frame):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
@@ -130,7 +131,7 @@ def status(
     ),
 ) -> None:
     """Nodes, stakes, releases, balances, deposits and redeemed tickets, read from the chain."""
+    from veil.home import default_data_dir
     from veil.status import print_status
-    from veil.up import default_data_dir
 
     raise typer.Exit(print_status(data_dir or default_data_dir(), deployment, sender))

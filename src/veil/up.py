@@ -34,20 +34,18 @@ from typing import IO, Any
 import httpx
 from rich.console import Console
 
-from veil.home import INFO_FILE, default_data_dir, load_network_info
+from veil.chain.deployment import TOKEN as VEIL  # base units per VEIL
+from veil.home import INFO_FILE
 
 __all__ = [
     "NODE_NAMES",
     "LocalNetwork",
     "NetworkSettings",
     "Service",
-    "default_data_dir",
-    "load_network_info",
     "pick_port",
 ]
 
 NODE_NAMES = ("node-a", "node-b")
-VEIL = 10**18  # base units per VEIL
 
 
 def pick_port(preferred: int) -> int:
@@ -104,15 +102,20 @@ class Service:
             self.proc.kill()
             self.proc.wait()
 
+    def ready(self, url: str) -> bool:
+        """Whether `url` answers 200 now; raises, with the log's tail, if the process died."""
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited during startup:\n{self.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(url, timeout=2).status_code == 200
+        return False
+
     def wait_ready(self, url: str, timeout: float) -> None:
-        """Poll `url` until it answers 200; fail early, with the log's tail, if the process dies."""
+        """Poll `url` until it answers 200; fail early if the process dies."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited during startup:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
+            if self.ready(url):
+                return
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} did not become ready in {timeout:.0f} s")
 
@@ -223,7 +226,7 @@ class LocalNetwork:
         from veil.chain import ChainClient
         from veil.engine.model import locate_model, weights_digest
         from veil.identity import NodeIdentity
-        from veil.identity.keystore import save_keystore
+        from veil.identity.keystore import load_keystore, save_keystore
         from veil.node.descriptor import software_claim
 
         accounts = self.devnet.accounts
@@ -245,8 +248,6 @@ class LocalNetwork:
             )
         else:
             console.print("[green]✓[/] release already approved in the ReleaseLog")
-
-        from veil.identity.keystore import load_keystore
 
         wallet = ChainClient(governance.deployment, load_keystore(self.wallet_path).key)
         funds = wallet.sender_funds()
@@ -313,16 +314,13 @@ class LocalNetwork:
                 if waited > s.model_timeout_s:
                     raise RuntimeError(f"{', '.join(pending)} did not start in time")
                 for name, service in list(pending.items()):
-                    if not service.alive():
-                        raise RuntimeError(f"{name} exited during startup:\n{service.log_tail()}")
-                    with contextlib.suppress(httpx.HTTPError):
-                        if httpx.get(self.node_urls[name] + "/healthz", timeout=2).is_success:
-                            del pending[name]
-                            console.print(
-                                f"[green]✓[/] {name} {self.node_addresses[name]} serving at "
-                                f"{self.node_urls[name]}, staked and registered "
-                                f"(log: {service.log_path})"
-                            )
+                    if service.ready(self.node_urls[name] + "/healthz"):
+                        del pending[name]
+                        console.print(
+                            f"[green]✓[/] {name} {self.node_addresses[name]} serving at "
+                            f"{self.node_urls[name]}, staked and registered "
+                            f"(log: {service.log_path})"
+                        )
                 time.sleep(0.3)
 
     def _start_relay(self, console: Console) -> None:
