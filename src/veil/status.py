@@ -8,13 +8,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_status"]
+from veil.chain.deployment import TOKEN
 
-VEIL = 10**18
+__all__ = ["print_status"]
 
 
 def _veil(amount: int) -> str:
-    return f"{amount / VEIL:,.4f}".rstrip("0").rstrip(".")
+    return f"{amount / TOKEN:,.4f}".rstrip("0").rstrip(".")
 
 
 def _wallet_address(path: Path) -> str | None:

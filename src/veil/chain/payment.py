@@ -26,6 +26,7 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
+from veil.chain.deployment import TOKEN
 from veil.chain.errors import InvalidTicket
 from veil.chain.tickets import (
     Ticket,
@@ -44,6 +45,7 @@ __all__ = [
     "PaymentTicket",
     "TicketParams",
     "expected_value",
+    "format_veil",
     "parse_amount",
 ]
 
@@ -73,7 +75,11 @@ _TICKET_FIELDS = (
 )
 
 
-TOKEN = 10**18  # base units per VEIL
+def format_veil(amount: int) -> str:
+    """Base units as VEIL for messages, exactly: `1.5 VEIL`."""
+    whole, frac = divmod(amount, TOKEN)
+    text = f"{whole}.{frac:018d}".rstrip("0").rstrip(".")
+    return f"{text} VEIL"
 
 
 def parse_amount(text: str) -> int:
@@ -128,18 +134,10 @@ def _object(data: bytes | str, fields: tuple[str, ...], what: str) -> dict[str, 
         raise InvalidTicket(f"{what}: not a JSON object")
     missing = [f for f in fields if f not in obj]
     extra = sorted(set(obj) - set(fields))
-    if missing or extra:
-        raise InvalidTicket(
-            f"{what}: "
-            + "; ".join(
-                part
-                for part in (
-                    f"missing {', '.join(missing)}" if missing else "",
-                    f"unknown {', '.join(extra)}" if extra else "",
-                )
-                if part
-            )
-        )
+    problems = [f"missing {', '.join(missing)}"] if missing else []
+    problems += [f"unknown {', '.join(extra)}"] if extra else []
+    if problems:
+        raise InvalidTicket(f"{what}: " + "; ".join(problems))
     return obj
 
 

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import httpx
 
+from veil.chain.deployment import TOKEN
 from veil.chain.errors import InvalidTicket
-from veil.chain.payment import MEDIA_TICKET_PARAMS, TOKEN, PaymentTicket, TicketParams
+from veil.chain.payment import MEDIA_TICKET_PARAMS, PaymentTicket, TicketParams, format_veil
 from veil.chain.tickets import TicketDomain
 from veil.client.errors import PriceAboveLimit
 from veil.client.transport import relay_url_for
@@ -78,11 +79,6 @@ class Wallet:
 
     def __repr__(self) -> str:
         return f"Wallet({self.address})"
-
-
-def format_amount(amount: int) -> str:
-    """Token base units as VEIL, for messages."""
-    return f"{amount / TOKEN:.6g} VEIL"
 
 
 @dataclass(frozen=True)
@@ -162,14 +158,14 @@ class Payer:
         cap = self.config.max_face_value
         if cap is not None and params.face_value > cap:
             return (
-                f"a winning ticket would pay {format_amount(params.face_value)}, above the "
-                f"limit of {format_amount(cap)}"
+                f"a winning ticket would pay {format_veil(params.face_value)}, above the "
+                f"limit of {format_veil(cap)}"
             )
         cap = self.config.max_expected_value
         if cap is not None and params.expected_value > cap:
             return (
-                f"a request would cost {format_amount(params.expected_value)} on average, "
-                f"above the limit of {format_amount(cap)}"
+                f"a request would cost {format_veil(params.expected_value)} on average, "
+                f"above the limit of {format_veil(cap)}"
             )
         return None
 

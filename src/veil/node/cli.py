@@ -326,7 +326,7 @@ def _register(cfg, app, payments, keys, console) -> None:  # type: ignore[no-unt
             stake=cfg.stake,
             progress=say,
         )
-    from veil.node.payments import format_veil
+    from veil.chain.payment import format_veil
 
     console.print(
         f"registered on chain as [bold]{registration.address}[/], "
@@ -335,7 +335,7 @@ def _register(cfg, app, payments, keys, console) -> None:  # type: ignore[no-unt
 
 
 def _print_offer(payments, console) -> None:  # type: ignore[no-untyped-def]
-    from veil.node.payments import format_veil
+    from veil.chain.payment import format_veil
 
     desk = payments.desk
     path = payments.queue.path

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from veil.chain.errors import ChainError
+from veil.chain.payment import format_veil
 from veil.chain.types import ModelEntry
 from veil.node.errors import NodeSetupError
-from veil.node.payments import format_veil
 
 if TYPE_CHECKING:
     from veil.chain.client import ChainClient

@@ -52,8 +52,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from eth_utils import to_checksum_address
 
+from veil.chain.deployment import TOKEN
 from veil.chain.errors import ChainError, ContractRevert, InvalidTicket, TicketReplayed
-from veil.chain.payment import PaymentTicket, TicketParams, expected_value
+from veil.chain.payment import PaymentTicket, TicketParams, expected_value, format_veil
 from veil.chain.tickets import (
     Ticket,
     TicketDomain,
@@ -79,22 +80,13 @@ __all__ = [
     "TicketDesk",
     "TicketQueue",
     "WinningTicket",
-    "format_veil",
     "open_payments",
 ]
 
 log = logging.getLogger(__name__)
 
-TOKEN = 10**18
 PAYMENT_ERROR = "payment_error"
 _SECP256K1N_HALF = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
-
-
-def format_veil(amount: int) -> str:
-    """Base units as VEIL for messages: `1.5 VEIL`."""
-    whole, frac = divmod(amount, TOKEN)
-    text = f"{whole}.{frac:018d}".rstrip("0").rstrip(".")
-    return f"{text} VEIL"
 
 
 def _refuse(code: str, message: str, status: int = 402) -> APIError:
