@@ -23,6 +23,7 @@ public descriptor fetches go through the relay.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -380,18 +381,19 @@ class Discovery:
                 )
                 continue
             todo.append(info)
-        candidates: list[Candidate] = []
         if cached_only:  # inline: nothing here waits on I/O
-            for info in todo:
-                try:
-                    candidates.append(self._check(info, mode, model_id, cached_only=True))
-                except _Refused as refused:
-                    refusals[info.operator] = refused.refusal
-            return Selection(candidates, refusals)
-        futures = [(info, self._pool.submit(self._check, info, mode, model_id)) for info in todo]
-        for info, future in futures:
+            checks = [
+                (info, functools.partial(self._check, info, mode, model_id, cached_only=True))
+                for info in todo
+            ]
+        else:  # in parallel: a check may fetch and verify a descriptor
+            checks = [
+                (info, self._pool.submit(self._check, info, mode, model_id).result) for info in todo
+            ]
+        candidates: list[Candidate] = []
+        for info, result in checks:
             try:
-                candidates.append(future.result())
+                candidates.append(result())
             except _Refused as refused:
                 refusals[info.operator] = refused.refusal
         return Selection(candidates, refusals)
