@@ -31,6 +31,20 @@ __all__ = [
 BUCKET = 32  # prompt and KV-cache lengths are padded to multiples of this
 MASK_FLOOR = -30.0  # masked scores are pushed to this before the max, so they never win it
 
+# SiLU for MPC (`silu="poly"`): silu(x) = (x + h(x)) / 2 with h(x) = x * tanh(x / 2), which is
+# even and tends to |x|. Inside |x| <= SILU_EDGE, h is this degree-7 polynomial in
+# z = (x / SILU_EDGE)^2 (least squares, weighted towards small |x|: max error of silu 0.0011);
+# outside, h = |x| (error at most 0.034, at the edge). Under SPU that is three rounds of
+# products and one comparison instead of an exponential and a reciprocal (about 50 fewer
+# communication rounds per layer, see docs/benchmarks.md). The constants are literals so that
+# every party compiles exactly the same program.
+SILU_EDGE = 5.0
+SILU_COEFFS = (
+    8.28779654e-05, 12.4712707, -25.0343129, 52.5075905,
+    -83.6579312, 87.277308, -51.4785456, 12.8497542,
+)  # fmt: skip
+SILU_MODES = ("poly", "exact")
+
 LayerWeights = dict[str, np.ndarray]  # name -> [L, ...] stacked over layers, norms folded, public
 
 
@@ -49,6 +63,13 @@ class LlamaShape:
     # public per-norm input scales (attn, mlp per layer), powers of 2; empty means all 1. See
     # `calibrate_norm_scales`: they keep x*x inside the fixed-point range under MPC.
     norm_scales: tuple[float, ...] = ()
+    # the MLP's SiLU: `poly` (the piecewise polynomial above, the MPC default: about 50 fewer
+    # rounds per layer) or `exact` (jax.nn.silu, an exponential and a reciprocal under MPC)
+    silu: str = "poly"
+
+    def __post_init__(self) -> None:
+        if self.silu not in SILU_MODES:
+            raise ValueError(f"silu must be one of {SILU_MODES}, not {self.silu!r}")
 
     def norm_scale(self, layer: int, which: int) -> float:
         return self.norm_scales[2 * layer + which] if self.norm_scales else 1.0
@@ -203,6 +224,27 @@ def _rms_norm(x: Any, eps: float, inv_scale: Any) -> Any:
     return x * jax.lax.rsqrt(var + eps * inv_scale * inv_scale)
 
 
+def _silu(x: Any, mode: str) -> Any:
+    """SiLU, exact (`jax.nn.silu`) or as the piecewise polynomial above (`poly`)."""
+    import jax
+    import jax.numpy as jnp
+
+    if mode == "exact":
+        return jax.nn.silu(x)
+    y = x * x
+    z = y * (1.0 / (SILU_EDGE * SILU_EDGE))
+    z2 = z * z
+    # batched so each level of products is one multiplication (one round) under SPU
+    z3, z4 = jnp.stack([z2, z2]) * jnp.stack([z, z2])
+    z5, z6, z7 = jnp.stack([z4, z3, z4]) * jnp.stack([z, z3, z3])
+    coeffs = jnp.asarray(SILU_COEFFS[1:], dtype=x.dtype)
+    g = SILU_COEFFS[0] + jnp.tensordot(coeffs, jnp.stack([z, z2, z3, z4, z5, z6, z7]), axes=1)
+    # one comparison for both tests: x < 0, and x^2 > edge^2 (outside the polynomial's range)
+    negative = jnp.stack([x, SILU_EDGE * SILU_EDGE - y]) < 0
+    h = jnp.where(negative[1], jnp.where(negative[0], -x, x), g)
+    return 0.5 * (x + h)
+
+
 def _rotate(x: Any, cos: Any, sin: Any) -> Any:
     """Rotary embedding; x is [heads, S, head_dim], cos/sin [S, head_dim] (public)."""
     import jax.numpy as jnp
@@ -265,7 +307,7 @@ def _layer(
     if probe is not None:
         probe.append((jnp.max(jnp.abs(x)), jnp.max(jnp.mean(x * x, axis=-1))))
     m = _rms_norm(x, shape.rms_eps, inv_scale[1])  # norm weights folded into w_gate, w_up
-    x = x + (jax.nn.silu(m @ w["w_gate"]) * (m @ w["w_up"])) @ w["w_down"]
+    x = x + (_silu(m @ w["w_gate"], shape.silu) * (m @ w["w_up"])) @ w["w_down"]
     return x, kc, vc
 
 
