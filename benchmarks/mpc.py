@@ -74,20 +74,26 @@ def main() -> None:
     written = np.array([s.party_written for s in steps], dtype=float)  # [steps, parties]
 
     plain_tokens: list[int] = []
-    plain_prefill = plain_total = float("nan")
+    plain_prefill = plain_total = plain_per_token = float("nan")
     if src.torch_model is not None:
         torch.set_num_threads(2)
         x = torch.tensor([ids])
         with torch.no_grad():
             src.torch_model(x)  # warm-up
             t0 = time.perf_counter()
-            src.torch_model(x)
+            out = src.torch_model(x, use_cache=True)
             plain_prefill = time.perf_counter() - t0
+            step_s = []  # one cached decode step at a time, timed alone
+            for _ in range(max(1, args.tokens - 1)):
+                nxt = out.logits[0, -1].argmax().view(1, 1)
+                t0 = time.perf_counter()
+                out = src.torch_model(nxt, past_key_values=out.past_key_values, use_cache=True)
+                step_s.append(time.perf_counter() - t0)
+            plain_per_token = statistics.median(step_s)
             t0 = time.perf_counter()
-            out = src.torch_model.generate(x, max_new_tokens=args.tokens, do_sample=False)
+            gen = src.torch_model.generate(x, max_new_tokens=args.tokens, do_sample=False)
             plain_total = time.perf_counter() - t0
-        plain_tokens = out[0, len(ids) :].tolist()
-    plain_per_token = (plain_total - plain_prefill) / max(1, args.tokens - 1)
+        plain_tokens = gen[0, len(ids) :].tolist()
 
     result = {
         "model": args.model,
