@@ -319,8 +319,11 @@ class RemoteSession:
         self._tokens = [secrets.token_hex(16) for _ in self._channels]
         try:
             hellos = self._all([({"op": "hello"}, [])] * len(self._channels))
-            links = [h["link"] for h, _ in hellos]
+            links = [h.get("link") for h, _ in hellos]
+            certs = [h.get("cert") for h, _ in hellos]
             for (h, _), name in zip(hellos, self.parties, strict=True):
+                if not isinstance(h.get("cert"), str):  # never fall back to plaintext links
+                    raise MpcConfigError(f"party {name} states no link certificate (mutual TLS)")
                 if h["settings"] != settings.to_dict():
                     raise MpcConfigError(
                         f"party {name} runs {h['settings']}, not {settings.to_dict()}"
@@ -329,12 +332,15 @@ class RemoteSession:
                     raise MpcConfigError(
                         f"party {name} serves other weights ({h['weights_sha256'][:12]})"
                     )
-            if len(set(links)) != len(links):
+            if len(set(links)) != len(links) or len(set(certs)) != len(certs):
                 raise MpcConfigError("two of the chosen parties are the same party")
+            # each party links only with the holders of the other two certificates (mutual
+            # TLS); over a node's route the hellos came sealed to each verified node key
             base = {
                 "op": "open",
                 "session": self.session_id,
                 "links": links,
+                "certs": certs,
                 "settings": settings.to_dict(),
             }
             self._open = True  # from here on, a failure must close what did open
@@ -385,7 +391,8 @@ class RemoteSession:
         errors = [(i, h) for i, (h, _) in sorted(replies.items()) if not h.get("ok")]
         if errors:
             # a party that failed the run reports it; the others' reports are about the same cause
-            i, h = next(((i, h) for i, h in errors if h.get("error") == "party_failure"), errors[0])
+            failed = ("party_failure", "link_failure")
+            i, h = next(((i, h) for i, h in errors if h.get("error") in failed), errors[0])
             name = self._channels[i].name if i < len(self._channels) else "?"
             raise error_from_code(str(h.get("error")), f"party {i} ({name}): {h.get('message')}")
         return [replies[i] for i in range(len(requests))]
