@@ -45,7 +45,7 @@ from veil.node.mpc import NodeParty, build_party
 from veil.relay.app import RelayConfig, create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory
 
-from .conftest import TINY, assert_greedy_agrees, free_port
+from .conftest import TINY, assert_greedy_agrees, free_link_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,7 +81,7 @@ def net(tiny: ModelSource) -> Iterator[Net]:
     for _ in NODE_IDS:
         config = NodeConfig(
             max_body_bytes=MAX_BODY,
-            mpc_link=f"127.0.0.1:{free_port()}",
+            mpc_link=f"127.0.0.1:{free_link_port()}",
             mpc_model=TINY,
             mpc_session_timeout_s=IDLE_S,
             mpc_link_timeout_s=5.0,

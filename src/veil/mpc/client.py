@@ -37,6 +37,7 @@ from veil.mpc.channel import (
     shares_from,
 )
 from veil.mpc.errors import (
+    LinkFailure,
     MpcConfigError,
     MpcError,
     PartyFailure,
@@ -278,12 +279,19 @@ def _channel(spec: Any, timeout_s: float) -> PartyChannel:
     raise MpcConfigError(f"a party is an address, (name, httpx.Client) or a channel, not {spec!r}")
 
 
+# error codes that end the session at once: the other parties are stuck in the same open or run
+_FATAL = frozenset({PartyFailure.code, LinkFailure.code})
+
+
 class RemoteSession:
     """A session across three (or two) parties, each reached through its own channel.
 
     Requests to the parties go out in parallel (one thread each); the first party that cannot
-    be reached fails the call at once. Each party gets its own random token at `open` and
-    every later request carries it, so only this client can drive the session. The session owns
+    be reached, or that reports a failed link or run, fails the call at once. Each party gets
+    its own random token at `open` and every later request carries it, so only this client can
+    drive the session. At `open` each party also gets the three link certificates the parties
+    stated in `hello`, so the parties link (mutual TLS) only with each other; a party that
+    states none is refused (no plaintext links). The session owns
     its channels: `close` ends the session on every party (they wipe their shares and KV
     cache) and closes the channels.
     """
@@ -360,7 +368,8 @@ class RemoteSession:
 
     def _all(self, requests: list[Frame]) -> list[Frame]:
         """Send one request to each party in parallel and collect the replies, failing fast
-        when a party cannot be reached; error replies raise their typed error."""
+        when a party cannot be reached or reports a failed link or run (the others are then
+        stuck until the session is closed); error replies raise their typed error."""
         done: queue.Queue[tuple[int, Frame | BaseException]] = queue.Queue()
 
         def one(i: int, header: dict[str, Any], blobs: list[bytes]) -> None:
@@ -388,11 +397,12 @@ class RemoteSession:
             if isinstance(got, BaseException):
                 raise got
             replies[i] = got
+            if got[0].get("error") in _FATAL:
+                break
         errors = [(i, h) for i, (h, _) in sorted(replies.items()) if not h.get("ok")]
         if errors:
             # a party that failed the run reports it; the others' reports are about the same cause
-            failed = ("party_failure", "link_failure")
-            i, h = next(((i, h) for i, h in errors if h.get("error") in failed), errors[0])
+            i, h = next(((i, h) for i, h in errors if h.get("error") in _FATAL), errors[0])
             name = self._channels[i].name if i < len(self._channels) else "?"
             raise error_from_code(str(h.get("error")), f"party {i} ({name}): {h.get('message')}")
         return [replies[i] for i in range(len(requests))]

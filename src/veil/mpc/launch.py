@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,13 +15,41 @@ from pathlib import Path
 from veil.mpc.errors import PartyFailure
 from veil.mpc.runtime import MpcSettings
 
-__all__ = ["PartyProcess", "free_port", "start_parties", "start_party", "wait_ready"]
+__all__ = [
+    "PartyProcess",
+    "free_link_port",
+    "free_port",
+    "start_parties",
+    "start_party",
+    "wait_ready",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+LINK_PORTS = (20000, 32768)  # below Linux's ephemeral range (32768-60999 by default)
+
+
+def free_link_port(host: str = "127.0.0.1") -> int:
+    """A free port for a party's SPU link, outside the ephemeral range.
+
+    A link port is bound only while a session runs. Between sessions, brpc's reconnect attempts
+    from the peers to it on the same host may get that very port as their own local port (a
+    TCP self-connect) if it is in the ephemeral range; the next session could not bind it.
+    """
+    for _ in range(200):
+        port = secrets.randbelow(LINK_PORTS[1] - LINK_PORTS[0]) + LINK_PORTS[0]
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise PartyFailure(f"no free link port in {LINK_PORTS}")
 
 
 @dataclass
@@ -65,7 +94,7 @@ def start_party(
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    link = link or f"127.0.0.1:{free_port()}"
+    link = link or f"127.0.0.1:{free_link_port()}"
     cmd = [
         sys.executable, "-m", "veil.mpc.cli", "party",
         "--listen", "127.0.0.1:0", "--link", link, "--model", model,

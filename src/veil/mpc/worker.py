@@ -347,7 +347,9 @@ class _Session:
         desc.id = f"veil-{sid}"
         for r, addr in enumerate(links):
             desc.add_party(f"p{r}", addr)
-        desc.recv_timeout_ms = s.link_timeout_ms
+        # SPU's own timeout is a backstop: the parent kills a run that stalls for the link
+        # timeout; it also bounds the wait for peers to join, which may be starting a worker
+        desc.recv_timeout_ms = max(s.link_timeout_ms, int(s.connect_timeout_s * 1000))
         desc.http_timeout_ms = 5_000
         desc.connect_retry_interval_ms = 200
         desc.connect_retry_times = max(1, int(s.connect_timeout_s / 0.2))
