@@ -225,12 +225,16 @@ def _held(services: list, sid: str) -> list[int]:
 
 
 def _wait_idle(services: list, timeout: float = 30.0) -> None:
-    """Until no party has a session and no live worker holds one."""
+    """Until no party has a session, no live worker holds one, and each party has a ready
+    worker for the next session (a killed worker's replacement takes a few seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        views = [(svc.active_sessions(), svc.workers()) for svc, _ in services]
         if all(
-            not svc.active_sessions() and all(w["session"] is None for w in svc.workers())
-            for svc, _ in services
+            not sessions
+            and all(w["session"] is None for w in workers)
+            and any(w["ready"] for w in workers)
+            for sessions, workers in views
         ):
             return
         time.sleep(0.2)

@@ -14,14 +14,13 @@ it, and keep the secret KV cache between steps. The session id is known to all t
 (it names the link); the token is not, so only the client can run, step or close the session on
 a party (a party that knows the id cannot drive its peers and collect their output shares).
 
-Each session runs in a session worker, a spawned process that holds the SPU link and runtime
-(`veil.mpc.worker`): SPU can block for good on a link to a dead peer, and killing the worker is
-the one sure way to stop such a run and free its shares. A session ends, and its state is
-wiped, when the client closes it (during a run too: the worker is killed), when it idles past
-the timeout, or when a run fails or stalls (no byte from the peers for the link timeout: the
-worker is killed); over a TCP control connection, also when that connection closes or the
-client speaks during a run. A killed worker is replaced at once; a worker whose session ended
-cleanly serves the next one (its weights and compiled programs stay warm).
+Each session runs in its own session worker, a spawned process that holds the SPU link and
+runtime (`veil.mpc.worker`): SPU can block for good on a link to a dead peer, and killing the
+worker is the one sure way to stop such a run and free its shares. A session ends, and its
+worker is killed with every share in it, when the client closes it (during a run too), when it
+idles past the timeout, or when a run fails or stalls (no byte from the peers for the link
+timeout); over a TCP control connection, also when that connection closes or the client speaks
+during a run. The next session's worker starts when a session starts (a warm spare).
 
 One session at a time per party: SPU runs are collective, so sessions interleaved in different
 orders on different parties would deadlock; a second client gets `PartyBusy`.
@@ -100,6 +99,7 @@ class PartyService:
 
     `start()` (or `serve()`) starts the reaper of idle sessions and the first session worker;
     `warm()` also waits until that worker is ready; `shutdown()` kills every worker.
+    `status` (TCP, operator only) lists the open sessions and the live workers.
     """
 
     def __init__(
@@ -127,7 +127,7 @@ class PartyService:
             key_path=str(self.identity.key_path),
             log_level=logging.getLogger().getEffectiveLevel(),
         )
-        self._spare: Worker | None = None  # the worker the next session takes
+        self._spare: Worker | None = None  # the fresh worker the next session takes
         self._workers: list[Worker] = []  # every worker started and not yet reaped
         self._sessions: dict[str, _Session] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()
@@ -150,8 +150,9 @@ class PartyService:
         """Start the first session worker and wait until it is ready (weights loaded, and the
         first cache bucket's programs compiled when `config.warm`), so a session starts fast."""
         worker = self._ensure_spare()
-        if worker is not None:
-            worker.wait_ready(self.config.worker_start_timeout_s)
+        limit = self.config.worker_start_timeout_s
+        if worker is not None and not worker.wait_ready(limit, limit):
+            raise PartyFailure(f"the session worker did not start within {limit:g} s")
 
     def active_sessions(self) -> list[str]:
         with self._lock:
@@ -161,7 +162,8 @@ class PartyService:
         """The live session workers: pid, whether ready, the session each holds (None: idle)."""
         with self._lock:
             self._workers = [w for w in self._workers if w.alive]
-            return [{"pid": w.pid, "ready": w.ready, "session": w.session} for w in self._workers]
+            workers = list(self._workers)
+        return [{"pid": w.pid, "ready": w.poll_ready(), "session": w.session} for w in workers]
 
     # -- workers ----------------------------------------------------------------------------
     def _spawn(self) -> Worker:
@@ -180,24 +182,33 @@ class PartyService:
             return self._spare
 
     def _take_worker(self) -> Worker:
+        """The spare for a new session; the next spare starts now, so that the session after
+        this one starts fast too (it has weights loaded and, if warm, programs compiled)."""
         with self._lock:
             if self._stop.is_set():
                 raise PartyBusy("this party is shutting down")
             worker, self._spare = self._spare, None
             if worker is None or not worker.alive:
                 worker = self._spawn()
-            return worker
+        self._ensure_spare()
+        return worker
 
-    def _release_worker(self, worker: Worker, kill: bool, why: str) -> None:
-        """Back to spare after a clean end; killed (and replaced at once) otherwise."""
-        if not kill and worker.alive and worker.end():
-            with self._lock:
-                if self._spare is None and not self._stop.is_set():
-                    self._spare = worker
-                    return
-        worker.kill(why)
-        worker.close()
-        self._ensure_spare()  # the next session should not wait for a cold start
+    def _keep_starting(self, worker: Worker) -> None:
+        """A worker not ready yet goes back to be the spare; it keeps starting."""
+        with self._lock:
+            if (self._spare is None or not self._spare.ready) and not self._stop.is_set():
+                worker, self._spare = self._spare, worker
+        if worker is not None:
+            worker.close()
+
+    def _release_worker(self, worker: Worker, why: str) -> None:
+        """A session's worker dies with the session: every share it held goes with it.
+
+        (Reusing it for the next session was tried: SPU 0.9.5's `stop_link` blocks for about
+        9 s of send retries when a peer stopped first, and brpc can fail a CHECK on a TLS socket
+        closed under an RPC in flight, after which the worker cannot link again.)"""
+        worker.close(why)
+        self._ensure_spare()
 
     # -- session lifecycle ------------------------------------------------------------------
     def open(
@@ -242,7 +253,14 @@ class PartyService:
             self._sessions[sid] = session
         try:
             session.worker = self._take_worker()
-            session.worker.wait_ready(self.config.worker_start_timeout_s)
+            # the peers wait `connect_timeout_s` for this party to join the link: a worker
+            # still starting (just replaced) must be ready well within it, or not be used yet
+            if not session.worker.wait_ready(
+                self.config.connect_timeout_s / 2, self.config.worker_start_timeout_s
+            ):
+                self._keep_starting(session.worker)
+                session.worker = None
+                raise PartyBusy("this party is starting a session worker; retry shortly")
             if session.aborted:
                 raise PartyFailure(f"session {sid} stopped while opening ({session.aborted})")
             session.worker.open(
@@ -256,7 +274,7 @@ class PartyService:
             )
         except BaseException as exc:
             code = exc.code if isinstance(exc, MpcError) else type(exc).__name__
-            self._wipe(session, f"link setup failed: {code}", kill=True)
+            self._wipe(session, f"link setup failed: {code}")
             raise
         finally:
             session.last_used = time.monotonic()
@@ -293,19 +311,24 @@ class PartyService:
                 raise SessionExpired(f"session {sid} ended (closed, timed out or failed)")
         raise UnknownSession("no such session on this party")
 
-    def _wipe(self, session: _Session, why: str, kill: bool = False) -> None:
-        """End the session: its worker wipes every variable and serves on, or (`kill`, or if
-        it cannot) dies with all of them. Call with `session.busy` held, or after `_abort`."""
+    def _wipe(self, session: _Session, why: str) -> None:
+        """End the session: its worker is killed, and every share, the KV cache and the link
+        go with the process. Call with `session.busy` held, or after `_abort`.
+
+        The session stays registered until its worker is dead, so a new session cannot start
+        here (it gets `PartyBusy`) while the old one's link port is still held.
+        """
         with self._lock:
             if self._sessions.get(session.sid) is not session:
                 return
+        worker, session.worker = session.worker, None
+        if worker is not None:
+            self._release_worker(worker, f"session {session.sid} {why}")
+        with self._lock:
             del self._sessions[session.sid]
             self._expired[session.sid] = None
             while len(self._expired) > _EXPIRED_KEPT:
                 self._expired.popitem(last=False)
-        worker, session.worker = session.worker, None
-        if worker is not None:
-            self._release_worker(worker, kill, f"session {session.sid} {why}")
         log.info("session %s wiped (%s)", session.sid, why)
 
     def _abort(self, session: _Session, why: str) -> None:
@@ -317,13 +340,11 @@ class PartyService:
 
     def _end(self, session: _Session, why: str) -> None:
         """End a session whether or not a request holds it (a stuck run is killed)."""
-        kill = False
         if not session.busy.acquire(blocking=False):
             self._abort(session, f"{why} during a run")
             session.busy.acquire()  # the killed request fails at once and releases it
-            kill = True
         try:
-            self._wipe(session, why, kill=kill)
+            self._wipe(session, why)
         finally:
             session.busy.release()
 
@@ -359,7 +380,7 @@ class PartyService:
                     op, shares, self.config.link_timeout_ms / 1000, interrupt
                 )
             except PartyFailure as exc:
-                self._wipe(session, f"run failed: {exc.code}", kill=True)
+                self._wipe(session, f"run failed: {exc.code}")
                 raise
             session.last_used = time.monotonic()
             return make_share(meta, chunks), stats

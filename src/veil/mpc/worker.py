@@ -1,17 +1,18 @@
-"""Session workers: spawned processes that hold a party's SPU link and runtime, one session at a
-time, so that the party can always end a session by killing its worker.
+"""Session workers: spawned processes that each hold one session's SPU link and runtime, so
+that the party can always end a session by killing its worker.
 
 SPU 0.9.5 can keep a run blocked for good on a brpc link to a dead peer (its `recv_timeout`
 does not fire after the send retries fail). A run inside the party's own process could then
 never be stopped, and the session's shares would stay until the party restarts. So every
 session runs in a worker: `python -m veil.mpc.worker`, started with `subprocess` (fork + exec:
 forking a process that already runs SPU deadlocks SPU's global thread pool). The parent
-(`veil.mpc.party.PartyService`) talks to it over a private socket pair and kills it when a run
-fails, stalls (no byte from the peers for the link timeout), or when the client closes or
-abandons the session mid-run; the kill frees every share of the session at once, and the
-parent starts a fresh worker for the next session. A worker whose session ended cleanly
-(closed, idle timeout) wipes the session's variables and serves the next one: it keeps the
-encoded public weights and its compiled programs (the compile cache is per process).
+(`veil.mpc.party.PartyService`) talks to it over a private socket pair and kills it when the
+session ends: closed by the client (also in the middle of a run), idle past the timeout, a run
+that fails, a run that stalls (no byte from the peers for the link timeout), or a client that
+hangs up mid-run. The kill frees every share of the session at once. A worker serves one
+session: SPU's link teardown is not reliable enough to reuse it (see
+`PartyService._release_worker`). The next session's worker is started when a session starts,
+so it is ready (weights loaded, first programs compiled if warm) when that session ends.
 
 The public weights are encoded once by the parent into an unlinked temporary file whose
 descriptor each worker inherits and reads (never the torch model). A worker exits when its
@@ -151,6 +152,7 @@ class Worker:
         finally:
             theirs.close()
         self.pid = self.proc.pid
+        self._started = time.monotonic()
         self._conn = Connection(ours.detach())
         self._lock = threading.Lock()
         self._ready = False
@@ -167,16 +169,49 @@ class Worker:
     def ready(self) -> bool:
         return self._ready
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Block until the worker has loaded the weights (and compiled, if warm)."""
+    def wait_ready(self, timeout_s: float, start_limit_s: float) -> bool:
+        """Wait up to `timeout_s` for the worker to have loaded the weights (and compiled, if
+        warm); False if it is still starting. PartyFailure if it failed, died, or has been
+        starting for more than `start_limit_s` (it is then killed)."""
         with self._lock:
-            if self._ready:
-                return
-            reply = self._await(time.monotonic() + timeout_s, None, None, "start")
+            return self._wait_ready(timeout_s, start_limit_s)
+
+    def poll_ready(self) -> bool:
+        """Whether the worker is ready, without waiting (False while a request holds it)."""
+        if self._ready:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            return self._wait_ready(0.0, float("inf"))
+        except PartyFailure:
+            return False
+        finally:
+            self._lock.release()
+
+    def _wait_ready(self, timeout_s: float, start_limit_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self._ready:
+            if self._killed is not None:
+                raise PartyFailure(f"the session worker was killed ({self._killed})")
+            if time.monotonic() - self._started > start_limit_s:
+                self.kill("it did not start in time")
+                raise PartyFailure(f"session worker did not start in {start_limit_s:g} s")
+            left = deadline - time.monotonic()
+            if not wait([self._conn], max(0.0, min(left, _POLL_S))):
+                if left <= 0:
+                    return False
+                continue
+            try:
+                reply = tuple(self._conn.recv())
+            except (EOFError, OSError):
+                self.kill("it died while starting")
+                raise PartyFailure("the session worker died while starting") from None
             if reply[0] != "ready":
-                self.kill("failed to start")
+                self.kill("it failed to start")
                 raise PartyFailure(f"session worker failed to start: {reply[-1]}")
             self._ready = True
+        return True
 
     def kill(self, why: str) -> None:
         """Kill the process (every share it holds goes with it); a request waiting on it fails
@@ -189,9 +224,9 @@ class Worker:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
 
-    def close(self) -> None:
-        """Kill, then release the parent's end (only once no request is waiting)."""
-        self.kill("discarded")
+    def close(self, why: str = "discarded") -> None:
+        """Kill, then release the parent's end (once no request is waiting on it)."""
+        self.kill(why)
         with self._lock:
             self._conn.close()
 
@@ -215,15 +250,6 @@ class Worker:
         """(output share meta, chunks, stats) of one prefill/step."""
         raw = [(bytes(s.meta), [bytes(c) for c in s.share_chunks]) for s in shares]
         return self.request(("run", op, raw), None, stall_s=stall_s, interrupt=interrupt)
-
-    def end(self, timeout_s: float = 10.0) -> bool:
-        """Wipe the session's variables and stop its link; False if the worker is unusable."""
-        try:
-            self.request(("end",), timeout_s)
-        except MpcError:
-            return False
-        self.session = None
-        return True
 
     def request(
         self,
@@ -297,7 +323,7 @@ class Worker:
 
 # -- the worker process -------------------------------------------------------------------------
 class _Session:
-    """The worker's one session: its SPU link and runtime."""
+    """The worker's one session: its SPU link and runtime (they end with the process)."""
 
     def __init__(self, setup: WorkerSetup, weights: dict[str, Any]) -> None:
         self.setup = setup
@@ -312,8 +338,6 @@ class _Session:
             return self.open(*message[1:])
         if op == "run":
             return self.run(message[1], message[2])
-        if op == "end":
-            return self.end()
         raise ProtocolViolation("unknown worker request")
 
     def open(self, sid: str, rank: int, links: list[str], peer_certs: list[str],
@@ -389,18 +413,6 @@ class _Session:
         if before is not None and after is not None:
             stats.update(read=after[0] - before[0], written=after[1] - before[1])
         return bytes(out.meta), [bytes(c) for c in out.share_chunks], stats
-
-    def end(self) -> None:
-        if self.runtime is not None:
-            self.runtime.close()
-            self.runtime = None
-        if self.link is not None:
-            with contextlib.suppress(Exception):  # a link whose peer died may refuse to stop
-                self.link.stop_link()
-            self.link = None
-        if self.sid is not None:
-            log.info("session %s ended in worker %d", self.sid, os.getpid())
-        self.sid = None
 
 
 def _exit_with_parent() -> None:
