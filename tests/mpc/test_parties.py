@@ -153,8 +153,11 @@ def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
 
         def survivors_free() -> bool:
             views = [_status(p) for p in procs[:2]]
-            return all(
-                not v["sessions"] and all(w["session"] is None for w in v["workers"]) for v in views
+            return all(  # and a fresh worker is ready for the next session
+                not v["sessions"]
+                and all(w["session"] is None for w in v["workers"])
+                and any(w["ready"] for w in v["workers"])
+                for v in views
             )
 
         assert _until(survivors_free, 20), [_status(p) for p in procs[:2]]
