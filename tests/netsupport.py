@@ -41,7 +41,11 @@ class Tap:
                 conn, _ = self.server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # nothing listens there yet: refuse this one too
+                conn.close()
+                continue
             for a, b, inbound in ((conn, upstream, True), (upstream, conn, False)):
                 threading.Thread(target=self._pump, args=(a, b, inbound), daemon=True).start()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from veil.mpc.launch import PartyProcess, free_port, start_parties
+from veil.mpc.launch import PartyProcess, free_link_port, start_parties
 from veil.mpc.runtime import MpcSettings
 from veil.mpc.source import ModelSource, load_source
 
@@ -32,7 +32,7 @@ def read_log(p: PartyProcess) -> str:
     return Path(p.log_path).read_text(errors="replace")
 
 
-__all__ = ["TINY", "free_port", "read_log"]
+__all__ = ["TINY", "free_link_port", "read_log"]
 
 
 def assert_greedy_agrees(

@@ -12,7 +12,7 @@ import pytest
 
 from veil.mpc.channel import MEDIA_MPC, decode_frame, encode_frame
 from veil.mpc.client import HttpChannel, RemoteSession
-from veil.mpc.errors import PartyFailure, PartyUnavailable, ProtocolViolation
+from veil.mpc.errors import MpcConfigError, PartyFailure, PartyUnavailable, ProtocolViolation
 from veil.mpc.runtime import MpcSettings
 
 SETTINGS = MpcSettings()
@@ -35,6 +35,7 @@ class _Fake:
 
     def __init__(self, name: str, die: bool = False) -> None:
         self.name, self.die = name, die
+        self.no_cert = False  # states no link certificate in hello
         self.release = threading.Event()
         self.headers: list[dict[str, Any]] = []
         self.closed = False
@@ -43,8 +44,9 @@ class _Fake:
         self.headers.append(header)
         if header["op"] == "hello":
             link = f"127.0.0.1:{9000 + int(self.name[-1])}"
+            cert = {} if self.no_cert else {"cert": f"PEM of {self.name}"}
             return {"ok": True, "link": link, "settings": SETTINGS.to_dict(),
-                    "weights_sha256": "ab" * 32}, []  # fmt: skip
+                    "weights_sha256": "ab" * 32, **cert}, []  # fmt: skip
         if header["op"] == "open":
             return {"ok": True}, []
         if self.die:
@@ -65,6 +67,7 @@ def test_calls_go_in_parallel_and_fail_fast() -> None:
     s = RemoteSession(fakes, SETTINGS, "ab" * 32)
     opens = [f.headers[1] for f in fakes]
     assert [h["rank"] for h in opens] == [0, 1, 2]
+    assert all(h["certs"] == ["PEM of p0", "PEM of p1", "PEM of p2"] for h in opens)
     tokens = [h["token"] for h in opens]
     assert len(set(tokens)) == 3 and "token" not in fakes[0].headers[0]  # hello carries none
     t0 = time.monotonic()
@@ -78,6 +81,15 @@ def test_calls_go_in_parallel_and_fail_fast() -> None:
     closes = [f.headers[-1] for f in fakes]
     assert [h["op"] for h in closes] == ["close"] * 3
     assert [h["token"] for h in closes] == tokens
+
+
+def test_a_party_stating_no_link_certificate_is_refused() -> None:
+    """No certificate means no mutual TLS between the parties: never open plaintext links."""
+    fakes = [_Fake("p0"), _Fake("p1"), _Fake("p2")]
+    fakes[1].no_cert = True
+    with pytest.raises(MpcConfigError, match="no link certificate"):
+        RemoteSession(fakes, SETTINGS, "ab" * 32)
+    assert all(len(f.headers) == 1 for f in fakes)  # hello only: nobody was asked to open
 
 
 def test_http_channel_maps_answers_to_typed_errors() -> None:

@@ -9,6 +9,8 @@ the client made or got back, no embedding, no token id and no prompt text may ap
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import struct
 import time
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ from veil.identity import NodeIdentity
 from veil.mpc.channel import MEDIA_MPC, decode_frame, encode_frame
 from veil.mpc.client import HttpChannel, RemoteSession, generate, prefill_prompt
 from veil.mpc.errors import (
+    PartyFailure,
     PartyUnavailable,
     ProtocolViolation,
     SessionExpired,
@@ -45,7 +48,7 @@ from veil.node.mpc import NodeParty, build_party
 from veil.relay.app import RelayConfig, create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory
 
-from .conftest import TINY, assert_greedy_agrees, free_port
+from .conftest import TINY, assert_greedy_agrees, free_link_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,7 +84,7 @@ def net(tiny: ModelSource) -> Iterator[Net]:
     for _ in NODE_IDS:
         config = NodeConfig(
             max_body_bytes=MAX_BODY,
-            mpc_link=f"127.0.0.1:{free_port()}",
+            mpc_link=f"127.0.0.1:{free_link_port()}",
             mpc_model=TINY,
             mpc_session_timeout_s=IDLE_S,
             mpc_link_timeout_s=5.0,
@@ -274,3 +277,45 @@ def test_same_node_twice_is_refused(net: Net) -> None:
     with pytest.raises(NodeRejected) as info:
         mpc_parties([(net.relay, "node-a"), (net.relay, "node-b"), (net.relay, "node-a")])
     assert info.value.check == "distinct"
+
+
+def test_a_dead_party_worker_ends_the_session_on_every_node(net: Net, tiny: ModelSource) -> None:
+    """Node c's session worker dies mid-session: the client gets PartyFailure at once, and
+    its close, a sealed request of its own, reaches nodes a and b while their runs are stuck
+    on the dead peer: their workers are killed (the shares with them), and all three serve a
+    new session."""
+    s = RemoteSession(_parties(net)(), SETTINGS, tiny.weights_sha256)
+    try:
+        s.prefill(np.zeros((BUCKET, 64), np.float32), np.ones(BUCKET, np.float32))
+        held = [
+            w["pid"]
+            for p in net.parties
+            for w in p.service.workers()
+            if w["session"] == s.session_id
+        ]
+        assert len(held) == 3
+        os.kill(held[2], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(PartyFailure, match="party 2"):
+            s.step(np.zeros((1, 64), np.float32))
+        assert time.monotonic() - t0 < 15
+    finally:
+        s.close()
+
+    def idle() -> bool:
+        return all(
+            not p.service.active_sessions()
+            and all(w["session"] is None for w in p.service.workers())
+            and any(w["ready"] for w in p.service.workers())
+            for p in net.parties
+        )
+
+    deadline = time.monotonic() + 30
+    while not idle() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert idle(), [p.service.workers() for p in net.parties]
+    for pid in held:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with RemoteSession(_parties(net)(), SETTINGS, tiny.weights_sha256) as s2:
+        assert len(list(generate(s2, tiny.head, PROMPT[:5], 2))) == 2

@@ -1,22 +1,27 @@
 """The full protocol across three party processes on loopback (ABY3, tiny random model).
 
-Correctness against plaintext, what a party receives (privacy), and a party dying mid-session.
+Correctness against plaintext, what a party receives (privacy), and a party dying mid-session
+(the survivors kill the session workers that held it, and serve again).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from netsupport import Tap
+from veil.mpc.channel import recv_frame, send_frame
 from veil.mpc.client import RemoteSession, generate, prefill_prompt
 from veil.mpc.errors import PartyFailure
-from veil.mpc.launch import PartyProcess, start_parties
+from veil.mpc.launch import PartyProcess, start_parties, start_party, wait_ready
 from veil.mpc.local import PlainSession
 from veil.mpc.runtime import MpcSettings
 from veil.mpc.source import ModelSource
@@ -99,32 +104,81 @@ def test_no_plaintext_reaches_a_party(parties: list[PartyProcess], tiny: ModelSo
     assert str(PROMPT_A[:4])[1:-1] not in logs
 
 
+def _status(p: PartyProcess) -> dict:
+    """The operator's view of a party: its sessions and its live session workers."""
+    host, _, port = p.control.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        send_frame(sock, {"op": "status"})
+        return recv_frame(sock)[0]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _until(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.3)
+    return False
+
+
 def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
-    procs = start_parties(TINY, SETTINGS, tmp_path, ("--link-timeout", "5", "--no-warm"))
+    """A party process dies mid-session: the client gets a clear error at once; the survivors
+    kill the session workers that held the session's shares, hold no session, and serve a new
+    session with a restarted third party; the dead party's worker does not outlive it."""
+    args = ("--link-timeout", "5", "--no-warm")
+    procs = start_parties(TINY, SETTINGS, tmp_path, args)
+    workers: list[int] = []
     try:
         s = RemoteSession(_addrs(procs), SETTINGS, tiny.weights_sha256)
         prefill_prompt(s, tiny.head, PROMPT_A[:20])
+        held = [
+            [w["pid"] for w in _status(p)["workers"] if w["session"] == s.session_id] for p in procs
+        ]
+        assert [len(h) for h in held] == [1, 1, 1]
+        workers = [w["pid"] for p in procs for w in _status(p)["workers"]]
         procs[2].kill()
         t0 = time.monotonic()
         with pytest.raises(PartyFailure, match="party 2"):
             s.step(tiny.head.embed([5], 1))
         assert time.monotonic() - t0 < 10
         s.close()
-        # the survivors should free the session once their link to the dead party times out
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if all("wiped" in read_log(p) for p in procs[:2]):
-                return
-            time.sleep(0.5)
-        pytest.xfail(
-            "known limitation: SPU 0.9.5's run blocks forever on a brpc link to a dead peer "
-            "(recv_timeout does not fire after the send retries fail), so the survivors keep "
-            "the session until restarted; running sessions in killable processes needs SPU's "
-            "global thread pool to survive fork (it does not) or a spawn-per-session design"
-        )
+
+        def survivors_free() -> bool:
+            views = [_status(p) for p in procs[:2]]
+            return all(  # and a fresh worker is ready for the next session
+                not v["sessions"]
+                and all(w["session"] is None for w in v["workers"])
+                and any(w["ready"] for w in v["workers"])
+                for v in views
+            )
+
+        assert _until(survivors_free, 20), [_status(p) for p in procs[:2]]
+        assert all(_gone(pid) for pid in held[0] + held[1])  # their shares died with them
+        assert _until(lambda: _gone(held[2][0]), 10)  # the dead party's worker: no orphan
+        log = read_log(procs[0])
+        assert "killed" in log and "wiped" in log
+        # a new session on the survivors and the third party restarted (same link, same cert)
+        procs[2] = start_party(
+            TINY, SETTINGS, tmp_path / "party2-restarted.log", procs[2].link,
+            procs[2].cert_dir, args,
+        )  # fmt: skip
+        wait_ready([procs[2]])
+        with RemoteSession(_addrs(procs), SETTINGS, tiny.weights_sha256) as s2:
+            got = list(generate(s2, tiny.head, PROMPT_B[:20], 2))
+        assert_greedy_agrees(got, tiny, PROMPT_B[:20])
+        workers += [w["pid"] for p in procs for w in _status(p)["workers"]]
     finally:
         for p in procs:
             p.stop()
+    assert _until(lambda: all(_gone(pid) for pid in workers), 10)  # SIGTERM: no orphans
 
 
 class _StubTokenizer:

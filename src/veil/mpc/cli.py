@@ -36,10 +36,16 @@ def party(
     session_timeout: float = typer.Option(300.0, help="seconds an idle session lives"),
     link_timeout: float = typer.Option(60.0, help="seconds a silent peer may take mid-run"),
     warm: bool = typer.Option(True, help="compile the first bucket's programs before READY"),
+    cert_dir: Path | None = typer.Option(
+        None,
+        help="directory of this party's link certificate and key (mutual TLS between parties; "
+        "created on first start, key 0600); default: a fresh pair for this run only",
+    ),
 ) -> None:
     """Serve as one MPC party until SIGTERM; prints `READY <control> <link>` when listening."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("jax").setLevel(logging.WARNING)
+    from veil.mpc.errors import MpcError
     from veil.mpc.party import PartyConfig, PartyService
     from veil.mpc.source import load_source
 
@@ -50,19 +56,40 @@ def party(
         settings=settings,
         session_timeout_s=session_timeout,
         link_timeout_ms=int(link_timeout * 1000),
+        cert_dir=str(cert_dir) if cert_dir else None,
+        warm=warm,
     )
-    service = PartyService(config, src.shape, src.weights, src.weights_sha256)
-    del src  # the service keeps the encoded weights only
-    if warm:
-        service.warm()
-    host, _, port = listen.rpartition(":")
-    addr = service.serve(host, int(port))
-    print(f"READY {addr[0]}:{addr[1]} {link}", flush=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    service.shutdown()
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set() or not serving:  # still starting: leave now (workers are killed)
+            raise SystemExit(1)
+        stop.set()
+
+    serving = False
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        service = PartyService(config, src.shape, src.weights, src.weights_sha256)
+    except MpcError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    del src  # the service keeps the encoded weights only (in a file its workers read)
+    try:
+        service.warm()  # the first session worker is ready before READY
+        host, _, port = listen.rpartition(":")
+        addr = service.serve(host, int(port))
+        serving = True
+        print(f"READY {addr[0]}:{addr[1]} {link}", flush=True)
+        logging.getLogger(__name__).info(
+            "link certificate sha256:%s", service.identity.fingerprint[:16]
+        )
+        stop.wait()
+    except MpcError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        service.shutdown()  # kills every session worker
 
 
 @mpc_app.command()

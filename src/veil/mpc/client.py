@@ -37,6 +37,7 @@ from veil.mpc.channel import (
     shares_from,
 )
 from veil.mpc.errors import (
+    LinkFailure,
     MpcConfigError,
     MpcError,
     PartyFailure,
@@ -278,12 +279,19 @@ def _channel(spec: Any, timeout_s: float) -> PartyChannel:
     raise MpcConfigError(f"a party is an address, (name, httpx.Client) or a channel, not {spec!r}")
 
 
+# error codes that end the session at once: the other parties are stuck in the same open or run
+_FATAL = frozenset({PartyFailure.code, LinkFailure.code})
+
+
 class RemoteSession:
     """A session across three (or two) parties, each reached through its own channel.
 
     Requests to the parties go out in parallel (one thread each); the first party that cannot
-    be reached fails the call at once. Each party gets its own random token at `open` and
-    every later request carries it, so only this client can drive the session. The session owns
+    be reached, or that reports a failed link or run, fails the call at once. Each party gets
+    its own random token at `open` and every later request carries it, so only this client can
+    drive the session. At `open` each party also gets the three link certificates the parties
+    stated in `hello`, so the parties link (mutual TLS) only with each other; a party that
+    states none is refused (no plaintext links). The session owns
     its channels: `close` ends the session on every party (they wipe their shares and KV
     cache) and closes the channels.
     """
@@ -319,8 +327,11 @@ class RemoteSession:
         self._tokens = [secrets.token_hex(16) for _ in self._channels]
         try:
             hellos = self._all([({"op": "hello"}, [])] * len(self._channels))
-            links = [h["link"] for h, _ in hellos]
+            links = [h.get("link") for h, _ in hellos]
+            certs = [h.get("cert") for h, _ in hellos]
             for (h, _), name in zip(hellos, self.parties, strict=True):
+                if not isinstance(h.get("cert"), str):  # never fall back to plaintext links
+                    raise MpcConfigError(f"party {name} states no link certificate (mutual TLS)")
                 if h["settings"] != settings.to_dict():
                     raise MpcConfigError(
                         f"party {name} runs {h['settings']}, not {settings.to_dict()}"
@@ -329,12 +340,15 @@ class RemoteSession:
                     raise MpcConfigError(
                         f"party {name} serves other weights ({h['weights_sha256'][:12]})"
                     )
-            if len(set(links)) != len(links):
+            if len(set(links)) != len(links) or len(set(certs)) != len(certs):
                 raise MpcConfigError("two of the chosen parties are the same party")
+            # each party links only with the holders of the other two certificates (mutual
+            # TLS); over a node's route the hellos came sealed to each verified node key
             base = {
                 "op": "open",
                 "session": self.session_id,
                 "links": links,
+                "certs": certs,
                 "settings": settings.to_dict(),
             }
             self._open = True  # from here on, a failure must close what did open
@@ -354,7 +368,8 @@ class RemoteSession:
 
     def _all(self, requests: list[Frame]) -> list[Frame]:
         """Send one request to each party in parallel and collect the replies, failing fast
-        when a party cannot be reached; error replies raise their typed error."""
+        when a party cannot be reached or reports a failed link or run (the others are then
+        stuck until the session is closed); error replies raise their typed error."""
         done: queue.Queue[tuple[int, Frame | BaseException]] = queue.Queue()
 
         def one(i: int, header: dict[str, Any], blobs: list[bytes]) -> None:
@@ -382,10 +397,12 @@ class RemoteSession:
             if isinstance(got, BaseException):
                 raise got
             replies[i] = got
+            if got[0].get("error") in _FATAL:
+                break
         errors = [(i, h) for i, (h, _) in sorted(replies.items()) if not h.get("ok")]
         if errors:
             # a party that failed the run reports it; the others' reports are about the same cause
-            i, h = next(((i, h) for i, h in errors if h.get("error") == "party_failure"), errors[0])
+            i, h = next(((i, h) for i, h in errors if h.get("error") in _FATAL), errors[0])
             name = self._channels[i].name if i < len(self._channels) else "?"
             raise error_from_code(str(h.get("error")), f"party {i} ({name}): {h.get('message')}")
         return [replies[i] for i in range(len(requests))]

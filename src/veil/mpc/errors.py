@@ -11,6 +11,8 @@ raise the same type again.
      +-- BadShare              a share of the wrong shape, dtype, visibility or encoding
      +-- ProtocolViolation     a malformed or unexpected message on the control channel
      +-- PartyFailure          a party died or an SPU run failed; the session is over
+     |    +-- LinkFailure      the parties could not link for a session (a peer is down, or
+     |                         mutual TLS failed: a certificate is not the one the client gave)
      +-- PartyUnavailable      the node reached hosts no MPC party (`veil node serve` without
                                --mpc-link)
 """
@@ -21,6 +23,7 @@ from veil.errors import VeilError
 
 __all__ = [
     "BadShare",
+    "LinkFailure",
     "MpcConfigError",
     "MpcError",
     "PartyBusy",
@@ -77,6 +80,10 @@ class PartyFailure(MpcError):
     code = "party_failure"
 
 
+class LinkFailure(PartyFailure):
+    code = "link_failure"
+
+
 class PartyUnavailable(MpcError):
     code = "mpc_unavailable"
 
@@ -94,6 +101,7 @@ _BY_CODE: dict[str, type[MpcError]] = {
         BadShare,
         ProtocolViolation,
         PartyFailure,
+        LinkFailure,
         PartyUnavailable,
     )
 }

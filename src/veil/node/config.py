@@ -61,6 +61,9 @@ class NodeConfig:
     mpc_model: str | None = None  # None = the node's own model; "tiny:<seed>" for tests
     mpc_session_timeout_s: float = 300.0  # an idle MPC session is wiped after this
     mpc_link_timeout_s: float = 60.0  # a peer party silent this long mid-run fails the session
+    # the party's link certificate + key (mutual TLS between parties; made on first start, key
+    # 0600); None = beside the identity keystore (<stem>-mpc-link/), else fresh for each run
+    mpc_cert_dir: str | None = None
 
     def __post_init__(self) -> None:
         checks = [

@@ -11,9 +11,17 @@ Sessions belong to no connection here: a session ends when its client closes it,
 past `mpc_session_timeout_s`, or when a run fails. Every request for a session carries the token
 the client gave this party when it opened the session; without it the session is "unknown".
 
+The SPU links to the peers are mutual TLS: the party's link certificate (`mpc_cert_dir`, by
+default beside the identity keystore) is stated in its `hello`, which reaches the client sealed
+to this node's verified key; each session trusts exactly the two peer certificates the client
+gives at `open`. Each session runs in a spawned session worker (`veil.mpc.worker`) that the
+party kills when a run fails or stalls, or when the client closes the session mid-run, so the
+survivors of a dead peer free the session's shares and serve new sessions.
+
 Runs block for seconds, so each request runs on a thread of its own, off the event loop. They
-are daemon threads, so that a run stuck on a dead peer (a known SPU limitation, docs/mpc.md)
-cannot keep the node from exiting; at most `MAX_IN_FLIGHT` run at once, more get `party_busy`.
+are daemon threads, so that a request waiting on a session worker cannot keep the node from
+exiting; at most `MAX_IN_FLIGHT` run at once, more get `party_busy`. At shutdown the party
+kills its workers (and a worker exits by itself when its node process is gone).
 
 Nothing here logs a frame or any part of one: the party logs op names and error codes only.
 """
@@ -24,6 +32,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from veil.mpc.channel import MEDIA_MPC, MPC_PATH, decode_frame, encode_frame
@@ -48,6 +57,7 @@ _STATUS = {
     "session_exists": 409,
     "party_busy": 409,
     "party_failure": 502,
+    "link_failure": 502,
 }
 
 
@@ -67,7 +77,7 @@ class NodeParty:
         self.service.start()
 
     def stop(self) -> None:
-        """Wipe every session (the app's lifespan calls this at shutdown)."""
+        """Wipe every session and kill the session workers (the app's lifespan calls this)."""
         self.service.shutdown()
 
     async def answer(self, body: bytes) -> tuple[int, bytes]:
@@ -125,8 +135,10 @@ def build_party(config: NodeConfig, loaded: Any = None, *, warm: bool = True) ->
     """The party `config.mpc_link` asks for, serving `loaded` (the node's own model, a
     `veil.engine.LoadedModel`) unless `config.mpc_model` names another source (`tiny:<seed>`).
 
-    `warm` compiles the first cache bucket's programs now (seconds for SmolLM2), so the first
-    session is not slow. Raises `NodeSetupError` for settings that cannot work.
+    `warm` starts the first session worker now and waits until it has compiled the first
+    cache bucket's programs (seconds for SmolLM2), so the first session is not slow; without
+    it, workers compile on first use and the first starts with the app. Raises
+    `NodeSetupError` for settings that cannot work (a bad link certificate or key included).
     """
     from veil.mpc.party import PartyConfig, PartyService
     from veil.mpc.runtime import MpcSettings
@@ -151,8 +163,28 @@ def build_party(config: NodeConfig, loaded: Any = None, *, warm: bool = True) ->
         settings=settings,
         session_timeout_s=config.mpc_session_timeout_s,
         link_timeout_ms=int(config.mpc_link_timeout_s * 1000),
+        cert_dir=_cert_dir(config),
+        warm=warm,
     )
-    service = PartyService(party_config, source.shape, source.weights, source.weights_sha256)
+    try:
+        service = PartyService(party_config, source.shape, source.weights, source.weights_sha256)
+    except MpcError as exc:
+        raise NodeSetupError(f"mpc: {exc}") from exc
     if warm:
-        service.warm()
+        try:
+            service.warm()
+        except MpcError as exc:
+            service.shutdown()
+            raise NodeSetupError(f"mpc: {exc}") from exc
     return NodeParty(service)
+
+
+def _cert_dir(config: NodeConfig) -> str | None:
+    """Where the party keeps its link certificate: the configured directory, else beside the
+    node's identity keystore, else nowhere (a fresh certificate for this run)."""
+    if config.mpc_cert_dir is not None:
+        return config.mpc_cert_dir
+    if config.identity_path is not None:
+        identity = Path(config.identity_path)
+        return str(identity.with_name(f"{identity.stem}-mpc-link"))
+    return None
