@@ -419,6 +419,7 @@ def create_app(
             models=[ModelEntry(engine.model_id, bytes.fromhex(weights_sha256))],
             producer=producer,
             lifetime_s=config.descriptor_lifetime_s,
+            mpc=None if party is None else party.descriptor_entry(engine.model_id),
         )
         issuer.current()  # issue at start: a producer that cannot make evidence fails here
         app.state.descriptor_issuer = issuer
