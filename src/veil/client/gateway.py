@@ -732,6 +732,13 @@ class _Gateway:
                         type_="server_error",
                     ) from None
                 self._mpc_sources[model_id] = source
+        if source.tokenizer is None:
+            raise _Error(
+                503,
+                f"this gateway has no tokenizer for {model_id!r} ({source.name}); nothing was sent",
+                "mpc_unavailable",
+                type_="server_error",
+            )
         if source.weights_sha256 != choice.weights_sha256:
             raise _Error(
                 503,
