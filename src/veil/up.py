@@ -154,6 +154,10 @@ class NetworkSettings:
     # limit fit for a single user's gateway, not the relay's public default.
     relay_rate: float = 50.0
     relay_burst: int = 100
+    # The longest wait for a node's next answer piece at the relay. One MPC party request (a
+    # 32-token prefill chunk of the real model) takes minutes when three parties share 2 cores.
+    relay_read_timeout_s: float = 120.0
+    mpc_relay_read_timeout_s: float = 900.0  # used instead with `mpc`
     model_timeout_s: float = 900.0  # the nodes load the model side by side on 2 cores
     # CPU threads per node: the machine's cores shared out, so two busy nodes do not thrash
     # (on 2 cores, two nodes with 2 threads each decode at a third of the speed).
@@ -372,6 +376,12 @@ class LocalNetwork:
                 str(self.settings.relay_rate),
                 "--burst",
                 str(self.settings.relay_burst),
+                "--read-timeout",
+                str(
+                    self.settings.mpc_relay_read_timeout_s
+                    if self.settings.mpc
+                    else self.settings.relay_read_timeout_s
+                ),
             ],
             self.data_dir / "logs" / "relay.log",
         )

@@ -452,3 +452,16 @@ def test_with_mode() -> None:
     assert with_mode("tiny:0:mpc", "mpc") == "tiny:0:mpc"
     assert with_mode("m:tee", "anonymous") == "m:tee"
     assert with_mode("m", "anonymous") == "m"
+
+
+def test_party_clients_wait_as_long_as_a_party_run_on_every_hop(net: Net) -> None:
+    """A real-model prefill chunk takes minutes on a busy machine: the relay hop must not
+    time out at the OHTTP transport's default (120 s) before the party request does."""
+    from veil.client.mpc import parties_of
+    from veil.client.session import connect
+
+    sessions = [connect(net.relay.url, a, mode="mpc") for a in net.addresses]
+    for _, client in parties_of(sessions, timeout_s=700.0)():
+        assert client.timeout.read == 700.0
+        assert client._transport._inner._http.timeout.read == 700.0  # type: ignore[attr-defined]
+        client.close()

@@ -408,7 +408,8 @@ def gateway(
         "use it with the openai SDK:\n"
         f'  client = openai.OpenAI(base_url="{base}", api_key="unused")\n'
         '  client.chat.completions.create(model="smollm2-135m-instruct", messages=[...])\n'
-        "  (model suffix :anonymous or :tee, or header x-veil-mode, picks the privacy mode)\n"
+        "  (model suffix :anonymous, :tee or :mpc, or header x-veil-mode, picks the privacy "
+        "mode)\n"
         f"status: http://{host}:{port}/veil/status; Ctrl-C stops"
     )
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly on Ctrl-C

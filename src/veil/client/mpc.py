@@ -89,9 +89,16 @@ def parties_of(sessions: Sequence[VeilSession], *, timeout_s: float = 600.0) -> 
             check="distinct",
         )
     held = list(sessions)
+    relay_timeout = httpx.Timeout(timeout_s, connect=10.0)  # the relay hop of each request
 
     def fresh() -> list[tuple[str, httpx.Client]]:
-        return [(s.node_id, httpx.Client(transport=s.transport(), timeout=timeout_s)) for s in held]
+        return [
+            (
+                s.node_id,
+                httpx.Client(transport=s.transport(timeout=relay_timeout), timeout=timeout_s),
+            )
+            for s in held
+        ]
 
     return fresh
 
