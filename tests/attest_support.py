@@ -8,7 +8,14 @@ from pathlib import Path
 from veil.attest.evidence import KIND_TDX, TdxEvidence
 from veil.attest.producer import DevProducer, issue_descriptor
 from veil.attest.report import AttestationReport, Step, StepStatus
-from veil.identity import Descriptor, Evidence, ModelEntry, NodeIdentity, SignedDescriptor
+from veil.identity import (
+    Descriptor,
+    Evidence,
+    ModelEntry,
+    MpcParty,
+    NodeIdentity,
+    SignedDescriptor,
+)
 from veil.node.gateway import NodeKeys
 
 # tests/ -> worktree -> /work, then shared/testdata
@@ -47,6 +54,7 @@ def dev_descriptor(
     now: int = TDX_NOW,
     lifetime_s: int = 3600,
     models: tuple[ModelEntry, ...] = (ModelEntry("smollm2-135m-instruct", MODEL_HASH),),
+    mpc: MpcParty | None = None,
 ) -> SignedDescriptor:
     return issue_descriptor(
         identity,
@@ -57,6 +65,7 @@ def dev_descriptor(
         software=SOFTWARE,
         lifetime_s=lifetime_s,
         now=now,
+        mpc=mpc,
     )
 
 

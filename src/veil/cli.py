@@ -53,11 +53,18 @@ def up(
         True, "--wait/--no-wait", help="Keep the network up until Ctrl-C (--no-wait: stop)."
     ),
     max_tokens: int = typer.Option(96, help="Longest answer, in tokens."),
+    mpc: bool = typer.Option(
+        False,
+        "--mpc/--no-mpc",
+        help="Three nodes instead of two, each also an MPC party, so the gateway serves "
+        "<model>:mpc (`veil chat --mode mpc`). Each node loads the model (~1.2 GB each).",
+    ),
 ) -> None:
     """Start a local Veil network and chat through it; Ctrl-C stops everything.
 
-    The devnet chain with Veil's contracts, two nodes that stake and register themselves,
-    the relay (nodes from the on-chain registry) and the OpenAI-compatible gateway.
+    The devnet chain with Veil's contracts, two nodes that stake and register themselves
+    (three MPC party nodes with --mpc), the relay (nodes from the on-chain registry) and the
+    OpenAI-compatible gateway.
     """
     import signal
     import sys
@@ -68,14 +75,14 @@ def up(
 
     from veil.client.cli import DEFAULT_MODEL, gateway_openai, gateway_reply, run_gateway_repl
     from veil.home import default_data_dir
-    from veil.up import LocalNetwork
+    from veil.up import LocalNetwork, NetworkSettings
 
     def _stop_on_term(_signum, _frame):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop_on_term)
     console = Console()
-    net = LocalNetwork(data_dir or default_data_dir())
+    net = LocalNetwork(data_dir or default_data_dir(), NetworkSettings(mpc=mpc))
     if interactive is None:
         interactive = sys.stdin.isatty()
     try:
@@ -87,6 +94,13 @@ def up(
             f"  chat:   veil chat          status: veil status\n"
             f"  models: {DEFAULT_MODEL} (anonymous mode), "
             f"{DEFAULT_MODEL}:tee is refused here (nodes have dev evidence only)"
+            + (
+                f",\n          {DEFAULT_MODEL}:mpc on the MPC parties of "
+                f"{', '.join(net.node_links)} (`veil chat --mode mpc`; about 75 s for the "
+                "prompt, then about 10 s per token on 2 cores; not paid)"
+                if net.node_links
+                else ""
+            )
         )
         client = gateway_openai(net.gateway_url)
         params = {"max_tokens": max_tokens, "temperature": 0.7}

@@ -1,4 +1,8 @@
-"""`veil status`: what the chain says about a Veil network, as an auditor would read it."""
+"""`veil status`: what the chain says about a Veil network, as an auditor would read it.
+
+The one thing not on chain is whether a node hosts an MPC party: that is in its signed
+descriptor, fetched from its registered endpoint (signature and address checked; a node that
+does not answer shows `?`)."""
 
 from __future__ import annotations
 
@@ -29,6 +33,26 @@ def _wallet_address(path: Path) -> str | None:
     return address if address.startswith("0x") else "0x" + address
 
 
+def _mpc_party(endpoint: str, operator: str) -> str:
+    """What the node's signed descriptor says of its MPC party: `aby3: <model>`, `no`, or
+    `?` (no descriptor, or one not signed by the operator)."""
+    import httpx
+
+    from veil.errors import VeilError
+    from veil.identity import DESCRIPTOR_PATH, SignedDescriptor
+
+    try:
+        response = httpx.get(endpoint.rstrip("/") + DESCRIPTOR_PATH, timeout=3.0)
+        signed = SignedDescriptor.parse(response.content)
+        signed.verify_signature()
+    except (httpx.HTTPError, VeilError):
+        return "?"
+    if signed.descriptor.address.lower() != operator.lower():
+        return "?"
+    party = signed.descriptor.mpc
+    return "no" if party is None else f"{party.protocol}: {party.model_id}"
+
+
 def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str]) -> int:
     """Print the chain's view; returns the exit code (1 when the chain cannot be read)."""
     from veil.chain import ChainClient, Deployment
@@ -53,6 +77,7 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
             "stake",
             "active",
             "models",
+            "MPC party",
             "balance",
             "not withdrawn",
             "tickets won",
@@ -67,6 +92,7 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
                 _veil(node.stake),
                 "yes" if node.active else "no",
                 ", ".join(f"{m.model_id} ({m.weights_hash.hex()[:8]})" for m in node.models),
+                _mpc_party(node.endpoint, operator),
                 _veil(client.token_balance(operator)),
                 _veil(client.earnings(operator)),
                 str(len(won)),

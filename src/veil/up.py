@@ -6,13 +6,16 @@ visible and Ctrl-C stops them all, gateway first, chain last):
 * the devnet chain (anvil) with Veil's contracts; its state is kept in `chain/state.json`, so a
   second `veil up` finds the same deployment, stakes, deposits and redeemed tickets;
 * two nodes, `node-a` and `node-b`, each with its own identity, OHTTP keys and ticket queue;
-  each registers and stakes itself on-chain at start and is paid with tickets;
+  each registers and stakes itself on-chain at start and is paid with tickets. With `mpc`
+  (`veil up --mpc`) a third, `node-c`, and each of the three also hosts an MPC party
+  (`--mpc-link` on its own loopback port) and says so in its signed descriptor, so the
+  gateway serves `<model>:mpc`. Each node loads the model: three need about 3.5 GB of memory;
 * the packaged model's release, published once to the ReleaseLog by governance;
 * a relay whose node list is the on-chain registry;
 * the client gateway (OpenAI-compatible, on localhost) paying from the user's wallet.
 
 Devnet accounts (anvil's public test mnemonic, never for real funds): 0 deploys and governs,
-1 and 2 operate the nodes, 3 is the user's pseudonymous wallet.
+1 and 2 operate node-a and node-b, 3 is the user's pseudonymous wallet, 4 operates node-c.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from veil.chain.deployment import TOKEN as VEIL  # base units per VEIL
 from veil.home import INFO_FILE
 
 __all__ = [
+    "MPC_NODE_NAMES",
     "NODE_NAMES",
     "LocalNetwork",
     "NetworkSettings",
@@ -46,6 +50,9 @@ __all__ = [
 ]
 
 NODE_NAMES = ("node-a", "node-b")
+MPC_NODE_NAMES = ("node-a", "node-b", "node-c")  # `veil up --mpc`: three parties
+# devnet account index per node (3 is the wallet: kept so, so state from older runs still fits)
+_NODE_ACCOUNT = {"node-a": 1, "node-b": 2, "node-c": 4}
 
 
 def pick_port(preferred: int) -> int:
@@ -131,7 +138,9 @@ class NetworkSettings:
     """Knobs of a local network (the defaults suit a demo; tests raise the win probability)."""
 
     chain_port: int = 8545
-    node_ports: tuple[int, ...] = (8701, 8702)
+    node_ports: tuple[int, ...] = (8701, 8702, 8703)  # preferred, one per node
+    mpc: bool = False  # three nodes, each also an MPC party (the gateway serves <model>:mpc)
+    mpc_link_ports: tuple[int, ...] = (7101, 7102, 7103)  # preferred SPU link ports
     relay_port: int = 8780
     gateway_port: int = 8787
     stake: int = 100 * VEIL  # per node
@@ -145,14 +154,19 @@ class NetworkSettings:
     # limit fit for a single user's gateway, not the relay's public default.
     relay_rate: float = 50.0
     relay_burst: int = 100
-    model_timeout_s: float = 600.0  # two nodes load the model side by side on 2 cores
+    # The longest wait for a node's next answer piece at the relay. One MPC party request (a
+    # 32-token prefill chunk of the real model) takes minutes when three parties share 2 cores.
+    relay_read_timeout_s: float = 120.0
+    mpc_relay_read_timeout_s: float = 900.0  # used instead with `mpc`
+    model_timeout_s: float = 900.0  # the nodes load the model side by side on 2 cores
     # CPU threads per node: the machine's cores shared out, so two busy nodes do not thrash
     # (on 2 cores, two nodes with 2 threads each decode at a third of the speed).
     node_threads: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
 
 
 class LocalNetwork:
-    """The chain, two nodes, a relay and the gateway on loopback, with state under `data_dir`."""
+    """The chain, two nodes (three MPC party nodes with `mpc`), a relay and the gateway on
+    loopback, with state under `data_dir`."""
 
     def __init__(
         self,
@@ -172,6 +186,8 @@ class LocalNetwork:
         self.nodes: dict[str, Service] = {}
         self.node_urls: dict[str, str] = {}
         self.node_addresses: dict[str, str] = {}
+        self.node_links: dict[str, str] = {}  # node name -> its MPC party's link address
+        self.node_names = MPC_NODE_NAMES if self.settings.mpc else NODE_NAMES
         self.relay: Service | None = None
         self.gateway: Service | None = None
         self.relay_url = ""
@@ -230,10 +246,11 @@ class LocalNetwork:
         from veil.node.descriptor import software_claim
 
         accounts = self.devnet.accounts
-        for index, name in enumerate(NODE_NAMES, start=1):
+        for name in self.node_names:
             path = self.data_dir / name / "identity.json"
             if not path.exists():
-                NodeIdentity(Account.from_key(accounts[index].private_key)).save(path)
+                key = accounts[_NODE_ACCOUNT[name]].private_key
+                NodeIdentity(Account.from_key(key)).save(path)
             self.node_addresses[name] = NodeIdentity.load(path).address
         if not self.wallet_path.exists():
             save_keystore(Account.from_key(accounts[3].private_key), self.wallet_path)
@@ -265,8 +282,8 @@ class LocalNetwork:
     def _start_nodes(self, console: Console) -> None:
         s = self.settings
         logs = self.data_dir / "logs"
-        for name, preferred in zip(NODE_NAMES, s.node_ports, strict=True):
-            port = pick_port(preferred)
+        for i, name in enumerate(self.node_names):
+            port = pick_port(s.node_ports[i] if i < len(s.node_ports) else 0)
             url = f"http://127.0.0.1:{port}"
             node_dir = self.data_dir / name
             self.node_urls[name] = url
@@ -297,6 +314,7 @@ class LocalNetwork:
                     str(node_dir / "tickets.jsonl"),
                     "--withdraw-interval",
                     str(s.withdraw_interval_s),
+                    *self._party_args(i, name),
                 ],
                 logs / f"{name}.log",
             )
@@ -309,19 +327,38 @@ class LocalNetwork:
                 waited = time.monotonic() - started
                 status.update(
                     f"loading the model in {', '.join(pending)} and registering on-chain "
-                    f"({waited:.0f} s; about 30-60 s on 2 cores)..."
+                    + (
+                        f"({waited:.0f} s; about 30-60 s on 2 cores)..."
+                        if not s.mpc
+                        else f"and preparing their MPC parties ({waited:.0f} s; a few minutes "
+                        "on 2 cores)..."
+                    )
                 )
                 if waited > s.model_timeout_s:
                     raise RuntimeError(f"{', '.join(pending)} did not start in time")
                 for name, service in list(pending.items()):
                     if service.ready(self.node_urls[name] + "/healthz"):
                         del pending[name]
+                        party = (
+                            f", MPC party (aby3) with its SPU link on {self.node_links[name]}"
+                            if name in self.node_links
+                            else ""
+                        )
                         console.print(
                             f"[green]✓[/] {name} {self.node_addresses[name]} serving at "
-                            f"{self.node_urls[name]}, staked and registered "
+                            f"{self.node_urls[name]}, staked and registered{party} "
                             f"(log: {service.log_path})"
                         )
                 time.sleep(0.3)
+
+    def _party_args(self, index: int, name: str) -> list[str]:
+        """`--mpc-link` for a node that hosts an MPC party (all of them with `mpc`)."""
+        if not self.settings.mpc:
+            return []
+        ports = self.settings.mpc_link_ports
+        link = f"127.0.0.1:{pick_port(ports[index] if index < len(ports) else 0)}"
+        self.node_links[name] = link
+        return ["--mpc-link", link]
 
     def _start_relay(self, console: Console) -> None:
         port = pick_port(self.settings.relay_port)
@@ -339,6 +376,12 @@ class LocalNetwork:
                 str(self.settings.relay_rate),
                 "--burst",
                 str(self.settings.relay_burst),
+                "--read-timeout",
+                str(
+                    self.settings.mpc_relay_read_timeout_s
+                    if self.settings.mpc
+                    else self.settings.relay_read_timeout_s
+                ),
             ],
             self.data_dir / "logs" / "relay.log",
         )
@@ -387,8 +430,12 @@ class LocalNetwork:
             "deployment": str(self.deployment_path),
             "wallet": str(self.wallet_path),
             "nodes": {
-                name: {"address": self.node_addresses[name], "url": self.node_urls[name]}
-                for name in NODE_NAMES
+                name: {
+                    "address": self.node_addresses[name],
+                    "url": self.node_urls[name],
+                    "mpc_link": self.node_links.get(name),
+                }
+                for name in self.node_names
             },
             "pid": os.getpid(),
         }

@@ -203,9 +203,10 @@ def test_mode_errors(gateway: ServerThread) -> None:
         headers={"x-veil-mode": "anonymous"},
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "mode_conflict"
+    # no node here hosts an MPC party: refused, never answered in another mode
     r = post(gateway, {"model": MODEL + ":mpc", "messages": MESSAGES})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "mode_unavailable"
-    assert "not available through the gateway yet" in r.json()["error"]["message"]
+    assert r.status_code == 503 and r.json()["error"]["code"] == "mpc_unavailable"
+    assert "no verified node hosts an MPC party" in r.json()["error"]["message"]
     r = post(gateway, {"model": MODEL, "messages": MESSAGES}, headers={"x-veil-mode": "weak"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_mode"
 

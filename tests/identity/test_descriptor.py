@@ -18,6 +18,7 @@ from veil.identity import (
     DescriptorSignatureInvalid,
     Evidence,
     ModelEntry,
+    MpcParty,
     NodeIdentity,
     SignedDescriptor,
     load_descriptor,
@@ -104,6 +105,7 @@ def _without(field: str) -> bytes:
 
 
 GOOD_MODEL = {"id": "m", "weights_sha256": "0x" + "ab" * 32}
+GOOD_MPC = {"protocol": "aby3", "model": "m", "weights_sha256": "0x" + "cd" * 32}
 
 
 @pytest.mark.parametrize(
@@ -155,6 +157,19 @@ GOOD_MODEL = {"id": "m", "weights_sha256": "0x" + "ab" * 32}
         (_with(issued_at=-1), "descriptor.issued_at"),
         (_with(issued_at="1"), "descriptor.issued_at"),
         (_with(expires_at=_body()["issued_at"]), "descriptor.expires_at"),
+        (_with(mpc=None), "descriptor.mpc"),
+        (_with(mpc=[GOOD_MPC]), "descriptor.mpc"),
+        (_with(mpc={"protocol": "aby3", "model": "m"}), "descriptor.mpc"),
+        (_with(mpc={**GOOD_MPC, "link": "127.0.0.1:7101"}), "descriptor.mpc"),
+        (_with(mpc={**GOOD_MPC, "protocol": "ABY3"}), "descriptor.mpc.protocol"),
+        (_with(mpc={**GOOD_MPC, "protocol": ""}), "descriptor.mpc.protocol"),
+        (_with(mpc={**GOOD_MPC, "protocol": 3}), "descriptor.mpc.protocol"),
+        (_with(mpc={**GOOD_MPC, "model": "bad id"}), "descriptor.mpc.model"),
+        (
+            _with(mpc={**GOOD_MPC, "weights_sha256": "0x" + "cd" * 31}),
+            "descriptor.mpc.weights_sha256",
+        ),
+        (_with(mpc={**GOOD_MPC, "weights_sha256": "cd" * 32}), "descriptor.mpc.weights_sha256"),
     ],
 )
 def test_malformed_descriptors_name_the_failed_check(data: bytes, check: str) -> None:
@@ -197,6 +212,29 @@ def test_any_single_byte_change_is_refused(position: int, xor: int) -> None:
         load_descriptor(bytes(data), NOW)
 
 
+def test_a_descriptor_without_mpc_is_unchanged_and_one_with_it_round_trips() -> None:
+    assert "mpc" not in _body() and SIGNED.descriptor.mpc is None  # old descriptors stay valid
+    party = MpcParty("aby3", "smollm2-135m-instruct", bytes.fromhex("cd" * 32))
+    with_party = dev_descriptor(IDENTITY, KEYS, now=NOW, mpc=party)
+    wire = with_party.encode()
+    assert json.loads(wire)["descriptor"]["mpc"] == {
+        "protocol": "aby3",
+        "model": "smollm2-135m-instruct",
+        "weights_sha256": "0x" + "cd" * 32,
+    }
+    loaded = load_descriptor(wire, NOW)
+    assert loaded.descriptor.mpc == party and loaded.encode() == wire
+    # the party is signed: adding, changing or dropping it breaks the signature
+    with pytest.raises(DescriptorSignatureInvalid):
+        load_descriptor(mutate_body(SIGNED, mpc=party.to_json()), NOW)
+    with pytest.raises(DescriptorSignatureInvalid):
+        load_descriptor(mutate_body(with_party, mpc={**party.to_json(), "protocol": "semi2k"}), NOW)
+    dropped = json.loads(wire)
+    del dropped["descriptor"]["mpc"]
+    with pytest.raises(DescriptorSignatureInvalid):
+        load_descriptor(json.dumps(dropped), NOW)
+
+
 model_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,20}", fullmatch=True)
 
 
@@ -214,6 +252,13 @@ model_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,20}", fullmatch=True
     evidence=st.binary(min_size=1, max_size=200),
     issued_at=st.integers(0, 2**40 - 2),
     lifetime=st.integers(1, 10**6),
+    mpc=st.none()
+    | st.builds(
+        MpcParty,
+        st.from_regex(r"[a-z][a-z0-9]{0,15}", fullmatch=True),
+        model_ids,
+        st.binary(min_size=32, max_size=32),
+    ),
 )
 def test_any_valid_descriptor_round_trips(
     endpoint: str,
@@ -223,6 +268,7 @@ def test_any_valid_descriptor_round_trips(
     evidence: bytes,
     issued_at: int,
     lifetime: int,
+    mpc: MpcParty | None,
 ) -> None:
     descriptor = Descriptor(
         address=IDENTITY.address,
@@ -233,6 +279,7 @@ def test_any_valid_descriptor_round_trips(
         evidence=Evidence(kind, evidence),
         issued_at=issued_at,
         expires_at=min(issued_at + lifetime, 2**40),
+        mpc=mpc,
     )
     wire = descriptor.sign(IDENTITY).encode()
     assert load_descriptor(wire, issued_at).descriptor == descriptor

@@ -27,7 +27,13 @@ from veil.attest.report import NO_HARDWARE_ISOLATION
 from veil.attest.tdx import CollateralSource
 from veil.identity.account import NodeIdentity
 from veil.identity.binding import report_data
-from veil.identity.descriptor import Descriptor, Evidence, ModelEntry, SignedDescriptor
+from veil.identity.descriptor import (
+    Descriptor,
+    Evidence,
+    ModelEntry,
+    MpcParty,
+    SignedDescriptor,
+)
 
 __all__ = [
     "DEFAULT_TSM_ROOT",
@@ -119,8 +125,10 @@ def issue_descriptor(
     software: bytes,
     lifetime_s: int = 24 * 3600,
     now: int | None = None,
+    mpc: MpcParty | None = None,
 ) -> SignedDescriptor:
-    """A signed descriptor whose evidence binds its own address, keys, models and issue time."""
+    """A signed descriptor whose evidence binds its own address, keys, models and issue time
+    (and that states the MPC party the node hosts, when `mpc` is given)."""
     issued_at = int(time.time()) if now is None else now
     data = report_data(
         identity.address, ohttp_keys, (m.weights_hash for m in models), issued_at=issued_at
@@ -135,5 +143,6 @@ def issue_descriptor(
         evidence=evidence,
         issued_at=issued_at,
         expires_at=issued_at + lifetime_s,
+        mpc=mpc,
     )
     return descriptor.sign(identity)

@@ -115,6 +115,13 @@ def gateway_openai(gateway_url: str) -> Any:
 
 def answered_line(headers: Any, *, streamed: bool) -> str:
     """Who answered and what was checked, from the gateway's response headers."""
+    if headers.get("x-veil-mode") == "mpc":
+        nodes = headers.get("x-veil-nodes", "unknown nodes").replace(",", ", ")
+        return (
+            f"computed by MPC parties {nodes} ({headers.get('x-veil-mpc-protocol', '?')}, "
+            f"attestation {headers.get('x-veil-attestation', 'unknown')}): each saw only "
+            "secret shares, never the prompt or the answer; no receipt in this mode"
+        )
     node = headers.get("x-veil-node", "unknown node")
     attestation = headers.get("x-veil-attestation", "unknown attestation")
     receipt = headers.get("x-veil-receipt") or ("verified" if streamed else "not reported")
@@ -189,6 +196,16 @@ def _default_gateway() -> str:
         return "http://127.0.0.1:8787"
 
 
+def with_mode(model: str, mode: str) -> str:
+    """The model id the gateway is asked for: `model:mode`, unless `model` already ends with
+    a mode suffix or the mode is the default (anonymous)."""
+    from veil.client.policy import PrivacyMode
+
+    if model.rpartition(":")[2] in {m.value for m in PrivacyMode} or mode == "anonymous":
+        return model
+    return f"{model}:{mode}"
+
+
 def chat_via_gateway(
     gateway: str | None, model: str, mode: str, prompt: str | None, params: dict[str, Any]
 ) -> None:
@@ -196,7 +213,7 @@ def chat_via_gateway(
 
     url = gateway or _default_gateway()
     client = gateway_openai(url)
-    asked = model if ":" in model or mode == "anonymous" else f"{model}:{mode}"
+    asked = with_mode(model, mode)
     _err(f"chatting through the Veil gateway at {url} (model {asked})")
     history: list[dict[str, str]] = []
     try:
@@ -231,8 +248,9 @@ def chat(
     temperature: float = typer.Option(0.7, help="0 for greedy decoding."),
     mode: str = typer.Option(
         "anonymous",
-        help="Privacy mode: anonymous (accepts dev nodes, with a warning) or tee; through the "
-        "gateway it is sent as the model suffix (model:mode).",
+        help="Privacy mode: anonymous (accepts dev nodes, with a warning), tee, or mpc (three "
+        "nodes compute on secret shares; through the gateway only, about 10 s per token); "
+        "through the gateway it is sent as the model suffix (model:mode).",
     ),
     releases: Path | None = typer.Option(
         None, help="JSON list of approved releases (required by --mode tee)."
@@ -254,6 +272,12 @@ def chat(
         return
     if relay is None or node is None:
         _err("error: --relay and --node go together (or use neither, for the gateway)")
+        raise typer.Exit(2)
+    if mode == "mpc":
+        _err(
+            "error: the mpc mode needs three nodes: use the gateway (no --relay/--node), or "
+            "`veil mpc chat --relay URL --nodes A,B,C`"
+        )
         raise typer.Exit(2)
 
     try:
@@ -384,7 +408,8 @@ def gateway(
         "use it with the openai SDK:\n"
         f'  client = openai.OpenAI(base_url="{base}", api_key="unused")\n'
         '  client.chat.completions.create(model="smollm2-135m-instruct", messages=[...])\n'
-        "  (model suffix :anonymous or :tee, or header x-veil-mode, picks the privacy mode)\n"
+        "  (model suffix :anonymous, :tee or :mpc, or header x-veil-mode, picks the privacy "
+        "mode)\n"
         f"status: http://{host}:{port}/veil/status; Ctrl-C stops"
     )
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly on Ctrl-C

@@ -408,11 +408,10 @@ class Discovery:
 
     # ------------------------------------------------------------------ choice and health
 
-    def pick(
-        self, candidates: Iterable[Candidate], exclude: Iterable[str] = ()
-    ) -> Candidate | None:
-        """The candidate with the fewest requests in flight, then the lowest time to first
-        byte (a node not measured yet counts as fastest, so it gets tried); None if none."""
+    def rank(self, candidates: Iterable[Candidate], exclude: Iterable[str] = ()) -> list[Candidate]:
+        """The candidates not excluded nor down, best first: fewest requests in flight, then
+        the lowest time to first byte (a node not measured yet counts as fastest, so it gets
+        tried), then the order given."""
         skip = {op.lower() for op in exclude}
         now = self._clock()
         with self._lock:
@@ -422,7 +421,14 @@ class Discovery:
                 if c.operator.lower() in skip or h.down_until > now:
                     continue
                 ranked.append((h.in_flight, h.ttfb_s or 0.0, i, c))
-        return min(ranked, key=lambda r: r[:3])[3] if ranked else None
+        return [r[3] for r in sorted(ranked, key=lambda r: r[:3])]
+
+    def pick(
+        self, candidates: Iterable[Candidate], exclude: Iterable[str] = ()
+    ) -> Candidate | None:
+        """The best of `rank` (None if none)."""
+        ranked = self.rank(candidates, exclude)
+        return ranked[0] if ranked else None
 
     def started(self, operator: str) -> None:
         with self._lock:
@@ -469,6 +475,15 @@ class Discovery:
                         "verified": False,
                         "reason": refusal.reason if refusal else "not checked",
                     }
+            party = next(
+                (
+                    c.session.report.descriptor.mpc
+                    for sel in selections.values()
+                    for c in sel.candidates
+                    if c.operator == info.operator and c.session.report.descriptor is not None
+                ),
+                None,
+            )
             out.append(
                 {
                     "address": info.operator,
@@ -480,6 +495,7 @@ class Discovery:
                         for m in info.models
                     ],
                     "modes": verified,
+                    "mpc_party": None if party is None else party.to_json(),
                     "in_flight": h.in_flight,
                     "ttfb_ms": None if h.ttfb_s is None else round(h.ttfb_s * 1000, 1),
                     "down_for_s": max(0.0, round(h.down_until - now, 1)),

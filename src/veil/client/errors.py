@@ -14,6 +14,8 @@ VeilError
      ├─ NodeRejected          a node failed verification under the policy (`check`, `report`)
      ├─ PolicyConfigError     a policy or release list that cannot be used as configured
      ├─ PriceAboveLimit       a node asks more per request than the payer's limits allow
+     ├─ NoPartyQuorum         too few verified nodes host a matching MPC party (nothing sent)
+     │   └─ PartiesBusy       enough of them, but too many already run a session of ours
      └─ ReceiptStoreError     the local receipt store cannot be opened or written
          └─ HistoryLocked     stored history needs the right passphrase or key file
 ```
@@ -34,7 +36,9 @@ __all__ = [
     "GatewayRefused",
     "HistoryLocked",
     "KeyConfigError",
+    "NoPartyQuorum",
     "NodeRejected",
+    "PartiesBusy",
     "PolicyConfigError",
     "PriceAboveLimit",
     "ReceiptRefused",
@@ -128,6 +132,16 @@ class PolicyConfigError(ClientError):
 
 class PriceAboveLimit(ClientError):
     """A node's ticket offer is above the payer's limits: nothing is paid or sent to it."""
+
+
+class NoPartyQuorum(ClientError):
+    """Fewer verified nodes than the protocol needs, of distinct operators, host an MPC party
+    for the model with the protocol and weights asked for. Nothing was sent to any party."""
+
+
+class PartiesBusy(NoPartyQuorum):
+    """Enough party nodes exist, but too many of them already run one of this client's
+    sessions (a party runs one session at a time). Nothing was sent; try again later."""
 
 
 class ReceiptStoreError(ClientError):

@@ -21,8 +21,23 @@ For each `POST /v1/chat/completions` (streamed or not) the gateway
 Privacy mode: a model suffix (`smollm2-135m-instruct:tee`) or the `x-veil-mode` header;
 default `anonymous`; both given and different is a 400. Nothing is weakened silently: when no
 node satisfies the mode's policy the answer is a 403 `no_node_satisfies_policy` listing every
-node's refusal, and nothing but public descriptor fetches has gone through the relay. `mpc` is
-refused (`mode_unavailable`): it is not carried by the gateway yet.
+node's refusal, and nothing but public descriptor fetches has gone through the relay.
+
+`mpc` (`smollm2-135m-instruct:mpc`): the gateway itself is the MPC client (`veil.mpc.api`). It
+picks three nodes verified under the `mpc` policy whose signed descriptors state a party for
+the model with the same protocol (`aby3`) and layer weights, of three distinct operators
+(`veil.client.mpc.choose_parties`); tokenizes, embeds and samples here, and sends each node
+only its own share, sealed to that node's key, through the relay. The model's public parts
+(tokenizer, embeddings, LM head) load once, on the first `:mpc` request, in a thread; every
+blocking MPC call runs on a thread of its own, off the event loop. Answers have the same
+OpenAI shapes as the other modes (`veil.wire.chat`), streamed or whole, with `x-veil-mode: mpc`,
+`x-veil-nodes` (the three operators, rank order) and `x-veil-mpc-protocol`, and no receipt (no
+node sees the answer, so none can sign it). Fewer than three such nodes is a 503
+`mpc_unavailable` and nothing is sent; parties already running a session of this gateway (one
+session at a time per party) or another client's give a 503 `mpc_parties_busy` (with
+`retry-after`); a party that fails before the first token is a 502 `mpc_party_failed`, after
+it an error event (`node_failed_mid_stream`) and no `[DONE]`. Never another mode instead.
+MPC requests are not paid: the parties' route takes no ticket yet (docs/mpc.md).
 
 Response headers: `x-veil-node` (operator address), `x-veil-mode`, `x-veil-attestation`
 (e.g. `dev; no hardware isolation`), `x-veil-verification` (the checks passed),
@@ -30,8 +45,9 @@ Response headers: `x-veil-node` (operator address), `x-veil-mode`, `x-veil-attes
 ticket was sent) and, for whole answers, `x-veil-receipt: verified`. The body passes unchanged
 (with its `veil_receipt`). The caller's own headers are never forwarded.
 
-`GET /v1/models` lists the models of nodes eligible now, each also with its mode suffixes;
-`GET /veil/status` shows the nodes, their verification per mode, health, and the wallet.
+`GET /v1/models` lists the models of nodes eligible now, each also with its mode suffixes
+(`:mpc` where three party nodes would serve it); `GET /veil/status` shows the nodes, their
+verification per mode, the MPC party each states, health, and the wallet.
 
 No log line carries prompt or answer text.
 """
@@ -42,8 +58,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,17 +88,29 @@ from veil.client.errors import (
     GatewayRefused,
     KeyConfigError,
     NodeRejected,
+    NoPartyQuorum,
+    PartiesBusy,
     PriceAboveLimit,
     ReceiptRefused,
     RelayRefused,
     ResponseRefused,
 )
+from veil.client.mpc import PartyChoice, choose_parties, parties_of, party_of
 from veil.client.payer import Payer, PayerConfig, Payment, Wallet
 from veil.client.policy import PrivacyMode
 from veil.client.receipts import ReceiptStore
 from veil.client.session import INVALID_BASE_URL, TICKET_ID_EXTENSION
 from veil.client.transport import REQUEST_DIGEST_EXTENSION
 from veil.errors import VeilError
+from veil.wire.chat import (
+    SSE_DONE,
+    ChatCompletionRequest,
+    ChatRequestInvalid,
+    Completion,
+    parse_chat_request,
+    sse,
+    usage,
+)
 
 __all__ = [
     "GatewayConfig",
@@ -102,6 +132,11 @@ class GatewayConfig:
     max_body_bytes: int = 1 << 20  # request bodies above this get 413
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     payer: PayerConfig = field(default_factory=PayerConfig)
+    mpc_protocol: str = "aby3"  # MPC sessions: three parties, honest majority, no dealer
+    mpc_default_max_tokens: int = 32  # an :mpc request without max_tokens (~10 s per token)
+    mpc_max_tokens: int = 256  # the largest max_tokens an :mpc request may ask for
+    mpc_timeout_s: float = 600.0  # one party request at most (a real-model prefill: ~75 s)
+    mpc_retry_after_s: int = 30  # the retry-after of a 503 mpc_parties_busy
 
 
 class _Error(Exception):
@@ -135,8 +170,7 @@ def _error_body(
 
 
 def _sse_error(message: str, code: str) -> bytes:
-    body = _error_body(message, code, "server_error")
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return sse(_error_body(message, code, "server_error"))
 
 
 def split_mode(model: str, header: str | None) -> tuple[str, PrivacyMode]:
@@ -219,6 +253,7 @@ class _Gateway:
         outer: httpx.AsyncBaseTransport | None,
         descriptor_outer: httpx.BaseTransport | None,
         config: GatewayConfig,
+        mpc_source: Callable[[str], Any] | None = None,
     ) -> None:
         self.chain = chain
         self.relay_url = relay_url
@@ -243,6 +278,12 @@ class _Gateway:
                 config=config.payer,
             )
         self._clients: dict[tuple[str, PrivacyMode], tuple[Any, httpx.AsyncClient]] = {}
+        # mpc: model sources (public parts) by model id, loaded once; operators in a session
+        self._mpc_loader = mpc_source or _default_mpc_source
+        self._mpc_sources: dict[str, Any] = {}
+        self._mpc_loading: dict[str, asyncio.Lock] = {}
+        self._mpc_busy: set[str] = set()
+        self._mpc_lock = threading.Lock()
 
     def _chain_now(self) -> int:
         view = self.discovery.last_view
@@ -276,13 +317,7 @@ class _Gateway:
         body, model, stream = _parse_chat(raw)
         bare, mode = split_mode(model, request.headers.get(MODE_HEADER))
         if mode is PrivacyMode.MPC:
-            raise _Error(
-                400,
-                "the mpc mode is not available through the gateway yet (use `veil mpc`); "
-                "nothing was sent",
-                "mode_unavailable",
-                param="model",
-            )
+            return await self._mpc_chat(request, raw, bare, stream)
         body["model"] = bare
         payload = json.dumps(body, separators=(",", ":")).encode()
         view = self.discovery.fresh_view() or await self._view()
@@ -566,6 +601,275 @@ class _Gateway:
                 await response.aclose()
             self.discovery.finished(op)
 
+    # ------------------------------------------------------------------ mpc
+
+    async def _mpc_chat(self, request: Request, raw: bytes, bare: str, stream: bool) -> Response:
+        """An `:mpc` answer: this gateway is the MPC client; three verified party nodes
+        compute the layers on shares. Nothing goes to any node before the parties are
+        chosen and the request is checked; no other mode is ever used instead."""
+        try:
+            req = parse_chat_request(raw)
+        except ChatRequestInvalid as err:
+            raise _Error(400, str(err), "invalid_request", param=err.param) from None
+        max_tokens = self._mpc_max_tokens(req)
+        if self.discovery.fresh_view() is None:
+            await self._view()
+        selection = self.discovery.eligible_cached(PrivacyMode.MPC, None)
+        if selection is None:
+            selection = await asyncio.to_thread(self.discovery.eligible, PrivacyMode.MPC, None)
+        ranked = self.discovery.rank(selection.candidates)
+        with self._mpc_lock:  # choose and claim at once: two requests never share a party
+            try:
+                choice = choose_parties(
+                    ranked, bare, protocol=self.config.mpc_protocol, busy=self._mpc_busy
+                )
+            except PartiesBusy as err:
+                raise self._mpc_busy_error(str(err)) from None
+            except NoPartyQuorum as err:
+                raise _Error(
+                    503,
+                    f"{err}; nothing was sent. Refusals: {selection.reasons()}",
+                    "mpc_unavailable",
+                    type_="server_error",
+                ) from None
+            self._mpc_busy.update(op.lower() for op in choice.operators)
+        for op in choice.operators:
+            self.discovery.started(op)
+        run = _MpcRun()
+        chat: Any = None
+        handed_over = False
+        try:
+            source = await self._mpc_source(bare, choice)
+            chat = await run.call(self._mpc_start, source, choice, req, max_tokens)
+            headers = self._mpc_headers(choice)
+            completion = Completion(bare)
+            log.info("mpc session on %s started", ",".join(choice.operators))
+            if not stream:
+                return await self._mpc_whole(request, run, chat, completion, headers)
+            try:
+                first = await run.next(chat)  # opens the session, runs the prefill
+            except VeilError as err:
+                raise self._mpc_error(err) from None
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            handed_over = True
+            return StreamingResponse(
+                self._mpc_stream(run, chat, completion, first, include_usage, choice),
+                status_code=200,
+                media_type=_MEDIA_SSE,
+                headers={**headers, "x-accel-buffering": "no"},
+            )
+        finally:
+            if not handed_over:
+                run.end(chat, lambda: self._mpc_release(choice))
+
+    def _mpc_max_tokens(self, req: ChatCompletionRequest) -> int:
+        requested = req.completion_limit
+        if requested is None:
+            return self.config.mpc_default_max_tokens
+        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        if not 1 <= requested <= self.config.mpc_max_tokens:
+            raise _Error(
+                400,
+                f"{param} is {requested}; an mpc answer takes 1 to {self.config.mpc_max_tokens} "
+                "tokens (each is seconds of secret-shared computation)",
+                "invalid_request",
+                param=param,
+            )
+        return requested
+
+    def _mpc_busy_error(self, why: str) -> _Error:
+        return _Error(
+            503,
+            f"{why}; nothing was sent, try again later",
+            "mpc_parties_busy",
+            type_="server_error",
+            headers={"retry-after": str(self.config.mpc_retry_after_s)},
+        )
+
+    def _mpc_error(self, err: VeilError) -> _Error:
+        """The answer for an MPC failure before the first token (nothing was shown yet)."""
+        from veil.mpc.errors import (
+            InvalidRequest,
+            MpcConfigError,
+            PartyBusy,
+            PartyUnavailable,
+        )
+
+        if isinstance(err, InvalidRequest):
+            return _Error(400, str(err), "invalid_request", param=err.param)
+        if isinstance(err, PartyBusy):
+            return self._mpc_busy_error(f"an MPC party is busy with another session ({err})")
+        if isinstance(err, MpcConfigError | PartyUnavailable):
+            return _Error(
+                503,
+                f"the chosen MPC parties cannot run this session: {err}",
+                "mpc_unavailable",
+                type_="server_error",
+            )
+        log.warning("mpc session failed before its first token: %s", type(err).__name__)
+        return _Error(
+            502,
+            f"an MPC party failed before the first token ({type(err).__name__}: {err}); "
+            "nothing was answered",
+            "mpc_party_failed",
+            type_="server_error",
+        )
+
+    async def _mpc_source(self, model_id: str, choice: PartyChoice) -> Any:
+        """The model's public parts for the client side (loaded once, in a thread); they
+        must be the layer weights the chosen parties state."""
+        lock = self._mpc_loading.setdefault(model_id, asyncio.Lock())
+        async with lock:
+            source = self._mpc_sources.get(model_id)
+            if source is None:
+                try:
+                    source = await asyncio.to_thread(self._mpc_loader, model_id)
+                except VeilError as err:
+                    raise _Error(
+                        503,
+                        f"this gateway cannot run {model_id!r} in the mpc mode: {err}",
+                        "mpc_unavailable",
+                        type_="server_error",
+                    ) from None
+                self._mpc_sources[model_id] = source
+        if source.tokenizer is None:
+            raise _Error(
+                503,
+                f"this gateway has no tokenizer for {model_id!r} ({source.name}); nothing was sent",
+                "mpc_unavailable",
+                type_="server_error",
+            )
+        if source.weights_sha256 != choice.weights_sha256:
+            raise _Error(
+                503,
+                f"the MPC parties for {model_id!r} serve other layer weights "
+                f"({choice.weights_sha256[:16]}...) than this gateway's model "
+                f"({source.weights_sha256[:16]}...); nothing was sent",
+                "mpc_unavailable",
+                type_="server_error",
+            )
+        return source
+
+    def _mpc_start(
+        self, source: Any, choice: PartyChoice, req: ChatCompletionRequest, max_tokens: int
+    ) -> Any:
+        """The answer, checked and encoded (on the run's thread; nothing is sent yet)."""
+        from veil.mpc.api import MpcChatBackend
+        from veil.mpc.runtime import MpcSettings
+
+        try:
+            backend = MpcChatBackend(
+                source,
+                parties_of(
+                    [c.session for c in choice.candidates], timeout_s=self.config.mpc_timeout_s
+                ),
+                MpcSettings(protocol=choice.protocol),
+                timeout_s=self.config.mpc_timeout_s,
+            )
+            return backend.start(
+                [(m.role, m.text()) for m in req.messages],
+                max_tokens=max_tokens,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                stop=req.stop_sequences,
+                seed=req.seed,
+            )
+        except VeilError as err:
+            raise self._mpc_error(err) from None
+
+    def _mpc_headers(self, choice: PartyChoice) -> dict[str, str]:
+        kinds = sorted(
+            {
+                f"{c.session.attestation_kind}; {c.session.report.isolation}"
+                for c in choice.candidates
+            }
+        )
+        verification = (
+            f"{len(choice.candidates)} party nodes of distinct operators, each: registry active "
+            "with enough stake, descriptor verified under the mpc policy, operator and weights "
+            f"hash match the registry; their descriptors agree on protocol {choice.protocol} "
+            f"and layer weights {choice.weights_sha256[:16]}...; no receipt (no node sees the "
+            "answer)"
+        )
+        return {
+            "x-veil-mode": str(PrivacyMode.MPC),
+            "x-veil-nodes": ",".join(choice.operators),
+            "x-veil-mpc-protocol": choice.protocol,
+            "x-veil-attestation": ", ".join(kinds).encode("ascii", "replace").decode("ascii"),
+            "x-veil-verification": verification,
+            "x-veil-receipt": "none",
+            "cache-control": "no-store",
+        }
+
+    def _mpc_release(self, choice: PartyChoice) -> None:
+        """The session is closed: its parties are free again (any thread)."""
+        with self._mpc_lock:
+            self._mpc_busy.difference_update(op.lower() for op in choice.operators)
+        for op in choice.operators:
+            self.discovery.finished(op)
+
+    async def _mpc_whole(
+        self,
+        request: Request,
+        run: _MpcRun,
+        chat: Any,
+        completion: Completion,
+        headers: dict[str, str],
+    ) -> Response:
+        async def watch_disconnect() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            chat.cancel()  # stops after the token in progress
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            deltas = await run.call(list, chat)
+        except VeilError as err:
+            raise self._mpc_error(err) from None
+        finally:
+            watcher.cancel()
+        if chat.finish_reason == "cancelled":
+            return Response(status_code=499)
+        log.info("mpc answer whole: %d completion tokens", chat.completion_tokens)
+        body = completion.whole(
+            "".join(d.text for d in deltas),
+            chat.finish_reason,
+            usage(chat.prompt_tokens, chat.completion_tokens),
+        )
+        return JSONResponse(body, headers=headers)
+
+    async def _mpc_stream(
+        self,
+        run: _MpcRun,
+        chat: Any,
+        completion: Completion,
+        first: Any,
+        include_usage: bool,
+        choice: PartyChoice,
+    ) -> AsyncIterator[bytes]:
+        """The answer as tokens arrive; a failure becomes an error event, never a cut."""
+        try:
+            yield completion.chunk({"role": "assistant", "content": ""})
+            delta = first
+            while delta is not None:
+                yield completion.chunk({"content": delta.text})
+                delta = await run.next(chat)
+            counts = usage(chat.prompt_tokens, chat.completion_tokens)
+            yield completion.chunk({}, chat.finish_reason, usage=counts)
+            if include_usage:
+                yield completion.usage_chunk(counts)
+            yield SSE_DONE
+            log.info("mpc answer streamed: %d completion tokens", chat.completion_tokens)
+        except Exception as err:  # any failure mid-answer is an error event, never a cut
+            log.warning("mpc session failed mid-stream: %s", type(err).__name__)
+            yield _sse_error(
+                f"the MPC parties {', '.join(choice.operators)} failed mid-stream "
+                f"({type(err).__name__}); the answer is incomplete",
+                "node_failed_mid_stream",
+            )
+        finally:
+            run.end(chat, lambda: self._mpc_release(choice))
+
     # ------------------------------------------------------------------ listing
 
     async def models(self) -> dict[str, Any]:
@@ -594,11 +898,33 @@ class _Gateway:
                         )
                         if candidate.operator not in item["veil_nodes"]:
                             item["veil_nodes"].append(candidate.operator)
+        selection = await asyncio.to_thread(self.discovery.eligible, PrivacyMode.MPC, None)
+        hosted = {p.model_id for c in selection.candidates if (p := party_of(c.session))}
+        for model_id in sorted(hosted):
+            try:
+                choice = choose_parties(
+                    selection.candidates, model_id, protocol=self.config.mpc_protocol
+                )
+            except NoPartyQuorum:  # fewer than three would serve it: not listed
+                continue
+            data[f"{model_id}:mpc"] = {
+                "id": f"{model_id}:mpc",
+                "object": "model",
+                "created": 0,
+                "owned_by": "veil",
+                "weights_sha256": choice.weights_sha256,
+                "veil_mode": str(PrivacyMode.MPC),
+                "veil_nodes": [
+                    c.operator
+                    for c in selection.candidates
+                    if (p := party_of(c.session)) is not None and p.model_id == model_id
+                ],
+            }
         return {"object": "list", "data": list(data.values())}
 
     async def status(self) -> dict[str, Any]:
         view = await self._view()
-        nodes = await asyncio.to_thread(self.discovery.status, _LISTED_MODES)
+        nodes = await asyncio.to_thread(self.discovery.status, (*_LISTED_MODES, PrivacyMode.MPC))
         wallet: dict[str, Any] | None = None
         if self.wallet is not None:
             wallet = {"address": self.wallet.address}
@@ -617,6 +943,45 @@ class _Gateway:
             "wallet": wallet,
             "nodes": nodes,
         }
+
+
+class _MpcRun:
+    """One MPC answer's blocking calls, in order, on a thread of its own (off the event loop).
+
+    `end` cancels the answer and closes its session after the call in progress, then runs
+    `then` (freeing the parties), without waiting: a client that went away costs no wait."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, "veil-mpc")
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
+    async def next(self, chat: Any) -> Any:
+        """The next text delta, or None at the end (raises the run's `VeilError`)."""
+        return await self.call(next, chat, None)
+
+    def end(self, chat: Any, then: Callable[[], None]) -> None:
+        def close() -> None:
+            try:
+                if chat is not None:
+                    chat.close()
+            except Exception as exc:  # a close that fails has nothing left to tell the client
+                log.info("mpc session close: %s", type(exc).__name__)
+            finally:
+                then()
+
+        if chat is not None:
+            chat.cancel()
+        self._pool.submit(close)
+        self._pool.shutdown(wait=False)
+
+
+def _default_mpc_source(model_id: str) -> Any:
+    """The public parts of the model the parties serve layers of (veil.mpc.source)."""
+    from veil.mpc.source import source_for_model
+
+    return source_for_model(model_id)
 
 
 async def _keep_view_fresh(discovery: Any, config: Any) -> None:
@@ -638,6 +1003,7 @@ def create_gateway_app(
     outer: httpx.AsyncBaseTransport | None = None,
     descriptor_outer: httpx.BaseTransport | None = None,
     config: GatewayConfig | None = None,
+    mpc_source: Callable[[str], Any] | None = None,
 ) -> FastAPI:
     """The gateway app.
 
@@ -645,6 +1011,8 @@ def create_gateway_app(
     methods (`ChainReader`). `wallet`: pays nodes (None: no tickets are sent). `receipts`: a
     `ReceiptStore` or its path (opened when the app starts, in the server's thread).
     `outer` / `descriptor_outer`: the async / sync transports that reach the relay (tests).
+    `mpc_source`: model id -> `veil.mpc.source.ModelSource` for `:mpc` requests (default:
+    `source_for_model`, the packaged model; called once per model, in a thread).
     """
     cfg = config or GatewayConfig()
     holder: dict[str, _Gateway] = {}
@@ -660,6 +1028,7 @@ def create_gateway_app(
             outer=outer,
             descriptor_outer=descriptor_outer,
             config=cfg,
+            mpc_source=mpc_source,
         )
         holder["gateway"] = gateway
         keeper = asyncio.create_task(_keep_view_fresh(gateway.discovery, cfg.discovery))

@@ -520,8 +520,13 @@ class VeilSession:
         kwargs["key_check"] = self._key_check
         return kwargs
 
-    def transport(self) -> ReceiptCheckingTransport:
-        inner = OhttpTransport(self.relay_url, self.node_id, **self._key_kwargs())
+    def transport(self, *, timeout: httpx.Timeout | None = None) -> ReceiptCheckingTransport:
+        """The sync transport; `timeout` replaces the session's for the relay hop (an MPC
+        party answers one request in minutes)."""
+        kwargs = self._key_kwargs()
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        inner = OhttpTransport(self.relay_url, self.node_id, **kwargs)
         return ReceiptCheckingTransport(inner, self.checker)
 
     def async_transport(

@@ -11,6 +11,7 @@ from veil.identity.descriptor import (
     Descriptor,
     Evidence,
     ModelEntry,
+    MpcParty,
     SignedDescriptor,
     load_descriptor,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "KeystorePermissions",
     "KeystoreUnreadable",
     "ModelEntry",
+    "MpcParty",
     "NodeIdentity",
     "Receipt",
     "ReceiptDomain",

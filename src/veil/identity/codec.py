@@ -113,13 +113,18 @@ def parse_json_object(
 
 
 def require_fields(
-    obj: Mapping[str, Any], fields: frozenset[str], error: type[IdentityError], *, check: str
+    obj: Mapping[str, Any],
+    fields: frozenset[str],
+    error: type[IdentityError],
+    *,
+    check: str,
+    optional: frozenset[str] = frozenset(),
 ) -> None:
-    """Exactly these keys: a missing one or an unknown one is refused."""
+    """Exactly these keys (plus any of `optional`): a missing or an unknown one is refused."""
     missing = sorted(fields - obj.keys())
     if missing:
         raise error(f"missing field(s): {', '.join(missing)}", check=check)
-    unknown = sorted(obj.keys() - fields)
+    unknown = sorted(obj.keys() - fields - optional)
     if unknown:
         raise error(f"unknown field(s): {', '.join(unknown[:5])}", check=check)
 

@@ -17,6 +17,16 @@ The body has exactly these fields:
 | `software` | 0x hex, 1-64 bytes | the software measurement the node claims |
 | `evidence` | `{"kind", "data"}` (data base64) | attestation evidence, verified per kind |
 | `issued_at`, `expires_at` | integers, UNIX s | validity window |
+| `mpc` (optional) | `{"protocol", "model", "weights_sha256"}` | the MPC party the node hosts |
+
+`mpc` is present only on a node that is also a party of the `mpc` mode (`veil node serve
+--mpc-link`): `protocol` is the SPU protocol it runs (e.g. `aby3`), `model` the model id whose
+layers it computes (the id a client asks for as `<model>:mpc`), `weights_sha256` the digest of
+those layers' weights that the parties compare before a session (0x hex, 32 bytes). A node
+without a party omits the field, so descriptors from before it existed parse and verify
+unchanged. The field is covered by the signature like every other; it is not part of the
+evidence's report data (`veil.identity.binding`): the `mpc` mode rests on the parties not
+colluding, not on hardware.
 
 The signature is EIP-191 `personal_sign` over `keccak256(canonical_json(body))`; that digest
 (`Descriptor.digest()`) is also what a registry can store on chain. Parsing re-encodes the body
@@ -62,6 +72,7 @@ __all__ = [
     "Descriptor",
     "Evidence",
     "ModelEntry",
+    "MpcParty",
     "SignedDescriptor",
     "load_descriptor",
 ]
@@ -74,6 +85,7 @@ MAX_EVIDENCE_BYTES = 256 * 1024
 MAX_MODELS = 64
 _KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+_PROTOCOL = re.compile(r"[a-z][a-z0-9]{0,15}")
 _BODY_FIELDS = frozenset(
     {
         "type",
@@ -88,6 +100,8 @@ _BODY_FIELDS = frozenset(
         "expires_at",
     }
 )
+_OPTIONAL_FIELDS = frozenset({"mpc"})
+_MPC_FIELDS = frozenset({"protocol", "model", "weights_sha256"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,34 @@ class ModelEntry:
 
     model_id: str
     weights_hash: bytes  # 32 bytes (veil.engine.model.weights_digest, as bytes)
+
+
+@dataclass(frozen=True)
+class MpcParty:
+    """The MPC party a node hosts: its SPU protocol, the model whose layers it computes, and
+    the digest of those layers' weights (what the parties compare before a session)."""
+
+    protocol: str  # e.g. "aby3"
+    model_id: str  # the model a client asks for as `<model>:mpc`
+    weights_hash: bytes  # 32 bytes (veil.mpc.source.ModelSource.weights_sha256, as bytes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "model": self.model_id,
+            "weights_sha256": hex0x(self.weights_hash),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> MpcParty:
+        err, where = DescriptorMalformed, "descriptor.mpc"
+        _check(isinstance(obj, dict), "not an object", where)
+        require_fields(obj, _MPC_FIELDS, err, check=where)
+        return cls(
+            get_str(obj, "protocol", err, check=where + ".protocol", max_len=16, pattern=_PROTOCOL),
+            get_str(obj, "model", err, check=where + ".model", max_len=128, pattern=_MODEL_ID),
+            get_hex(obj, "weights_sha256", err, check=where + ".weights_sha256", length=32),
+        )
 
 
 @dataclass(frozen=True)
@@ -123,9 +165,10 @@ class Descriptor:
     evidence: Evidence
     issued_at: int
     expires_at: int
+    mpc: MpcParty | None = None  # the MPC party the node hosts; None: it hosts none
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "type": DESCRIPTOR_TYPE,
             "version": 1,
             "address": self.address,
@@ -139,6 +182,9 @@ class Descriptor:
             "issued_at": self.issued_at,
             "expires_at": self.expires_at,
         }
+        if self.mpc is not None:
+            body["mpc"] = self.mpc.to_json()
+        return body
 
     def body(self) -> bytes:
         """The canonical bytes that are signed."""
@@ -170,7 +216,9 @@ class Descriptor:
     def from_json(cls, obj: Any) -> Descriptor:
         """A body from parsed JSON; `DescriptorMalformed` naming the field that is wrong."""
         _check(isinstance(obj, dict), "body is not an object", "descriptor")
-        require_fields(obj, _BODY_FIELDS, DescriptorMalformed, check="descriptor")
+        require_fields(
+            obj, _BODY_FIELDS, DescriptorMalformed, check="descriptor", optional=_OPTIONAL_FIELDS
+        )
         _check(obj["type"] == DESCRIPTOR_TYPE, "not a node descriptor", "descriptor.type")
         _check(
             type(obj["version"]) is int and obj["version"] == 1,
@@ -221,6 +269,7 @@ class Descriptor:
         issued_at = get_int(obj, "issued_at", err, check="descriptor.issued_at", hi=2**40)
         expires_at = get_int(obj, "expires_at", err, check="descriptor.expires_at", hi=2**40)
         _check(expires_at > issued_at, "expires before it is issued", "descriptor.expires_at")
+        mpc = MpcParty.from_json(obj["mpc"]) if "mpc" in obj else None
         return cls(
             address=address,
             endpoint=endpoint,
@@ -230,6 +279,7 @@ class Descriptor:
             evidence=evidence,
             issued_at=issued_at,
             expires_at=expires_at,
+            mpc=mpc,
         )
 
 

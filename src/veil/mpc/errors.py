@@ -3,6 +3,7 @@ raise the same type again.
 
     MpcError
      +-- MpcConfigError        protocol/world size/rank that cannot work
+     +-- InvalidRequest        a chat request the client-side model cannot take (`param`)
      +-- SessionError
      |    +-- UnknownSession   no such session id (never opened, closed, or wiped)
      |    +-- SessionExpired   the session timed out and its state was wiped
@@ -23,6 +24,7 @@ from veil.errors import VeilError
 
 __all__ = [
     "BadShare",
+    "InvalidRequest",
     "LinkFailure",
     "MpcConfigError",
     "MpcError",
@@ -46,6 +48,17 @@ class MpcError(VeilError):
 
 class MpcConfigError(MpcError):
     code = "config"
+
+
+class InvalidRequest(MpcError):
+    """A chat request refused on the client's side before anything is sent (a sampling value,
+    a role, an empty conversation); `param` names the field, as OpenAI error bodies do."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class SessionError(MpcError):

@@ -21,7 +21,14 @@ from veil.mpc.model import (
     random_weights,
 )
 
-__all__ = ["TINY_SHAPE", "TINY_VOCAB", "ModelSource", "load_source", "source_from_loaded"]
+__all__ = [
+    "TINY_SHAPE",
+    "TINY_VOCAB",
+    "ModelSource",
+    "load_source",
+    "source_for_model",
+    "source_from_loaded",
+]
 
 # 2 layers, hidden 64, GQA 4 query heads over 2 KV heads: the CI configuration
 TINY_SHAPE = LlamaShape(2, 64, 4, 2, 16, 128, 1e-5, 10000.0)
@@ -67,6 +74,18 @@ def load_source(name: str = "smollm2") -> ModelSource:
 
         return source_from_loaded(load_model(), name)
     raise MpcConfigError(f"unknown model source {name!r}: smollm2 or tiny:<seed>")
+
+
+def source_for_model(model_id: str) -> ModelSource:
+    """The source whose layers parties serve for the model a client asks for by its API id:
+    the packaged model's id (`smollm2-135m-instruct`) or a source name (`tiny:<seed>`)."""
+    from veil.engine.model import PACKAGED_MODEL_ID
+
+    if model_id == PACKAGED_MODEL_ID:
+        return load_source("smollm2")
+    if model_id.startswith("tiny:") or model_id == "smollm2":
+        return load_source(model_id)
+    raise MpcConfigError(f"no MPC model source is known for {model_id!r}")
 
 
 def source_from_loaded(lm: Any, name: str = "smollm2") -> ModelSource:

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -73,6 +71,7 @@ from veil.node.payments import AcceptedTicket, NodePayments, open_payments
 from veil.node.rotation import replay_window_for, rotate_periodically
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
 from veil.wire import bhttp
+from veil.wire.chat import SSE_DONE, Completion, sse, usage
 
 __all__ = ["create_app"]
 
@@ -134,30 +133,6 @@ def _sampling(
         raise APIError(400, str(exc), param=exc.param) from None
 
 
-class _Completion:
-    """Per-request bookkeeping shared by the streamed and the whole response."""
-
-    def __init__(self, model: str) -> None:
-        self.id = "chatcmpl-" + secrets.token_hex(12)
-        self.created = int(time.time())
-        self.model = model
-
-    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        body = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            **extra,
-        }
-        return _sse(body)
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
 class _Signer:
     """Signs the receipt that ends one answer."""
 
@@ -196,11 +171,7 @@ def _request_digest(request: Request, body: bytes) -> bytes:
 
 
 def _usage(fin: Finished) -> dict[str, int]:
-    return {
-        "prompt_tokens": fin.prompt_tokens,
-        "completion_tokens": fin.completion_tokens,
-        "total_tokens": fin.prompt_tokens + fin.completion_tokens,
-    }
+    return usage(fin.prompt_tokens, fin.completion_tokens)
 
 
 def _failure(event: Failed) -> APIError:
@@ -394,7 +365,7 @@ def create_app(
             raise APIError(
                 400, str(exc), param="messages", code="context_length_exceeded"
             ) from None
-        completion = _Completion(engine.model_id)
+        completion = Completion(engine.model_id)
         started = time.monotonic()
         log.info(
             "request %s accepted: %d prompt tokens, stream=%s",
@@ -419,6 +390,7 @@ def create_app(
             models=[ModelEntry(engine.model_id, bytes.fromhex(weights_sha256))],
             producer=producer,
             lifetime_s=config.descriptor_lifetime_s,
+            mpc=None if party is None else party.descriptor_entry(engine.model_id),
         )
         issuer.current()  # issue at start: a producer that cannot make evidence fails here
         app.state.descriptor_issuer = issuer
@@ -443,7 +415,7 @@ def create_app(
     return app
 
 
-def _log_done(completion: _Completion, fin: Finished, started: float) -> None:
+def _log_done(completion: Completion, fin: Finished, started: float) -> None:
     log.info(
         "request %s finished: reason=%s prompt_tokens=%d completion_tokens=%d in %.2fs",
         completion.id,
@@ -456,7 +428,7 @@ def _log_done(completion: _Completion, fin: Finished, started: float) -> None:
 
 async def _stream(
     handle: GenerationHandle,
-    completion: _Completion,
+    completion: Completion,
     include_usage: bool,
     started: float,
     signer: _Signer,
@@ -474,25 +446,16 @@ async def _stream(
                 if event.text:
                     parts.append(event.text)
                     yield completion.chunk({"content": event.text})
-                usage = _usage(event)
+                counts = _usage(event)
                 receipt = signer.receipt("".join(parts), event)
-                yield completion.chunk({}, event.reason, usage=usage, veil_receipt=receipt)
+                yield completion.chunk({}, event.reason, usage=counts, veil_receipt=receipt)
                 if include_usage:
-                    yield _sse(
-                        {
-                            "id": completion.id,
-                            "object": "chat.completion.chunk",
-                            "created": completion.created,
-                            "model": completion.model,
-                            "choices": [],
-                            "usage": usage,
-                        }
-                    )
+                    yield completion.usage_chunk(counts)
             else:
                 err = _failure(event)
                 log.warning("request %s failed: %s", completion.id, err.code)
-                yield _sse(err.body())
-        yield b"data: [DONE]\n\n"
+                yield sse(err.body())
+        yield SSE_DONE
     finally:
         handle.cancel()  # no-op when finished; stops decoding when the client went away
 
@@ -500,7 +463,7 @@ async def _stream(
 async def _whole(
     request: Request,
     handle: GenerationHandle,
-    completion: _Completion,
+    completion: Completion,
     started: float,
     signer: _Signer,
 ) -> Response:
@@ -522,22 +485,12 @@ async def _whole(
                     return Response(status_code=499)
                 text = "".join(parts)
                 return JSONResponse(
-                    {
-                        "id": completion.id,
-                        "object": "chat.completion",
-                        "created": completion.created,
-                        "model": completion.model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": text},
-                                "logprobs": None,
-                                "finish_reason": event.reason,
-                            }
-                        ],
-                        "usage": _usage(event),
-                        "veil_receipt": signer.receipt(text, event),
-                    }
+                    completion.whole(
+                        text,
+                        event.reason,
+                        _usage(event),
+                        veil_receipt=signer.receipt(text, event),
+                    )
                 )
             else:
                 raise _failure(event)

@@ -4,7 +4,8 @@
   `veil.identity` writes it); without a path, a fresh in-memory account and a warning, since its
   receipts then name an address that is gone after a restart.
 * `DescriptorIssuer`: issues the signed descriptor (address, endpoint, OHTTP key configs, served
-  models with weight hashes, software claim, evidence) and issues it again when the OHTTP key
+  models with weight hashes, software claim, evidence, and the MPC party the node hosts, if
+  any) and issues it again when the OHTTP key
   list changes (rotation) or once half its lifetime has passed, so a served descriptor never
   names stale keys and is never near expiry.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from veil import __version__
 from veil.attest.producer import DevProducer, EvidenceProducer, issue_descriptor
-from veil.identity import IdentityError, ModelEntry, NodeIdentity, SignedDescriptor
+from veil.identity import IdentityError, ModelEntry, MpcParty, NodeIdentity, SignedDescriptor
 from veil.node.errors import NodeSetupError
 from veil.node.gateway import NodeKeys
 
@@ -64,6 +65,7 @@ class DescriptorIssuer:
         software: bytes | None = None,
         lifetime_s: int = 6 * 3600,
         clock: Callable[[], float] = time.time,
+        mpc: MpcParty | None = None,
     ) -> None:
         self.identity = identity
         self._keys = keys
@@ -73,6 +75,7 @@ class DescriptorIssuer:
         self._software = software or software_claim()
         self._lifetime = lifetime_s
         self._clock = clock
+        self._mpc = mpc
         self._lock = threading.Lock()
         self._signed: SignedDescriptor | None = None
 
@@ -106,6 +109,7 @@ class DescriptorIssuer:
                     software=self._software,
                     lifetime_s=self._lifetime,
                     now=now,
+                    mpc=self._mpc,
                 )
                 log.info(
                     "issued descriptor for %s (%s evidence, valid until %d)",

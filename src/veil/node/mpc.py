@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from veil.identity import MpcParty
 from veil.mpc.channel import MEDIA_MPC, MPC_PATH, decode_frame, encode_frame
 from veil.mpc.errors import MpcError, PartyBusy, ProtocolViolation
 from veil.node.config import NodeConfig
@@ -66,11 +67,30 @@ def _error(exc: MpcError) -> tuple[dict[str, Any], list[bytes]]:
 
 
 class NodeParty:
-    """A `PartyService` behind the node API: frames in, frames out, runs off the event loop."""
+    """A `PartyService` behind the node API: frames in, frames out, runs off the event loop.
 
-    def __init__(self, service: PartyService) -> None:
+    `model_id` names the model whose layers it computes (None: the node's own model); the
+    node states the party in its signed descriptor (`descriptor_entry`)."""
+
+    def __init__(
+        self,
+        service: PartyService,
+        model_id: str | None = None,
+        *,
+        protocol: str | None = None,
+        weights_sha256: str | None = None,
+    ) -> None:
         self.service = service
+        self.model_id = model_id
+        self.protocol = protocol or service.config.settings.protocol
+        self.weights_sha256 = weights_sha256 or service.weights_sha256
         self._slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+
+    def descriptor_entry(self, node_model_id: str) -> MpcParty:
+        """What the descriptor says of this party: protocol, model id, layer weights digest."""
+        return MpcParty(
+            self.protocol, self.model_id or node_model_id, bytes.fromhex(self.weights_sha256)
+        )
 
     def start(self) -> None:
         """Start wiping idle sessions (the app's lifespan calls this)."""
@@ -176,7 +196,10 @@ def build_party(config: NodeConfig, loaded: Any = None, *, warm: bool = True) ->
         except MpcError as exc:
             service.shutdown()
             raise NodeSetupError(f"mpc: {exc}") from exc
-    return NodeParty(service)
+    model_id = config.mpc_model or getattr(loaded, "model_id", None)
+    return NodeParty(
+        service, model_id, protocol=settings.protocol, weights_sha256=source.weights_sha256
+    )
 
 
 def _cert_dir(config: NodeConfig) -> str | None:

@@ -1,0 +1,236 @@
+"""OpenAI chat completions on the wire: the request as Veil accepts it, and the answer's shapes.
+
+One definition for everything that serves the API: the node (`veil.node.api`) and the local
+gateway where it answers itself (the `mpc` mode, `veil.client.gateway`).
+
+* `parse_chat_request(raw)`: bytes -> `ChatCompletionRequest`, or `ChatRequestInvalid` naming
+  the first problem (its `param`), in words fit for an OpenAI-style 400;
+* `Completion`: one answer's id, creation time and model, and the JSON of its streamed chunks
+  (`chunk`, `usage_chunk`, as server-sent events) or of its whole body (`whole`);
+* `sse(obj)`, `SSE_DONE`, `usage(prompt, completion)`.
+
+Nothing here logs; nothing here knows who serves the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+
+from veil.wire.errors import WireError
+
+__all__ = [
+    "SSE_DONE",
+    "ChatCompletionRequest",
+    "ChatMessageIn",
+    "ChatRequestInvalid",
+    "Completion",
+    "parse_chat_request",
+    "sse",
+    "usage",
+]
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class ChatRequestInvalid(WireError):
+    """A chat request that does not follow the API; `param` names the field (or None)."""
+
+    code = "invalid-chat-request"
+    http_status = 400
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+_ROLES = ("system", "developer", "user", "assistant")
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str = Field(strict=True)
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str = Field(strict=True)
+    content: StrictStr | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = Field(default=False, strict=True)
+
+
+class ChatCompletionRequest(BaseModel):
+    """Fields Veil honours; other OpenAI fields are accepted and ignored unless listed below."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(strict=True, min_length=1)
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, strict=True)
+    max_completion_tokens: int | None = Field(default=None, strict=True)
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: int | None = Field(default=None, strict=True)
+    stream: bool = Field(default=False, strict=True)
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, strict=True)
+
+    @property
+    def completion_limit(self) -> int | None:
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens
+        )
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+# OpenAI features Veil does not implement: refuse them rather than silently ignore them.
+_UNSUPPORTED = {
+    "tools": "tool calling",
+    "functions": "function calling",
+    "logprobs": "log probabilities",
+    "response_format": "structured output",
+}
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[TextPart]", "function-after[...]"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+    """bytes -> request, or `ChatRequestInvalid` naming the first problem."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChatRequestInvalid(
+            f"the request body is not valid UTF-8 (byte {exc.start})"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ChatRequestInvalid(
+            f"the request body is not valid JSON: {exc.msg} at line {exc.lineno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ChatRequestInvalid("the request body must be a JSON object")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ChatRequestInvalid(
+            "the request contains an unpaired UTF-16 surrogate escape"
+        ) from None
+    for key, feature in _UNSUPPORTED.items():
+        if data.get(key) not in (None, False, []):
+            raise ChatRequestInvalid(f"{feature} ({key}) is not supported", param=key)
+    try:
+        req = ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = _param(tuple(err["loc"]))
+        if err["type"] == "missing":
+            raise ChatRequestInvalid(f"missing required parameter: {param}", param=param) from None
+        raise ChatRequestInvalid(f"invalid {param}: {err['msg']}", param=param) from None
+    for i, m in enumerate(req.messages):
+        if m.role not in _ROLES:
+            raise ChatRequestInvalid(
+                f"messages[{i}].role {m.role!r} is not supported; use one of {', '.join(_ROLES)}",
+                param=f"messages[{i}].role",
+            )
+    if req.n not in (None, 1):
+        raise ChatRequestInvalid("only n=1 is supported", param="n")
+    return req
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event carrying `obj` as compact JSON."""
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+class Completion:
+    """One answer: its id and creation time, and the JSON shapes it is sent in."""
+
+    def __init__(self, model: str) -> None:
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.model = model
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        """A streamed `chat.completion.chunk` event with one choice."""
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **extra,
+        }
+        return sse(body)
+
+    def usage_chunk(self, counts: dict[str, int]) -> bytes:
+        """The extra last chunk of `stream_options.include_usage`: no choices, the usage."""
+        return sse(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": counts,
+            }
+        )
+
+    def whole(self, text: str, finish: str, counts: dict[str, int], **extra: Any) -> dict[str, Any]:
+        """A non-streamed `chat.completion` body."""
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": counts,
+            **extra,
+        }
