@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,3 +52,12 @@ def assert_greedy_agrees(
         best = int(logits.argmax())
         assert tok == best or logits[best] - logits[tok] < tie, (i, tok, best)
         logits = src.head.logits(session.step(src.head.embed([tok], 1)))
+
+
+def process_gone(pid: int) -> bool:
+    """True once no process has this pid (a killed session worker, say)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

@@ -7,7 +7,6 @@ Correctness against plaintext, what a party receives (privacy), and a party dyin
 from __future__ import annotations
 
 import math
-import os
 import socket
 import struct
 import time
@@ -26,7 +25,7 @@ from veil.mpc.local import PlainSession
 from veil.mpc.runtime import MpcSettings
 from veil.mpc.source import ModelSource
 
-from .conftest import TINY, assert_greedy_agrees, read_log
+from .conftest import TINY, assert_greedy_agrees, process_gone, read_log
 
 pytestmark = pytest.mark.slow
 
@@ -112,14 +111,6 @@ def _status(p: PartyProcess) -> dict:
         return recv_frame(sock)[0]
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def _until(check: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,8 +152,8 @@ def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
             )
 
         assert _until(survivors_free, 20), [_status(p) for p in procs[:2]]
-        assert all(_gone(pid) for pid in held[0] + held[1])  # their shares died with them
-        assert _until(lambda: _gone(held[2][0]), 10)  # the dead party's worker: no orphan
+        assert all(process_gone(pid) for pid in held[0] + held[1])  # their shares died with them
+        assert _until(lambda: process_gone(held[2][0]), 10)  # the dead party's worker: no orphan
         log = read_log(procs[0])
         assert "killed" in log and "wiped" in log
         # a new session on the survivors and the third party restarted (same link, same cert)
@@ -178,7 +169,7 @@ def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
     finally:
         for p in procs:
             p.stop()
-    assert _until(lambda: all(_gone(pid) for pid in workers), 10)  # SIGTERM: no orphans
+    assert _until(lambda: all(process_gone(pid) for pid in workers), 10)  # SIGTERM: no orphans
 
 
 class _StubTokenizer:

@@ -38,7 +38,7 @@ from veil.mpc.party import PartyConfig, PartyService
 from veil.mpc.runtime import MpcSettings, ShareCodec
 from veil.mpc.source import ModelSource
 
-from .conftest import free_link_port
+from .conftest import free_link_port, process_gone
 
 SETTINGS = MpcSettings()
 
@@ -241,14 +241,6 @@ def _wait_idle(services: list, timeout: float = 30.0) -> None:
     raise AssertionError([(svc.active_sessions(), svc.workers()) for svc, _ in services])
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def test_dead_worker_ends_the_session_on_every_party(services: list, tiny: ModelSource) -> None:
     s = RemoteSession(_addrs(services), SETTINGS, tiny.weights_sha256)
     try:
@@ -264,7 +256,7 @@ def test_dead_worker_ends_the_session_on_every_party(services: list, tiny: Model
         s.close()
     # the client's close reached the survivors in the middle of their stuck run: killed
     _wait_idle(services, 15)
-    assert all(_gone(pid) for pid in held)
+    assert all(process_gone(pid) for pid in held)
     _still_serves(services, tiny)
 
 
@@ -292,7 +284,7 @@ def test_abandoned_stuck_run_ends_at_the_stall_deadline(services: list, tiny: Mo
             t.join(40)
         assert time.monotonic() - t0 < 25
         assert [replies[r]["error"] for r in (0, 1)] == [PartyFailure.code] * 2
-        assert all(_gone(pid) for pid in held[:2])
+        assert all(process_gone(pid) for pid in held[:2])
         assert not services[0][0].active_sessions() and not services[1][0].active_sessions()
     finally:
         s.close()

@@ -11,8 +11,8 @@ session ends: closed by the client (also in the middle of a run), idle past the 
 that fails, a run that stalls (no byte from the peers for the link timeout), or a client that
 hangs up mid-run. The kill frees every share of the session at once. A worker serves one
 session: SPU's link teardown is not reliable enough to reuse it (see
-`PartyService._release_worker`). The next session's worker is started when a session starts,
-so it is ready (weights loaded, first programs compiled if warm) when that session ends.
+`PartyService._release_worker`). The next session's worker is started when a session ends
+(not beside a running session, whose CPU it would take), and loads weights and compiles then.
 
 The public weights are encoded once by the parent into an unlinked temporary file whose
 descriptor each worker inherits and reads (never the torch model). A worker exits when its
