@@ -7,10 +7,11 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 
-__all__ = ["Tap", "free_port", "wait_ready"]
+__all__ = ["Tap", "free_port", "until", "wait_ready"]
 
 
 def free_port() -> int:
@@ -80,3 +81,13 @@ def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 20) -> 
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} never came up")
+
+
+def until(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Poll `check` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return False

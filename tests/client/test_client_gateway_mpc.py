@@ -29,7 +29,7 @@ import httpx
 import openai
 import pytest
 
-from netsupport import Tap
+from netsupport import Tap, until
 from tests.client.gateway_support import TOKEN, FakeChain, Recording, approve
 from tests.conftest import ServerThread
 from veil.client.cli import answered_line, with_mode
@@ -169,12 +169,7 @@ def gateway(net: Net) -> Iterator[ServerThread]:
 
 
 def _wait_wiped(net: Net, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(p.service.active_sessions() for p in net.parties):
-            return True
-        time.sleep(0.1)
-    return False
+    return until(lambda: not any(p.service.active_sessions() for p in net.parties), timeout, 0.1)
 
 
 def sdk(gateway: ServerThread) -> openai.OpenAI:

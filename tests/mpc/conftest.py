@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,14 @@ def process_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def party_idle(service: Any) -> bool:
+    """A `PartyService` with no session, no worker holding one, and a ready worker for the
+    next session (a killed worker's replacement takes a few seconds)."""
+    workers = service.workers()
+    return (
+        not service.active_sessions()
+        and all(w["session"] is None for w in workers)
+        and any(w["ready"] for w in workers)
+    )

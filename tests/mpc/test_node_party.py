@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from netsupport import Tap
+from netsupport import Tap, until
 from tests.conftest import ServerThread
 from veil.client import OhttpTransport, relay_keys_url
 from veil.client.errors import NodeRejected
@@ -48,7 +48,7 @@ from veil.node.mpc import NodeParty, build_party
 from veil.relay.app import RelayConfig, create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory
 
-from .conftest import TINY, assert_greedy_agrees, free_link_port
+from .conftest import TINY, assert_greedy_agrees, free_link_port, party_idle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -125,12 +125,7 @@ def _parties(net: Net) -> Any:
 
 
 def _wait_wiped(net: Net, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(p.service.active_sessions() for p in net.parties):
-            return True
-        time.sleep(0.1)
-    return False
+    return until(lambda: not any(p.service.active_sessions() for p in net.parties), timeout, 0.1)
 
 
 def test_session_through_relay_matches_plaintext_and_leaks_nothing(
@@ -302,18 +297,9 @@ def test_a_dead_party_worker_ends_the_session_on_every_node(net: Net, tiny: Mode
     finally:
         s.close()
 
-    def idle() -> bool:
-        return all(
-            not p.service.active_sessions()
-            and all(w["session"] is None for w in p.service.workers())
-            and any(w["ready"] for w in p.service.workers())
-            for p in net.parties
-        )
-
-    deadline = time.monotonic() + 30
-    while not idle() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert idle(), [p.service.workers() for p in net.parties]
+    assert until(lambda: all(party_idle(p.service) for p in net.parties), 30), [
+        p.service.workers() for p in net.parties
+    ]
     for pid in held:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

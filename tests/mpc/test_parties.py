@@ -10,13 +10,12 @@ import math
 import socket
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from netsupport import Tap
+from netsupport import Tap, until
 from veil.mpc.channel import recv_frame, send_frame
 from veil.mpc.client import RemoteSession, generate, prefill_prompt
 from veil.mpc.errors import PartyFailure
@@ -111,15 +110,6 @@ def _status(p: PartyProcess) -> dict:
         return recv_frame(sock)[0]
 
 
-def _until(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.3)
-    return False
-
-
 def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
     """A party process dies mid-session: the client gets a clear error at once; the survivors
     kill the session workers that held the session's shares, hold no session, and serve a new
@@ -151,9 +141,9 @@ def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
                 for v in views
             )
 
-        assert _until(survivors_free, 20), [_status(p) for p in procs[:2]]
+        assert until(survivors_free, 20), [_status(p) for p in procs[:2]]
         assert all(process_gone(pid) for pid in held[0] + held[1])  # their shares died with them
-        assert _until(lambda: process_gone(held[2][0]), 10)  # the dead party's worker: no orphan
+        assert until(lambda: process_gone(held[2][0]), 10)  # the dead party's worker: no orphan
         log = read_log(procs[0])
         assert "killed" in log and "wiped" in log
         # a new session on the survivors and the third party restarted (same link, same cert)
@@ -169,7 +159,7 @@ def test_party_dying_mid_session(tiny: ModelSource, tmp_path: Path) -> None:
     finally:
         for p in procs:
             p.stop()
-    assert _until(lambda: all(process_gone(pid) for pid in workers), 10)  # SIGTERM: no orphans
+    assert until(lambda: all(process_gone(pid) for pid in workers), 10)  # SIGTERM: no orphans
 
 
 class _StubTokenizer:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netsupport import Tap
+from netsupport import Tap, until
 from veil.mpc.channel import recv_frame, send_frame, share_blobs
 from veil.mpc.client import RemoteSession, TcpChannel, generate
 from veil.mpc.errors import (
@@ -38,7 +38,7 @@ from veil.mpc.party import PartyConfig, PartyService
 from veil.mpc.runtime import MpcSettings, ShareCodec
 from veil.mpc.source import ModelSource
 
-from .conftest import free_link_port, process_gone
+from .conftest import free_link_port, party_idle, process_gone
 
 SETTINGS = MpcSettings()
 
@@ -225,20 +225,9 @@ def _held(services: list, sid: str) -> list[int]:
 
 
 def _wait_idle(services: list, timeout: float = 30.0) -> None:
-    """Until no party has a session, no live worker holds one, and each party has a ready
-    worker for the next session (a killed worker's replacement takes a few seconds)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        views = [(svc.active_sessions(), svc.workers()) for svc, _ in services]
-        if all(
-            not sessions
-            and all(w["session"] is None for w in workers)
-            and any(w["ready"] for w in workers)
-            for sessions, workers in views
-        ):
-            return
-        time.sleep(0.2)
-    raise AssertionError([(svc.active_sessions(), svc.workers()) for svc, _ in services])
+    """Until every party is idle (`party_idle`)."""
+    if not until(lambda: all(party_idle(svc) for svc, _ in services), timeout):
+        raise AssertionError([(svc.active_sessions(), svc.workers()) for svc, _ in services])
 
 
 def test_dead_worker_ends_the_session_on_every_party(services: list, tiny: ModelSource) -> None:
