@@ -24,7 +24,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8, help="tokens to generate")
     ap.add_argument("--protocol", default="aby3")
     ap.add_argument("--exp-mode", default="taylor")
-    ap.add_argument("--sigmoid-mode", default="real")
+    ap.add_argument(
+        "--sigmoid-mode", default="real", help="SPU's sigmoid (only an exact SiLU uses it)"
+    )
     ap.add_argument("--fxp-bits", type=int, default=18)
     ap.add_argument("--model", default="smollm2", help="smollm2 or tiny:<seed>")
     ap.add_argument("--out", type=Path, help="write the results as JSON here too")

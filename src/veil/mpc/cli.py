@@ -31,7 +31,9 @@ def party(
     model: str = typer.Option("smollm2", help="smollm2, or tiny:<seed> for tests"),
     protocol: str = typer.Option("aby3", help=_PROTOCOL_HELP),
     exp_mode: str = typer.Option("taylor"),
-    sigmoid_mode: str = typer.Option("real"),
+    sigmoid_mode: str = typer.Option(
+        "real", help="SPU's sigmoid: real | seg3 | mm1 (only an exact SiLU uses it)."
+    ),
     fxp_bits: int = typer.Option(18),
     session_timeout: float = typer.Option(300.0, help="seconds an idle session lives"),
     link_timeout: float = typer.Option(60.0, help="seconds a silent peer may take mid-run"),

@@ -50,7 +50,9 @@ class MpcSettings:
     exp_mode: str = "taylor"  # SPU exp approximation: taylor | pade
     exp_iters: int = 8  # Taylor iterations (exp(x) ~ (1 + x/2^n)^(2^n))
     div_iters: int = 2  # Goldschmidt iterations of the softmax reciprocal
-    sigmoid_mode: str = "real"  # SiLU's sigmoid: real (1/(1+exp)) | seg3 | mm1
+    # SPU's sigmoid: real (1/(1+exp)) | seg3 | mm1. Only an exact SiLU uses it
+    # (`LlamaShape.silu == "exact"`); the parties' default SiLU is a polynomial (model.py).
+    sigmoid_mode: str = "real"
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
