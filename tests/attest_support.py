@@ -18,8 +18,8 @@ from veil.identity import (
 )
 from veil.node.gateway import NodeKeys
 
-# tests/ -> worktree -> /work, then shared/testdata
-TESTDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata" / "attestation"
+# Copied from the shared test data; tests/data/README.md names the source.
+TESTDATA = Path(__file__).resolve().parent / "data" / "attestation"
 
 TDX_NOW = 1751624163  # README: tdx_quote is UpToDate at this time
 TDX_LATE = 1795314654  # README: CrlExpired

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from netsupport import free_port
+from support.outside_reads import OutsideReads
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+# Every open() in the test process is checked: nothing outside the repository (tests/data holds
+# the vectors and quotes), the interpreter, the system or temporary directories.
+OUTSIDE_READS = OutsideReads()
+sys.addaudithook(OUTSIDE_READS.hook)
+
+
+@pytest.fixture(autouse=True)
+def _no_reads_outside_the_repository() -> Iterator[None]:
+    OUTSIDE_READS.take()
+    yield
+    seen = OUTSIDE_READS.take()
+    if seen:
+        pytest.fail(f"the test opened files outside the repository: {sorted(set(seen))[:5]}")
+
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,8 @@ from veil.wire.ohttp import (
     SymmetricSuite,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-RFC9458 = json.loads((SHARED / "testdata" / "ohttp" / "rfc9458-appendix-a.json").read_text())
+DATA = Path(__file__).resolve().parents[1] / "data"
+RFC9458 = json.loads((DATA / "ohttp" / "rfc9458-appendix-a.json").read_text())
 AES = SymmetricSuite(KDF_HKDF_SHA256, AEAD_AES_128_GCM)
 CHACHA = SymmetricSuite(KDF_HKDF_SHA256, AEAD_CHACHA20_POLY1305)
 SUITES = [AES, CHACHA]
