@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+
 import pytest
 
 from netsupport import free_port
@@ -24,7 +25,6 @@ def _no_reads_outside_the_repository() -> Iterator[None]:
     seen = OUTSIDE_READS.take()
     if seen:
         pytest.fail(f"the test opened files outside the repository: {sorted(set(seen))[:5]}")
-
 
 
 @pytest.fixture(scope="session")
