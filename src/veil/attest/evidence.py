@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from veil.attest.errors import EvidenceMalformed
-from veil.identity.codec import check_depth
+from veil.wire.boundedjson import check_depth
 
 __all__ = [
     "HARDWARE_KINDS",

@@ -35,6 +35,12 @@ from veil.chain.tickets import (
     sign_ticket,
     ticket_hash,
 )
+from veil.wire.http import (
+    MEDIA_TICKET_PARAMS,
+    TICKET_HEADER,
+    TICKET_PARAMS_HEADER,
+    TICKET_PARAMS_PATH,
+)
 
 __all__ = [
     "MAX_HEADER_CHARS",
@@ -49,10 +55,6 @@ __all__ = [
     "parse_amount",
 ]
 
-TICKET_HEADER = "x-veil-ticket"
-TICKET_PARAMS_HEADER = "x-veil-ticket-params"
-TICKET_PARAMS_PATH = "/.well-known/veil-ticket-params"
-MEDIA_TICKET_PARAMS = "application/json"
 MAX_HEADER_CHARS = 2048
 
 _PARAM_FIELDS = (

@@ -12,13 +12,11 @@ from typing import Any
 
 import httpx
 
+from veil.client.session import verified_openai
 from veil.client.transport import AsyncOhttpTransport, OhttpTransport, relay_keys_url
+from veil.wire.http import INVALID_BASE_URL
 
 __all__ = ["INVALID_BASE_URL", "private_async_openai", "private_openai", "verified_openai"]
-
-# Requests are sealed to the node; the outer host is never contacted. An `.invalid` name makes
-# any misconfiguration that would send plaintext fail to resolve instead of leaking.
-INVALID_BASE_URL = "http://node.veil.invalid/v1"
 
 
 def private_openai(relay_url: str, node_id: str, **transport_kwargs: Any):  # type: ignore[no-untyped-def]
@@ -47,13 +45,3 @@ def private_async_openai(relay_url: str, node_id: str, **transport_kwargs: Any):
         max_retries=0,
         http_client=httpx.AsyncClient(transport=transport),
     )
-
-
-def verified_openai(relay_url: str, node_id: str, **kwargs: Any):  # type: ignore[no-untyped-def]
-    """An `openai.OpenAI` for a verified node whose every answer's receipt is checked.
-
-    Keyword arguments go to `veil.client.session.connect` (mode, policy, store, ...).
-    """
-    from veil.client.session import connect
-
-    return connect(relay_url, node_id, **kwargs).openai()

@@ -54,9 +54,10 @@ from veil.client.transport import (
     relay_keys_url,
     relay_url_for,
 )
-from veil.identity.descriptor import MAX_DESCRIPTOR_BYTES, MEDIA_DESCRIPTOR, ModelEntry
+from veil.identity.descriptor import MAX_DESCRIPTOR_BYTES, ModelEntry
 from veil.identity.errors import ReceiptError
 from veil.identity.receipt import Receipt, check_receipt
+from veil.wire.http import INVALID_BASE_URL, MEDIA_DESCRIPTOR, TICKET_ID_EXTENSION
 from veil.wire.ohttp import KeyConfig
 
 __all__ = [
@@ -75,11 +76,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Requests are sealed to the node; this host is never contacted (see veil.client.sdk).
-INVALID_BASE_URL = "http://node.veil.invalid/v1"
 _CHAT_PATH = "/chat/completions"
-# httpx request extension: the 32-byte id of the payment ticket the request carries.
-TICKET_ID_EXTENSION = "veil.ticket_id"
 
 
 def relay_descriptor_url(relay_url: str, node_id: str) -> str:

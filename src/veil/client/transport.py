@@ -49,6 +49,7 @@ from veil.wire.errors import (
     UnsupportedSuite,
     WireError,
 )
+from veil.wire.http import REQUEST_DIGEST_EXTENSION
 from veil.wire.ohttp import (
     KEYS_PATH,
     MEDIA_CHUNKED_REQUEST,
@@ -80,7 +81,6 @@ __all__ = [
 # fingerprints, authorization, cookies) is dropped so the node learns nothing about the client.
 DEFAULT_FORWARDED_HEADERS = frozenset({"content-type", "accept"})
 _FORWARDED_PREFIX = "x-veil-"
-REQUEST_DIGEST_EXTENSION = "veil.request_digest"
 _MAX_KEYS_BYTES = 64 * 1024
 _MAX_PLAIN_RESPONSE = 16 * 1024 * 1024
 

@@ -9,12 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from veil.engine.errors import InvalidGenerationRequest
+from veil.wire.chat import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SEED_MAX
 
 __all__ = ["Sampler", "SamplingParams"]
-
-MAX_STOP_SEQUENCES = 4
-MAX_STOP_CHARS = 256
-_SEED_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -52,10 +49,10 @@ class SamplingParams:
                     "stop",
                 )
         if self.seed is not None and (
-            not isinstance(self.seed, int) or not -_SEED_MAX <= self.seed <= _SEED_MAX
+            not isinstance(self.seed, int) or not -SEED_MAX <= self.seed <= SEED_MAX
         ):
             raise InvalidGenerationRequest("seed must be a 64-bit signed integer", "seed")
-        resolved = secrets.randbits(63) if self.seed is None else self.seed % (_SEED_MAX + 1)
+        resolved = secrets.randbits(63) if self.seed is None else self.seed % (SEED_MAX + 1)
         object.__setattr__(self, "_resolved_seed", resolved)
 
     @property

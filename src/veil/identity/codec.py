@@ -18,6 +18,7 @@ from typing import Any
 from eth_utils import is_checksum_address
 
 from veil.identity.errors import IdentityError
+from veil.wire.boundedjson import check_depth
 
 __all__ = [
     "b64",
@@ -35,25 +36,6 @@ __all__ = [
 ]
 
 _HEX = re.compile(r"0x(?:[0-9a-f]{2})*")
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
-MAX_JSON_DEPTH = 32
-
-
-def check_depth(data: bytes | str, *, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when JSON text nests at most `limit` deep.
-
-    Checked before parsing: the C JSON decoder recurses per level, and where a library has
-    raised the recursion limit a deeply nested input could exhaust the C stack.
-    """
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    depth = 0
-    for c in brackets:
-        depth += 1 if c in b"[{" else -1
-        if depth > limit:
-            return False
-    return True
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -62,6 +62,7 @@ from veil.identity.errors import (
     DescriptorSignatureInvalid,
 )
 from veil.wire.errors import WireError
+from veil.wire.http import DESCRIPTOR_PATH, MEDIA_DESCRIPTOR
 from veil.wire.ohttp import KeyConfig, decode_key_configs
 
 __all__ = [
@@ -77,8 +78,6 @@ __all__ = [
     "load_descriptor",
 ]
 
-DESCRIPTOR_PATH = "/.well-known/veil-node"
-MEDIA_DESCRIPTOR = "application/vnd.veil.node-descriptor+json"
 DESCRIPTOR_TYPE = "veil-node-descriptor"
 MAX_DESCRIPTOR_BYTES = 512 * 1024  # a TDX quote with its collateral is about 30 KB
 MAX_EVIDENCE_BYTES = 256 * 1024

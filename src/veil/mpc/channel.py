@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from veil.mpc.errors import ProtocolViolation
+from veil.wire.http import MEDIA_MPC, MPC_PATH
 
 __all__ = [
     "MAGIC",
@@ -39,8 +40,6 @@ MAGIC = b"VMPC"
 MAX_HEADER = 64 * 1024  # bytes
 MAX_BLOB = 64 * 1024 * 1024  # bytes; the largest share the client sends is a few hundred KB
 MAX_BLOBS = 16
-MEDIA_MPC = "application/x-veil-mpc"  # an HTTP body that is exactly one frame
-MPC_PATH = "/v1/mpc"  # where a node that hosts a party takes frames
 
 
 def encode_frame(header: dict[str, Any], blobs: Sequence[bytes] = ()) -> bytes:

@@ -71,7 +71,9 @@ from veil.node.payments import AcceptedTicket, NodePayments, open_payments
 from veil.node.rotation import replay_window_for, rotate_periodically
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
 from veil.wire import bhttp
-from veil.wire.chat import SSE_DONE, Completion, sse, usage
+from veil.wire.chat import SSE_DONE, ChatRequestInvalid, Completion, sse, usage
+from veil.wire.errors import MessageTooLarge
+from veil.wire.http import read_capped
 
 __all__ = ["create_app"]
 
@@ -79,31 +81,20 @@ log = logging.getLogger("veil.node")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
-    return bytes(body)
+    try:
+        return await read_capped(request, limit)
+    except MessageTooLarge as err:
+        raise APIError(413, str(err), code="request_too_large") from None
 
 
 def _sampling(
     req: ChatCompletionRequest, prompt_tokens: int, engine: Engine, config: NodeConfig
 ) -> SamplingParams:
-    requested = req.completion_limit
-    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    if requested is not None:
-        if requested < 1:
-            raise APIError(400, f"{param} must be at least 1", param=param)
-        if requested > config.max_tokens_limit:
-            raise APIError(
-                400,
-                f"{param} is {requested}, above this node's limit of {config.max_tokens_limit}",
-                param=param,
-            )
+    try:
+        checked = req.to_sampling(max_tokens_limit=config.max_tokens_limit)
+    except ChatRequestInvalid as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
+    requested, param = checked.max_tokens, req.limit_param
     if prompt_tokens >= engine.context_length:
         raise APIError(
             400,
@@ -124,10 +115,10 @@ def _sampling(
     try:
         return SamplingParams(
             max_tokens=requested if requested is not None else min(config.default_max_tokens, room),
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            stop=req.stop_sequences,
-            seed=req.seed,
+            temperature=checked.temperature,
+            top_p=checked.top_p,
+            stop=checked.stop,
+            seed=checked.seed,
         )
     except InvalidGenerationRequest as exc:
         raise APIError(400, str(exc), param=exc.param) from None

@@ -1,44 +1,14 @@
-"""HTTP API errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+"""The node's errors. HTTP answers are `veil.wire.http.OpenAIError` (OpenAI-style bodies)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from veil.errors import VeilError
+from veil.wire.http import OpenAIError, error_body
 
 __all__ = ["APIError", "NodeSetupError", "error_body"]
 
-
-def error_body(
-    message: str,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-class APIError(VeilError):
-    """An error with an HTTP status that the API returns as an OpenAI-style body."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.param = param
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
+# The node's name for the one OpenAI-style error (`veil.wire.http`).
+APIError = OpenAIError
 
 
 class NodeSetupError(VeilError):

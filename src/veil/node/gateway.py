@@ -48,12 +48,18 @@ from fastapi import APIRouter, FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from veil.chain.payment import TICKET_PARAMS_PATH
-from veil.identity.descriptor import DESCRIPTOR_PATH
 from veil.identity.receipt import request_digest
-from veil.mpc.channel import MPC_PATH
 from veil.wire import bhttp
-from veil.wire.errors import MessageTooLarge, ReplayedRequest, WireError
+from veil.wire.errors import ReplayedRequest, WireError
+from veil.wire.http import (
+    DESCRIPTOR_PATH,
+    MPC_PATH,
+    PROBLEM_PREFIX,
+    REQUEST_DIGEST_EXTENSION,
+    TICKET_PARAMS_PATH,
+    read_capped,
+)
+from veil.wire.http import REQUEST_DIGEST_HEADER as _DIGEST_HEADER
 from veil.wire.ohttp import (
     GATEWAY_PATH,
     KEYS_PATH,
@@ -101,8 +107,7 @@ DEFAULT_ALLOWED_PATHS = frozenset(
     }
 )
 # How the gateway tells the inner app which request it answers (for the receipt).
-REQUEST_DIGEST_HEADER = b"x-veil-request-digest"
-REQUEST_DIGEST_EXTENSION = "veil.request_digest"
+REQUEST_DIGEST_HEADER = _DIGEST_HEADER.encode()
 
 # Never passed to the inner app: connection-level, proxy and forwarding fields.
 _DROPPED_REQUEST_FIELDS = frozenset(
@@ -128,7 +133,6 @@ _DROPPED_REQUEST_FIELDS = frozenset(
 _DROPPED_RESPONSE_FIELDS = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"trailer", b"content-length"}
 )
-_PROBLEM_PREFIX = "urn:veil:problem:"
 
 
 @dataclass(frozen=True)
@@ -248,20 +252,8 @@ def _wire_problem(err: WireError) -> Response:
 
 def _inner_problem(status: int, code: str, title: str) -> bhttp.Response:
     """A problem answer that is sealed back to the client (the relay does not see it)."""
-    body = problem_body(_PROBLEM_PREFIX + code, title, status)
+    body = problem_body(PROBLEM_PREFIX + code, title, status)
     return bhttp.Response(status, ((b"content-type", MEDIA_PROBLEM.encode()),), body)
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise MessageTooLarge("request body over the limit")
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise MessageTooLarge("request body over the limit")
-    return bytes(body)
 
 
 def _scope_for(breq: bhttp.Request, state: dict[str, Any], digest: bytes) -> dict[str, Any]:
@@ -375,11 +367,11 @@ def gateway_router(
     async def gateway(request: Request) -> Response:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in (MEDIA_REQUEST, MEDIA_CHUNKED_REQUEST):
-            return _problem(415, _PROBLEM_PREFIX + "media-type", "expected an OHTTP request")
+            return _problem(415, PROBLEM_PREFIX + "media-type", "expected an OHTTP request")
         chunked = media == MEDIA_CHUNKED_REQUEST
         sealer: ResponseSealer | ChunkedResponseSealer
         try:
-            body = await _read_limited(request, cfg.max_request_bytes)
+            body = await read_capped(request, cfg.max_request_bytes)
             if chunked:
                 message, sealer = decapsulate_chunked_request(keys, body)
             else:

@@ -32,9 +32,9 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from veil.chain.payment import MEDIA_TICKET_PARAMS, TICKET_PARAMS_PATH
-from veil.identity.descriptor import MEDIA_DESCRIPTOR
 from veil.relay.directory import NodeDirectory, valid_node_id
+from veil.wire.errors import MessageTooLarge
+from veil.wire.http import MEDIA_DESCRIPTOR, MEDIA_TICKET_PARAMS, TICKET_PARAMS_PATH, read_capped
 from veil.wire.ohttp import MEDIA_CHUNKED_REQUEST, MEDIA_KEYS, MEDIA_REQUEST
 from veil.wire.problem import MEDIA_PROBLEM, RELAY_PROBLEM_PREFIX, problem_body
 
@@ -90,22 +90,6 @@ def _problem(status: int, code: str, title: str, headers: dict[str, str] | None 
         media_type=MEDIA_PROBLEM,
         headers={"cache-control": "no-store", **(headers or {})},
     )
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise _TooLarge
-    return bytes(body)
 
 
 def create_relay_app(
@@ -164,8 +148,8 @@ def create_relay_app(
         if media not in (MEDIA_REQUEST, MEDIA_CHUNKED_REQUEST):
             return _problem(415, "media-type", "expected an OHTTP request")
         try:
-            body = await _read_limited(request, cfg.max_body_bytes)
-        except _TooLarge:
+            body = await read_capped(request, cfg.max_body_bytes)
+        except MessageTooLarge:
             return _problem(413, "too-large", "request body over the relay's limit")
         except ClientDisconnect:
             return Response(status_code=400)

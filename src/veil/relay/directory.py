@@ -27,7 +27,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from veil.errors import VeilError
-from veil.identity.descriptor import DESCRIPTOR_PATH
+from veil.wire.http import DESCRIPTOR_PATH
 from veil.wire.ohttp import GATEWAY_PATH, KEYS_PATH
 
 __all__ = [

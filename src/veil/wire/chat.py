@@ -15,12 +15,15 @@ Nothing here logs; nothing here knows who serves the answer.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from veil.wire.boundedjson import MAX_JSON_DEPTH, check_depth
 from veil.wire.errors import WireError
 
 __all__ = [
@@ -29,12 +32,16 @@ __all__ = [
     "ChatMessageIn",
     "ChatRequestInvalid",
     "Completion",
+    "Sampling",
     "parse_chat_request",
     "sse",
     "usage",
 ]
 
 SSE_DONE = b"data: [DONE]\n\n"
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+SEED_MAX = 2**63 - 1
 
 
 class ChatRequestInvalid(WireError):
@@ -104,6 +111,60 @@ class ChatCompletionRequest(BaseModel):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    @property
+    def limit_param(self) -> str:
+        """The name of the field the completion limit came from."""
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    def to_sampling(self, *, max_tokens_limit: int | None = None) -> Sampling:
+        """The checked sampling settings, or `ChatRequestInvalid` naming the bad field.
+
+        The node and the local gateway run the same checks, so a request the node would
+        refuse is refused before the gateway chooses or pays a node.
+        """
+        requested, param = self.completion_limit, self.limit_param
+        if requested is not None and requested < 1:
+            raise ChatRequestInvalid(f"{param} must be at least 1", param)
+        if requested is not None and max_tokens_limit is not None and requested > max_tokens_limit:
+            raise ChatRequestInvalid(
+                f"{param} is {requested}, above this node's limit of {max_tokens_limit}", param
+            )
+        temperature = 1.0 if self.temperature is None else self.temperature
+        top_p = 1.0 if self.top_p is None else self.top_p
+        if not math.isfinite(temperature):
+            raise ChatRequestInvalid("temperature must be a finite number", "temperature")
+        if not 0.0 <= temperature <= 2.0:
+            raise ChatRequestInvalid("temperature must be between 0 and 2", "temperature")
+        if not math.isfinite(top_p):
+            raise ChatRequestInvalid("top_p must be a finite number", "top_p")
+        if not 0.0 < top_p <= 1.0:
+            raise ChatRequestInvalid("top_p must be greater than 0 and at most 1", "top_p")
+        stop = self.stop_sequences
+        if len(stop) > MAX_STOP_SEQUENCES:
+            raise ChatRequestInvalid(
+                f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", "stop"
+            )
+        if any(not s or len(s) > MAX_STOP_CHARS for s in stop):
+            raise ChatRequestInvalid(
+                f"each stop sequence must be a non-empty string of at most {MAX_STOP_CHARS} "
+                "characters",
+                "stop",
+            )
+        if self.seed is not None and not -SEED_MAX <= self.seed <= SEED_MAX:
+            raise ChatRequestInvalid("seed must be a 64-bit signed integer", "seed")
+        return Sampling(requested, temperature, top_p, stop, self.seed)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A request's sampling settings, checked: what every server of the API runs it with."""
+
+    max_tokens: int | None  # completion tokens asked for; None: the server's default
+    temperature: float  # 0 means greedy
+    top_p: float  # nucleus mass kept, in (0, 1]
+    stop: tuple[str, ...]  # the text ends before the first of these
+    seed: int | None  # fixes the sampled tokens; None: a fresh seed
+
 
 # OpenAI features Veil does not implement: refuse them rather than silently ignore them.
 _UNSUPPORTED = {
@@ -134,6 +195,8 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         raise ChatRequestInvalid(
             f"the request body is not valid UTF-8 (byte {exc.start})"
         ) from None
+    if not check_depth(raw, limit=MAX_JSON_DEPTH):
+        raise ChatRequestInvalid(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
