@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.veil-installed
 
-.PHONY: setup up test lint bench lock clean
+.PHONY: setup up test test-fast lint bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock package.json package-lock.json
 	@echo "==> creating virtual environment in $(VENV)"
@@ -27,6 +27,11 @@ up: setup
 test: setup
 	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# The unit tier: no model load, no subprocess network, no MPC parties (a few minutes).
+test-fast: setup
+	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m pytest -m "not slow and not integration and not mpc"
 
 lint: setup
 	$(BIN)/python -m ruff check src tests benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -16,6 +17,21 @@ from support.outside_reads import OutsideReads
 # the vectors and quotes), the interpreter, the system or temporary directories.
 OUTSIDE_READS = OutsideReads()
 sys.addaudithook(OUTSIDE_READS.hook)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of tests/mpc and of a module named *mpc* is in the `mpc` tier."""
+    for item in items:
+        path = item.path
+        if "mpc" in path.parts or "mpc" in path.name:
+            item.add_marker(pytest.mark.mpc)
+
+
+@pytest.fixture(autouse=True)
+def _clean_veil_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No VEIL_* variable of the developer's shell changes what a test sees."""
+    for name in [n for n in os.environ if n.startswith("VEIL_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

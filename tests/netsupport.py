@@ -64,6 +64,7 @@ class Tap:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+            src.close()  # the other direction's pump closes dst
 
     def close(self) -> None:
         self.server.close()
