@@ -36,6 +36,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m ruff format --check src tests benchmarks
+	$(BIN)/python -m mypy
 
 bench: setup
 	$(BIN)/python benchmarks/engine.py
