@@ -31,9 +31,9 @@ from tests.client.gateway_support import (
 )
 from tests.conftest import ServerThread
 from veil.chain.payment import TicketParams
-from veil.client.discovery import Discovery, DiscoveryConfig
+from veil.client.discovery import DiscoveryConfig
 from veil.client.errors import PriceAboveLimit
-from veil.client.gateway import GatewayConfig, create_gateway_app, split_mode
+from veil.client.gateway import GatewayConfig, Router, create_gateway_app, split_mode
 from veil.client.payer import TICKET_LIFETIME_S, Payer, Wallet
 from veil.client.policy import PrivacyMode
 from veil.identity import NodeIdentity
@@ -446,19 +446,18 @@ def test_cached_sessions_are_verified_again_off_the_loop(net: Network) -> None:
 def test_pick_prefers_fewer_in_flight_then_lower_latency() -> None:
     from types import SimpleNamespace
 
-    discovery = Discovery(FakeChain(), "http://relay.test")
+    router = Router()
     a, b, c = (SimpleNamespace(operator=f"0x{i}") for i in "abc")
     candidates: list[Any] = [a, b, c]
-    assert discovery.pick(candidates) is a  # nothing measured: registration order
-    discovery.record_ttfb("0xa", 0.5)
-    discovery.record_ttfb("0xb", 0.2)
-    discovery.record_ttfb("0xc", 0.3)
-    assert discovery.pick(candidates) is b
-    discovery.started("0xb")
-    assert discovery.pick(candidates) is c
-    discovery.mark_down("0xc", "test")
-    assert discovery.pick(candidates) is a
-    assert discovery.pick(candidates, exclude=["0xA"]) is b
-    discovery.finished("0xb")
-    assert discovery.pick(candidates) is b
-    discovery.close()
+    assert router.pick(candidates) is a  # nothing measured: registration order
+    router.record_ttfb("0xa", 0.5)
+    router.record_ttfb("0xb", 0.2)
+    router.record_ttfb("0xc", 0.3)
+    assert router.pick(candidates) is b
+    router.started("0xb")
+    assert router.pick(candidates) is c
+    router.mark_down("0xc", "test")
+    assert router.pick(candidates) is a
+    assert router.pick(candidates, exclude=["0xA"]) is b
+    router.finished("0xb")
+    assert router.pick(candidates) is b
