@@ -347,6 +347,31 @@ def test_bad_input_gets_openai_errors_and_the_gateway_keeps_serving(
     assert post(gateway, {"model": MODEL, "messages": MESSAGES}).status_code == 200
 
 
+def test_requests_the_node_would_refuse_are_400s_before_anything_is_fetched_or_paid(
+    net: Network, gateway: ServerThread
+) -> None:
+    for body, param in [
+        ({"model": MODEL, "messages": MESSAGES, "temperature": 5}, "temperature"),
+        ({"model": MODEL, "messages": MESSAGES, "top_p": 0, "stream": True}, "top_p"),
+        ({"model": MODEL, "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "messages": MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": MODEL + ":tee", "messages": MESSAGES, "seed": 2**64}, "seed"),
+        ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": []}, "messages"),
+    ]:
+        r = post(gateway, body)
+        assert r.status_code == 400, (body, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "invalid_request" and error["param"] == param, error
+        assert "x-veil-node" not in r.headers
+    deep = b"[" * 100_000 + b"]" * 100_000  # never given to the recursive decoder
+    r = post(gateway, deep)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+    assert net.relay_app.calls == []  # no descriptor, ticket-params or sealed request
+    assert not net.a.seen and not net.b.seen and not net.bad_hash.seen
+    assert post(gateway, {"model": MODEL, "messages": MESSAGES}).status_code == 200
+
+
 def test_models_and_status(net: Network, gateway: ServerThread) -> None:
     models = sdk(gateway).models.list()
     ids = sorted(m.id for m in models.data)

@@ -4,17 +4,19 @@
 
 For each `POST /v1/chat/completions` (streamed or not) the gateway
 
-1. reads the registry and release log from the chain (`veil.client.discovery`, cached a few
+1. checks the request with the parser the node uses (`veil.wire.chat`): a request the node
+   would refuse is a 400 here, before any node is chosen or paid;
+2. reads the registry and release log from the chain (`veil.client.discovery`, cached a few
    seconds) and keeps the nodes that pass the policy of the request's privacy mode: active
    with enough stake, descriptor verified through the relay, the descriptor's address the
    registered operator's, the served weights hash the registered one and an approved release;
-2. picks one (`routing.Router`: fewest requests in flight, then lowest time to first byte);
-3. attaches a payment ticket from the user's wallet inside the sealed request
+3. picks one (`routing.Router`: fewest requests in flight, then lowest time to first byte);
+4. attaches a payment ticket from the user's wallet inside the sealed request
    (`veil.client.payer`), and requires the node's receipt to name it;
-4. sends the request sealed with OHTTP through the relay and streams the answer back as it
+5. sends the request sealed with OHTTP through the relay and streams the answer back as it
    arrives; the receipt is verified before `[DONE]` (a refused one ends the stream with an
    error event instead), and a whole answer whose receipt fails is never returned;
-5. fails over to another node when the chosen one fails before the first byte (connection,
+6. fails over to another node when the chosen one fails before the first byte (connection,
    relay 502/504, node 5xx), marking it down for a while; a failure mid-stream ends the stream
    with an error event (`node_failed_mid_stream`) and no `[DONE]`, never a silent cut.
 

@@ -30,6 +30,7 @@ from veil.client.payer import Payer, Wallet
 from veil.client.policy import PrivacyMode
 from veil.client.receipts import ReceiptStore
 from veil.errors import VeilError
+from veil.wire.boundedjson import MAX_JSON_DEPTH, check_depth
 from veil.wire.chat import ChatRequestInvalid, parse_chat_request
 from veil.wire.errors import MessageTooLarge
 from veil.wire.http import (
@@ -89,7 +90,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _precheck(raw: bytes) -> tuple[dict[str, Any], str, bool]:
     """(body, model, stream): the checks that name the gateway's own error codes (the mode
-    is read from the model), before the full parse."""
+    is read from the model), before the full parse. The nesting is bounded before anything is
+    decoded: the C decoder recurses once per level."""
+    if not check_depth(raw, limit=MAX_JSON_DEPTH):
+        raise OpenAIError(
+            400,
+            f"the request body nests deeper than {MAX_JSON_DEPTH} levels",
+            code="invalid_request",
+        )
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -161,16 +169,17 @@ class _Gateway:
         self.discovery.close()
 
     async def chat(self, request: Request) -> Response:
-        """Check the request, then answer it in its mode."""
+        """Check the request (cheap checks, the mode, then the node's own parser), then
+        answer it in its mode; nothing is fetched or paid for a request that fails a check."""
         raw = await _read_body(request, self.config.max_body_bytes)
         body, model, stream = _precheck(raw)
         bare, mode = split_mode(model, request.headers.get(MODE_HEADER))
+        try:
+            req = parse_chat_request(raw)
+            sampling = req.to_sampling()
+        except ChatRequestInvalid as err:
+            raise OpenAIError(400, str(err), code="invalid_request", param=err.param) from None
         if mode is PrivacyMode.MPC:
-            try:
-                req = parse_chat_request(raw)
-                sampling = req.to_sampling()
-            except ChatRequestInvalid as err:
-                raise OpenAIError(400, str(err), code="invalid_request", param=err.param) from None
             return await self.mpc.chat(request, req, sampling, bare, stream)
         body["model"] = bare
         payload = json.dumps(body, separators=(",", ":")).encode()
