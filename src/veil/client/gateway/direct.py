@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -44,6 +43,8 @@ from veil.client.payer import Payer, Payment
 from veil.client.policy import PrivacyMode
 from veil.client.session import VeilSession
 from veil.errors import VeilError
+from veil.wire import boundedjson
+from veil.wire.errors import Malformed, MessageTooLarge
 from veil.wire.http import (
     ATTESTATION_HEADER,
     CHAT_PATH,
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 _NODE_CHAT_URL = httpx.URL(INVALID_BASE_URL).join(CHAT_PATH)
 # 402 codes after which the request is sent again once, with fresh params, to the same node.
 _RETRY_PAYMENT = frozenset({"ticket_params_stale"})
+# A 402's error body is read for its code only; a larger one is passed through unread.
+_MAX_REFUSAL_BYTES = 64 * 1024
 
 
 class _Failover(Exception):
@@ -339,8 +342,8 @@ class DirectPath:
             return None
         content = await response.aread()
         try:
-            code = json.loads(content)["error"]["code"]
-        except (ValueError, KeyError, TypeError):
+            code = boundedjson.loads(content, max_bytes=_MAX_REFUSAL_BYTES)["error"]["code"]
+        except (Malformed, MessageTooLarge, KeyError, TypeError):
             code = None
         fresh = response.headers.get(TICKET_PARAMS_HEADER)
         retry = code in _RETRY_PAYMENT or (code == "payment_required" and sent is None)
