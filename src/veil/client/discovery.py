@@ -228,9 +228,6 @@ class Discovery:
         nodes = tuple(self.chain.get_node(op) for op, _stake in self.chain.iter_active_operators())
         chain_time = self.chain.chain_time()
         view = ChainView(nodes, min_stake, chain_time, self._clock(), time.time())
-        with self._lock:
-            for info in nodes:
-                self._nodes.setdefault(info.operator, _Verified())
         log.debug("chain view: %d active node(s)", len(nodes))
         return view
 
