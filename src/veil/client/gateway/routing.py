@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 __all__ = ["Routable", "Router"]
 
@@ -110,7 +110,7 @@ class Router:
         with self._lock:
             return max(0.0, self._of(operator).down_until - now)
 
-    def health(self, operator: str) -> dict[str, Any]:
+    def health(self, operator: str) -> dict[str, float | None]:
         """The operator's health as `/veil/status` shows it."""
         now = self._clock()
         with self._lock:
