@@ -31,9 +31,9 @@ from tests.client.gateway_support import (
 )
 from tests.conftest import ServerThread
 from veil.chain.payment import TicketParams
-from veil.client.discovery import Discovery, DiscoveryConfig
+from veil.client.discovery import DiscoveryConfig
 from veil.client.errors import PriceAboveLimit
-from veil.client.gateway import GatewayConfig, create_gateway_app, split_mode
+from veil.client.gateway import GatewayConfig, Router, create_gateway_app, split_mode
 from veil.client.payer import TICKET_LIFETIME_S, Payer, Wallet
 from veil.client.policy import PrivacyMode
 from veil.identity import NodeIdentity
@@ -347,6 +347,31 @@ def test_bad_input_gets_openai_errors_and_the_gateway_keeps_serving(
     assert post(gateway, {"model": MODEL, "messages": MESSAGES}).status_code == 200
 
 
+def test_requests_the_node_would_refuse_are_400s_before_anything_is_fetched_or_paid(
+    net: Network, gateway: ServerThread
+) -> None:
+    for body, param in [
+        ({"model": MODEL, "messages": MESSAGES, "temperature": 5}, "temperature"),
+        ({"model": MODEL, "messages": MESSAGES, "top_p": 0, "stream": True}, "top_p"),
+        ({"model": MODEL, "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "messages": MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": MODEL + ":tee", "messages": MESSAGES, "seed": 2**64}, "seed"),
+        ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": []}, "messages"),
+    ]:
+        r = post(gateway, body)
+        assert r.status_code == 400, (body, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "invalid_request" and error["param"] == param, error
+        assert "x-veil-node" not in r.headers
+    deep = b"[" * 100_000 + b"]" * 100_000  # never given to the recursive decoder
+    r = post(gateway, deep)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+    assert net.relay_app.calls == []  # no descriptor, ticket-params or sealed request
+    assert not net.a.seen and not net.b.seen and not net.bad_hash.seen
+    assert post(gateway, {"model": MODEL, "messages": MESSAGES}).status_code == 200
+
+
 def test_models_and_status(net: Network, gateway: ServerThread) -> None:
     models = sdk(gateway).models.list()
     ids = sorted(m.id for m in models.data)
@@ -446,19 +471,18 @@ def test_cached_sessions_are_verified_again_off_the_loop(net: Network) -> None:
 def test_pick_prefers_fewer_in_flight_then_lower_latency() -> None:
     from types import SimpleNamespace
 
-    discovery = Discovery(FakeChain(), "http://relay.test")
+    router = Router()
     a, b, c = (SimpleNamespace(operator=f"0x{i}") for i in "abc")
     candidates: list[Any] = [a, b, c]
-    assert discovery.pick(candidates) is a  # nothing measured: registration order
-    discovery.record_ttfb("0xa", 0.5)
-    discovery.record_ttfb("0xb", 0.2)
-    discovery.record_ttfb("0xc", 0.3)
-    assert discovery.pick(candidates) is b
-    discovery.started("0xb")
-    assert discovery.pick(candidates) is c
-    discovery.mark_down("0xc", "test")
-    assert discovery.pick(candidates) is a
-    assert discovery.pick(candidates, exclude=["0xA"]) is b
-    discovery.finished("0xb")
-    assert discovery.pick(candidates) is b
-    discovery.close()
+    assert router.pick(candidates) is a  # nothing measured: registration order
+    router.record_ttfb("0xa", 0.5)
+    router.record_ttfb("0xb", 0.2)
+    router.record_ttfb("0xc", 0.3)
+    assert router.pick(candidates) is b
+    router.started("0xb")
+    assert router.pick(candidates) is c
+    router.mark_down("0xc", "test")
+    assert router.pick(candidates) is a
+    assert router.pick(candidates, exclude=["0xA"]) is b
+    router.finished("0xb")
+    assert router.pick(candidates) is b

@@ -1,6 +1,6 @@
-"""Which nodes a client may use: the chain's registry, each node verified, one chosen per request.
+"""Which nodes a client may use: the chain's registry, each node verified under a mode's policy.
 
-`Discovery` keeps three things:
+`Discovery` keeps two things:
 
 * a **chain view** (`ChainView`): the active operators of the NodeRegistry with their records,
   the minimum stake and the chain's time, read lazily and kept `view_ttl_s` (a few seconds);
@@ -8,12 +8,12 @@
   descriptor fetched through the relay (a node's relay id is its operator address) and
   verified under the mode's policy, with the ReleaseLog as the release source; then checked
   against the registry: the descriptor's address is the operator's, and the served model's
-  weights hash is the one registered on chain;
-* **health per node**: requests in flight, an EWMA of the time to the first byte, and a
-  down-until time after a failure (failover skips the node for `down_s`).
+  weights hash is the one registered on chain.
 
 `eligible(mode, model_id)` returns the usable candidates and, for every other node, why it was
-refused; `pick` takes the one with the fewest requests in flight, then the lowest latency.
+refused. Which candidate gets a request, and node health (requests in flight, time to first
+byte, down after a failure), belong to the gateway's `Router` (`veil.client.gateway.routing`);
+discovery only asks it, through `down_for`, which nodes to skip without checking them.
 Refusals are cached for `refusal_ttl_s`, so a `tee` request in a network of `dev` nodes does
 not fetch every descriptor again each time. A cached session is verified again (in a worker
 thread, not on the event loop) every `reverify_s`, so rotated OHTTP keys are usually known
@@ -79,8 +79,8 @@ class DiscoveryConfig:
     max_stale_s: float = 60.0  # a failed re-read keeps the old view this long at most
     refusal_ttl_s: float = 10.0  # a node refused under a mode is not checked again for this
     reverify_s: float = 300.0  # a cached session's descriptor is fetched and verified again
-    down_s: float = 30.0  # a node that failed a request is skipped this long
-    ewma_alpha: float = 0.3  # weight of the newest time-to-first-byte sample
+    down_s: float = 30.0  # the gateway's Router skips a node that failed this long
+    ewma_alpha: float = 0.3  # the Router's weight of the newest time-to-first-byte sample
     max_kept_receipts: int = 64  # verified receipts kept in memory per session
     verify_workers: int = 4  # descriptor fetches run in parallel
 
@@ -136,10 +136,9 @@ class Selection:
 
 
 @dataclass
-class _Health:
-    in_flight: int = 0
-    ttfb_s: float | None = None  # EWMA of time to first byte
-    down_until: float = 0.0  # monotonic
+class _Verified:
+    """What discovery holds of one node: its sessions and refusals per mode."""
+
     sessions: dict[PrivacyMode, VeilSession] = field(default_factory=dict)
     verified_at: dict[PrivacyMode, float] = field(default_factory=dict)  # monotonic
     refusals: dict[PrivacyMode, Refusal] = field(default_factory=dict)
@@ -159,7 +158,11 @@ def serves(info: NodeInfo, model_id: str) -> bool:
 
 
 class Discovery:
-    """The chain view, verified sessions per (node, mode) and node health; thread-safe."""
+    """The chain view and verified sessions per (node, mode); thread-safe.
+
+    `down_for(operator)`: seconds a node is still skipped for after a failure (the gateway's
+    `Router.down_for`); such a node is refused as `unavailable` without being checked. None:
+    no node is ever skipped."""
 
     def __init__(
         self,
@@ -170,6 +173,7 @@ class Discovery:
         descriptor_outer: httpx.BaseTransport | None = None,
         config: DiscoveryConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        down_for: Callable[[str], float] | None = None,
     ) -> None:
         from veil.chain.releases import ChainReleases
 
@@ -179,11 +183,12 @@ class Discovery:
         self.config = config or DiscoveryConfig()
         self._descriptor_outer = descriptor_outer
         self._clock = clock
+        self._down_for = down_for
         self._releases = ChainReleases(chain)  # type: ignore[arg-type]
         self._view: ChainView | None = None
         self._chain_lock = threading.Lock()  # one chain read at a time
-        self._lock = threading.Lock()  # health and caches
-        self._health: dict[str, _Health] = {}
+        self._lock = threading.Lock()  # the caches
+        self._nodes: dict[str, _Verified] = {}
         self._pool = ThreadPoolExecutor(self.config.verify_workers, "veil-verify")
 
     def close(self) -> None:
@@ -223,9 +228,6 @@ class Discovery:
         nodes = tuple(self.chain.get_node(op) for op, _stake in self.chain.iter_active_operators())
         chain_time = self.chain.chain_time()
         view = ChainView(nodes, min_stake, chain_time, self._clock(), time.time())
-        with self._lock:
-            for info in nodes:
-                self._health.setdefault(info.operator, _Health())
         log.debug("chain view: %d active node(s)", len(nodes))
         return view
 
@@ -234,9 +236,12 @@ class Discovery:
     def policy(self, mode: PrivacyMode) -> Policy:
         return Policy.for_mode(mode, releases=self._releases)
 
-    def _health_of(self, operator: str) -> _Health:
+    def _node(self, operator: str) -> _Verified:
         with self._lock:
-            return self._health.setdefault(operator, _Health())
+            return self._node_locked(operator)
+
+    def _node_locked(self, operator: str) -> _Verified:
+        return self._nodes.setdefault(operator, _Verified())
 
     def fresh_view(self) -> ChainView | None:
         """The cached chain view when it is young enough to use as is; else None."""
@@ -266,17 +271,17 @@ class Discovery:
         """A verified candidate for `info` under `mode` (serving `model_id`), or raise
         `_Refused`. Uses the cached session or refusal when there is one (with `cached_only`,
         raises `_NotCached` where it would have to fetch)."""
-        health = self._health_of(info.operator)
+        node = self._node(info.operator)
         now = self._clock()
         with self._lock:
-            refusal = health.refusals.get(mode)
+            refusal = node.refusals.get(mode)
             if refusal is not None and now >= refusal.until:
-                del health.refusals[mode]
+                del node.refusals[mode]
                 refusal = None
-            session = health.sessions.get(mode)
+            session = node.sessions.get(mode)
         if refusal is not None:
             raise _Refused(refusal)
-        due = session is not None and now - health.verified_at.get(mode, now) >= (
+        due = session is not None and now - node.verified_at.get(mode, now) >= (
             self.config.reverify_s
         )
         if cached_only and (session is None or due):
@@ -284,13 +289,13 @@ class Discovery:
         if session is None:
             session = self._verify(info, mode)
         elif due:
-            self._reverify(session, health, mode)
+            self._reverify(session, node, mode)
         # The session stays cached either way: the registry is matched again on every call.
         self._match_registry(session, info, model_id)
         return Candidate(info, session, mode)
 
     def _verify(self, info: NodeInfo, mode: PrivacyMode) -> VeilSession:
-        health = self._health_of(info.operator)
+        node = self._node(info.operator)
         try:
             session = connect(
                 self.relay_url,
@@ -300,35 +305,35 @@ class Discovery:
                 outer=self._descriptor_outer,
             )
         except NodeRejected as err:
-            raise self._refuse(health, mode, POLICY, f"refused at {err.check}: {err}") from None
+            raise self._refuse(node, mode, POLICY, f"refused at {err.check}: {err}") from None
         except DescriptorUnavailable as err:
-            raise self._refuse(health, mode, UNAVAILABLE, str(err)) from None
+            raise self._refuse(node, mode, UNAVAILABLE, str(err)) from None
         except VeilError as err:  # a chain error while checking releases, a key list...
             reason = f"could not be checked: {type(err).__name__}: {err}"
-            raise self._refuse(health, mode, UNAVAILABLE, reason) from None
+            raise self._refuse(node, mode, UNAVAILABLE, reason) from None
         session.checker.max_kept = self.config.max_kept_receipts
         log.info("node %s verified for %s (%s)", info.operator, mode, session.attestation_kind)
         with self._lock:
-            health.sessions[mode] = session
-            health.verified_at[mode] = self._clock()
+            node.sessions[mode] = session
+            node.verified_at[mode] = self._clock()
         return session
 
-    def _reverify(self, session: VeilSession, health: _Health, mode: PrivacyMode) -> None:
+    def _reverify(self, session: VeilSession, node: _Verified, mode: PrivacyMode) -> None:
         try:
             session.reverify()
         except NodeRejected as err:
-            raise self._refuse(health, mode, POLICY, f"refused at {err.check}: {err}") from None
+            raise self._refuse(node, mode, POLICY, f"refused at {err.check}: {err}") from None
         except VeilError as err:
             reason = f"could not be verified again: {type(err).__name__}: {err}"
-            raise self._refuse(health, mode, UNAVAILABLE, reason) from None
+            raise self._refuse(node, mode, UNAVAILABLE, reason) from None
         with self._lock:
-            health.verified_at[mode] = self._clock()
+            node.verified_at[mode] = self._clock()
 
-    def _refuse(self, health: _Health, mode: PrivacyMode, kind: str, reason: str) -> _Refused:
+    def _refuse(self, node: _Verified, mode: PrivacyMode, kind: str, reason: str) -> _Refused:
         refusal = Refusal(kind, reason, self._clock() + self.config.refusal_ttl_s)
         with self._lock:
-            health.refusals[mode] = refusal
-            health.sessions.pop(mode, None)
+            node.refusals[mode] = refusal
+            node.sessions.pop(mode, None)
         return _Refused(refusal)
 
     def _match_registry(self, session: VeilSession, info: NodeInfo, model_id: str | None) -> None:
@@ -359,12 +364,11 @@ class Discovery:
         self, mode: PrivacyMode | str, model_id: str | None, *, cached_only: bool = False
     ) -> Selection:
         """The nodes usable for `mode` (serving `model_id`, when given) and why the others
-        are not. Nodes marked down count as refused (`unavailable`)."""
+        are not. Nodes `down_for` skips count as refused (`unavailable`)."""
         mode = PrivacyMode(mode)
         view = self.fresh_view() if cached_only else self.view()
         if view is None:
             raise _NotCached
-        now = self._clock()
         refusals: dict[str, Refusal] = {}
         todo: list[NodeInfo] = []
         for info in view.nodes:
@@ -374,10 +378,10 @@ class Discovery:
             if reason is not None:
                 refusals[info.operator] = Refusal(POLICY, reason)
                 continue
-            down = self._health_of(info.operator).down_until
-            if down > now:
+            down = self._down_for(info.operator) if self._down_for is not None else 0.0
+            if down > 0:
                 refusals[info.operator] = Refusal(
-                    UNAVAILABLE, f"failed recently; skipped for {down - now:.0f} s more"
+                    UNAVAILABLE, f"failed recently; skipped for {down:.0f} s more"
                 )
                 continue
             todo.append(info)
@@ -401,65 +405,17 @@ class Discovery:
     def drop_session(self, operator: str, mode: PrivacyMode) -> None:
         """Forget a session whose node failed verification again (keys, identity)."""
         with self._lock:
-            self._health_of_locked(operator).sessions.pop(mode, None)
-
-    def _health_of_locked(self, operator: str) -> _Health:
-        return self._health.setdefault(operator, _Health())
-
-    # ------------------------------------------------------------------ choice and health
-
-    def rank(self, candidates: Iterable[Candidate], exclude: Iterable[str] = ()) -> list[Candidate]:
-        """The candidates not excluded nor down, best first: fewest requests in flight, then
-        the lowest time to first byte (a node not measured yet counts as fastest, so it gets
-        tried), then the order given."""
-        skip = {op.lower() for op in exclude}
-        now = self._clock()
-        with self._lock:
-            ranked = []
-            for i, c in enumerate(candidates):
-                h = self._health_of_locked(c.operator)
-                if c.operator.lower() in skip or h.down_until > now:
-                    continue
-                ranked.append((h.in_flight, h.ttfb_s or 0.0, i, c))
-        return [r[3] for r in sorted(ranked, key=lambda r: r[:3])]
-
-    def pick(
-        self, candidates: Iterable[Candidate], exclude: Iterable[str] = ()
-    ) -> Candidate | None:
-        """The best of `rank` (None if none)."""
-        ranked = self.rank(candidates, exclude)
-        return ranked[0] if ranked else None
-
-    def started(self, operator: str) -> None:
-        with self._lock:
-            self._health_of_locked(operator).in_flight += 1
-
-    def finished(self, operator: str) -> None:
-        with self._lock:
-            h = self._health_of_locked(operator)
-            h.in_flight = max(0, h.in_flight - 1)
-
-    def record_ttfb(self, operator: str, seconds: float) -> None:
-        with self._lock:
-            h = self._health_of_locked(operator)
-            a = self.config.ewma_alpha
-            h.ttfb_s = seconds if h.ttfb_s is None else a * seconds + (1 - a) * h.ttfb_s
-
-    def mark_down(self, operator: str, why: str) -> None:
-        with self._lock:
-            self._health_of_locked(operator).down_until = self._clock() + self.config.down_s
-        log.warning("node %s marked down for %.0f s: %s", operator, self.config.down_s, why)
+            self._node_locked(operator).sessions.pop(mode, None)
 
     # ------------------------------------------------------------------ status
 
     def status(self, modes: Iterable[PrivacyMode]) -> list[dict[str, Any]]:
-        """Every known node: registry record, verification per mode (or why not), health."""
+        """Every known node: registry record, verification per mode (or why not). The
+        gateway adds each node's health (`Router.health`)."""
         view = self.view()
         selections = {mode: self.eligible(mode, None) for mode in modes}
-        now = self._clock()
         out = []
         for info in view.nodes:
-            h = self._health_of(info.operator)
             verified: dict[str, Any] = {}
             for mode, selection in selections.items():
                 found = next((c for c in selection.candidates if c.operator == info.operator), None)
@@ -496,12 +452,6 @@ class Discovery:
                     ],
                     "modes": verified,
                     "mpc_party": None if party is None else party.to_json(),
-                    "in_flight": h.in_flight,
-                    "ttfb_ms": None if h.ttfb_s is None else round(h.ttfb_s * 1000, 1),
-                    "down_for_s": max(0.0, round(h.down_until - now, 1)),
-                    "down_until": (
-                        int(time.time() + h.down_until - now) if h.down_until > now else None
-                    ),
                 }
             )
         return out

@@ -1,0 +1,60 @@
+"""What both answer paths of the gateway share: its settings, the chain view and the
+selection of verified nodes, and the error event that ends a broken stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from veil.client.discovery import ChainView, Discovery, DiscoveryConfig, Selection
+from veil.client.payer import PayerConfig
+from veil.client.policy import PrivacyMode
+from veil.errors import VeilError
+from veil.wire.chat import sse
+from veil.wire.http import OpenAIError, error_body
+
+__all__ = ["GatewayConfig", "read_view", "select", "sse_error"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    max_body_bytes: int = 1 << 20  # request bodies above this get 413
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    payer: PayerConfig = field(default_factory=PayerConfig)
+    mpc_protocol: str = "aby3"  # MPC sessions: three parties, honest majority, no dealer
+    mpc_default_max_tokens: int = 32  # an :mpc request without max_tokens (~10 s per token)
+    mpc_max_tokens: int = 256  # the largest max_tokens an :mpc request may ask for
+    mpc_timeout_s: float = 600.0  # one party request at most (a real-model prefill: ~75 s)
+    mpc_retry_after_s: int = 30  # the retry-after of a 503 mpc_parties_busy
+
+
+def sse_error(message: str, code: str) -> bytes:
+    """The event that ends a stream which cannot go on: the client sees why, never a cut."""
+    return sse(error_body(message, type_="server_error", code=code))
+
+
+async def read_view(discovery: Discovery) -> ChainView:
+    """The chain view, read in a thread; a chain that cannot be read is a 503, since no node
+    can be verified without it."""
+    try:
+        return await asyncio.to_thread(discovery.view)
+    except VeilError as err:
+        log.warning("chain unavailable: %s", type(err).__name__)
+        raise OpenAIError(
+            503,
+            f"the chain cannot be read ({type(err).__name__}); no node can be verified",
+            code="chain_unavailable",
+            type_="server_error",
+        ) from None
+
+
+async def select(discovery: Discovery, mode: PrivacyMode, model_id: str | None) -> Selection:
+    """`Discovery.eligible`, from the cache on the event loop when it can; in a thread when
+    a chain read or a descriptor fetch is due."""
+    selection = discovery.eligible_cached(mode, model_id)
+    if selection is None:
+        selection = await asyncio.to_thread(discovery.eligible, mode, model_id)
+    return selection
