@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from veil.chain.deployment import Deployment
 from veil.chain.errors import ChainError, DeploymentError, TransactionFailed
@@ -31,6 +31,7 @@ from veil.chain.types import (
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
+    from eth_typing import ChecksumAddress
     from web3 import Web3
     from web3.contract import Contract
 
@@ -89,7 +90,8 @@ class ChainClient:
 
     def _contract(self, name: str) -> Contract:
         return self.w3.eth.contract(
-            address=self.deployment.addresses[name], abi=self.deployment.abis[name]
+            address=cast("ChecksumAddress", self.deployment.addresses[name]),
+            abi=self.deployment.abis[name],
         )
 
     @property

@@ -12,9 +12,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from veil.chain.errors import DeploymentError
+
+if TYPE_CHECKING:
+    from eth_typing import ChecksumAddress
 
 __all__ = [
     "DEFAULT_DEPLOYMENT_PATH",
@@ -163,7 +166,7 @@ def deploy(
     addresses: dict[str, str] = {}
     first_block: int | None = None
 
-    def create(name: str, *args: Any) -> str:
+    def create(name: str, *args: Any) -> ChecksumAddress:
         nonlocal first_block
         factory = w3.eth.contract(abi=compiled[name].abi, bytecode=compiled[name].bytecode)
         say(f"deploying {name}")
@@ -172,7 +175,7 @@ def deploy(
         )
         if first_block is None:
             first_block = receipt.block_number
-        address = str(raw["contractAddress"])
+        address = cast("ChecksumAddress", str(raw["contractAddress"]))
         addresses[name] = address
         return address
 

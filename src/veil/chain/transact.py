@@ -8,7 +8,7 @@ leave this module unmapped.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from veil.chain.errors import (
     ChainError,
@@ -21,6 +21,7 @@ from veil.chain.types import TxReceipt
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
     from web3 import Web3
+    from web3.types import TxParams
 
 __all__ = ["connect", "map_web3_error", "revert_reason", "send_transaction"]
 
@@ -128,7 +129,7 @@ def _failed_receipt_error(w3: Web3, built: dict[str, Any], raw: Any, function: s
     """A mined-but-reverted transaction: replay it as a call to recover the reason."""
     replay = {k: built[k] for k in ("from", "to", "data", "value") if k in built}
     try:
-        w3.eth.call(replay, block_identifier=raw["blockNumber"] - 1)
+        w3.eth.call(cast("TxParams", replay), block_identifier=raw["blockNumber"] - 1)
     except Exception as exc:
         mapped = map_web3_error(exc, function)
         if not isinstance(mapped, TransactionFailed):

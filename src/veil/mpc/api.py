@@ -20,7 +20,7 @@ answer opens its own session with fresh shares and closes it, wiping the parties
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +72,7 @@ class MpcChat:
         """End the answer now and close its session (not while another thread runs `next`)."""
         self._run.close()
 
-    def _generate(self) -> Iterator[MpcDelta]:
+    def _generate(self) -> Generator[MpcDelta, None, None]:
         import torch
 
         from veil.engine import Sampler

@@ -275,7 +275,7 @@ def _channel(spec: Any, timeout_s: float) -> PartyChannel:
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], httpx.Client):
         return HttpChannel(spec[1], str(spec[0]), timeout_s=timeout_s)
     if all(hasattr(spec, a) for a in ("name", "call", "end", "close")):
-        return spec  # type: ignore[no-any-return]
+        return spec
     raise MpcConfigError(f"a party is an address, (name, httpx.Client) or a channel, not {spec!r}")
 
 

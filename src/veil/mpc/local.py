@@ -26,6 +26,9 @@ class PlainSession:
         self.shape, self.weights = shape, weights
         self._step = jax.jit(functools.partial(layers_step, shape))
         self.capacity = self.length = 0
+        self.k: np.ndarray  # the layers' key cache, set by reset()
+        self.v: np.ndarray  # the value cache
+        self.valid: np.ndarray  # which cache slots hold tokens
 
     def _run(self, hidden: np.ndarray, new_valid: np.ndarray) -> np.ndarray:
         n = hidden.shape[0]

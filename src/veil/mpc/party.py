@@ -113,9 +113,10 @@ class PartyService:
         self.shape = shape
         self.weights_sha256 = weights_sha256
         self._own_cert_dir: str | None = None
-        if config.cert_dir is None:
-            self._own_cert_dir = tempfile.mkdtemp(prefix="veil-mpc-link-")
-        self.identity = LinkIdentity.load_or_create(Path(config.cert_dir or self._own_cert_dir))
+        cert_dir = config.cert_dir
+        if cert_dir is None:
+            cert_dir = self._own_cert_dir = tempfile.mkdtemp(prefix="veil-mpc-link-")
+        self.identity = LinkIdentity.load_or_create(Path(cert_dir))
         self._weights = WeightsFile(config.settings, weights)  # encoded once, for every worker
         self._setup = WorkerSetup(
             settings=config.settings,
@@ -195,11 +196,12 @@ class PartyService:
 
     def _keep_starting(self, worker: Worker) -> None:
         """A worker not ready yet goes back to be the spare; it keeps starting."""
+        spare: Worker | None = worker
         with self._lock:
             if (self._spare is None or not self._spare.ready) and not self._stop.is_set():
-                worker, self._spare = self._spare, worker
-        if worker is not None:
-            worker.close()
+                spare, self._spare = self._spare, worker
+        if spare is not None:
+            spare.close()
 
     def _release_worker(self, worker: Worker, why: str) -> None:
         """A session's worker dies with the session: every share it held goes with it.
