@@ -40,7 +40,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.attest.producer import EvidenceProducer
-from veil.chain.payment import MEDIA_TICKET_PARAMS, TICKET_HEADER, TICKET_PARAMS_PATH
 from veil.engine import (
     ChatMessage,
     ContextLengthExceeded,
@@ -54,26 +53,32 @@ from veil.engine import (
     SamplingParams,
     TokenDelta,
 )
-from veil.identity import (
-    DESCRIPTOR_PATH,
-    MEDIA_DESCRIPTOR,
-    ModelEntry,
-    NodeIdentity,
-    request_digest,
-    sign_receipt,
-)
+from veil.identity import ModelEntry, NodeIdentity, request_digest, sign_receipt
 from veil.node.config import NodeConfig
 from veil.node.descriptor import DescriptorIssuer, load_node_identity
-from veil.node.errors import APIError, error_body
-from veil.node.gateway import REQUEST_DIGEST_EXTENSION, GatewayConfig, NodeKeys, gateway_router
-from veil.node.mpc import MEDIA_MPC, MPC_PATH, NodeParty
+from veil.node.errors import PaymentRefused
+from veil.node.gateway import GatewayConfig, gateway_router
+from veil.node.keys import NodeKeys
+from veil.node.mpc import NodeParty
 from veil.node.payments import AcceptedTicket, NodePayments, open_payments
 from veil.node.rotation import replay_window_for, rotate_periodically
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
 from veil.wire import bhttp
 from veil.wire.chat import SSE_DONE, ChatRequestInvalid, Completion, sse, usage
 from veil.wire.errors import MessageTooLarge
-from veil.wire.http import read_capped
+from veil.wire.http import (
+    DESCRIPTOR_PATH,
+    MEDIA_DESCRIPTOR,
+    MEDIA_MPC,
+    MEDIA_TICKET_PARAMS,
+    MPC_PATH,
+    REQUEST_DIGEST_EXTENSION,
+    TICKET_HEADER,
+    TICKET_PARAMS_PATH,
+    OpenAIError,
+    error_body,
+    read_capped,
+)
 
 __all__ = ["create_app"]
 
@@ -84,7 +89,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     try:
         return await read_capped(request, limit)
     except MessageTooLarge as err:
-        raise APIError(413, str(err), code="request_too_large") from None
+        raise OpenAIError(413, str(err), code="request_too_large") from None
 
 
 def _sampling(
@@ -93,10 +98,10 @@ def _sampling(
     try:
         checked = req.to_sampling(max_tokens_limit=config.max_tokens_limit)
     except ChatRequestInvalid as exc:
-        raise APIError(400, str(exc), param=exc.param) from None
+        raise OpenAIError(400, str(exc), param=exc.param) from None
     requested, param = checked.max_tokens, req.limit_param
     if prompt_tokens >= engine.context_length:
-        raise APIError(
+        raise OpenAIError(
             400,
             f"this model's context window is {engine.context_length} tokens, but the messages "
             f"take {prompt_tokens} tokens",
@@ -105,7 +110,7 @@ def _sampling(
         )
     room = engine.context_length - prompt_tokens
     if requested is not None and requested > room:
-        raise APIError(
+        raise OpenAIError(
             400,
             f"this model's context window is {engine.context_length} tokens; the messages take "
             f"{prompt_tokens} and {param} asks for {requested} more",
@@ -121,7 +126,7 @@ def _sampling(
             seed=checked.seed,
         )
     except InvalidGenerationRequest as exc:
-        raise APIError(400, str(exc), param=exc.param) from None
+        raise OpenAIError(400, str(exc), param=exc.param) from None
 
 
 class _Signer:
@@ -165,10 +170,17 @@ def _usage(fin: Finished) -> dict[str, int]:
     return usage(fin.prompt_tokens, fin.completion_tokens)
 
 
-def _failure(event: Failed) -> APIError:
+def _failure(event: Failed) -> OpenAIError:
     if isinstance(event.error, EngineClosed):
-        return APIError(503, "the node is shutting down", type_="server_error", code="unavailable")
-    return APIError(500, str(event.error), type_="server_error", code="inference_failed")
+        return OpenAIError(
+            503, "the node is shutting down", type_="server_error", code="unavailable"
+        )
+    return OpenAIError(500, str(event.error), type_="server_error", code="inference_failed")
+
+
+def _payment_error(err: PaymentRefused) -> OpenAIError:
+    """The answer to a refused payment: 402 `payment_error`, or 503 `server_error`."""
+    return OpenAIError(err.status, err.message, type_=err.type, code=err.code)
 
 
 def create_app(
@@ -239,8 +251,8 @@ def create_app(
         "context_length": engine.context_length,
     }
 
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    @app.exception_handler(OpenAIError)
+    async def _api_error(_: Request, exc: OpenAIError) -> JSONResponse:
         log.info("request refused: %d %s", exc.status, exc.code)  # codes only, never input
         return JSONResponse(exc.body(), status_code=exc.status)
 
@@ -283,7 +295,7 @@ def create_app(
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str) -> dict[str, Any]:
         if model_id != engine.model_id:
-            raise APIError(
+            raise OpenAIError(
                 404, f"the model {model_id!r} does not exist", param="model", code="model_not_found"
             )
         return model_info
@@ -301,10 +313,10 @@ def create_app(
     @app.post(MPC_PATH)
     async def mpc(request: Request) -> Response:
         if party is None:
-            raise APIError(404, "this node hosts no MPC party", code="mpc_unavailable")
+            raise OpenAIError(404, "this node hosts no MPC party", code="mpc_unavailable")
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != MEDIA_MPC:
-            raise APIError(415, f"the body must be {MEDIA_MPC}", code="unsupported_media_type")
+            raise OpenAIError(415, f"the body must be {MEDIA_MPC}", code="unsupported_media_type")
         status, frame = await party.answer(await _read_body(request, config.max_body_bytes))
         return Response(
             frame, status_code=status, media_type=MEDIA_MPC, headers={"cache-control": "no-store"}
@@ -316,7 +328,7 @@ def create_app(
             return await _chat(request, None)
         try:
             response = await _chat(request, payments)
-        except APIError as err:  # refusals too tell the payer the current params
+        except OpenAIError as err:  # refusals too tell the payer the current params
             response = JSONResponse(err.body(), status_code=err.status)
         response.headers.update(payments.params_header())
         return response
@@ -325,7 +337,7 @@ def create_app(
         raw = await _read_body(request, config.max_body_bytes)
         req = parse_chat_request(raw)
         if req.model != engine.model_id:
-            raise APIError(
+            raise OpenAIError(
                 404,
                 f"the model {req.model!r} does not exist on this node; "
                 f"it serves {engine.model_id!r}",
@@ -337,7 +349,10 @@ def create_app(
         params = _sampling(req, len(prompt_ids), engine, config)
         paid: AcceptedTicket | None = None
         if payments is not None:  # a valid request only: a refused one costs no ticket
-            paid = await payments.check(request.headers.get(TICKET_HEADER))
+            try:
+                paid = await payments.check(request.headers.get(TICKET_HEADER))
+            except PaymentRefused as err:
+                raise _payment_error(err) from None
         signer = _Signer(
             identity,
             _request_digest(request, raw),
@@ -347,13 +362,13 @@ def create_app(
         try:
             handle = engine.submit(prompt_ids, params)
         except EngineOverloaded as exc:
-            raise APIError(503, str(exc), type_="server_error", code="overloaded") from None
+            raise OpenAIError(503, str(exc), type_="server_error", code="overloaded") from None
         except EngineClosed:
-            raise APIError(
+            raise OpenAIError(
                 503, "the node is shutting down", type_="server_error", code="unavailable"
             ) from None
         except ContextLengthExceeded as exc:
-            raise APIError(
+            raise OpenAIError(
                 400, str(exc), param="messages", code="context_length_exceeded"
             ) from None
         completion = Completion(engine.model_id)
@@ -485,7 +500,7 @@ async def _whole(
                 )
             else:
                 raise _failure(event)
-        raise APIError(500, "the generation ended without a result", type_="server_error")
+        raise OpenAIError(500, "the generation ended without a result", type_="server_error")
     finally:
         watcher.cancel()
         handle.cancel()
