@@ -16,7 +16,7 @@ from veil.identity import (
     NodeIdentity,
     SignedDescriptor,
 )
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 
 # Copied from the shared test data; tests/data/README.md names the source.
 TESTDATA = Path(__file__).resolve().parent / "data" / "attestation"

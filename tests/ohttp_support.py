@@ -96,7 +96,8 @@ def _serve_gateway(key_file: str, port: str, seen_file: str) -> None:
 
     import uvicorn
 
-    from veil.node.gateway import NodeKeys, create_gateway_app
+    from veil.node.gateway import create_gateway_app
+    from veil.node.keys import NodeKeys
 
     class Recorder(list):  # writes each entry as it is recorded
         def append(self, item: Any) -> None:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from attest_support import MODEL_HASH, OUTDATED_NOW, TDX_NOW, TESTDATA, dev_descriptor
 from veil.cli import app
 from veil.identity import NodeIdentity, request_digest, sign_receipt
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 
 runner = CliRunner()
 NODE = NodeIdentity.generate()

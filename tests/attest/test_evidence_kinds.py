@@ -29,7 +29,7 @@ from veil.attest import (
     verify_evidence,
 )
 from veil.identity import NodeIdentity, report_data
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 
 IDENTITY = NodeIdentity.generate()
 KEYS = NodeKeys.generate()

@@ -120,6 +120,19 @@ def test_a_garbage_signature_is_refused_as_a_ticket_error():
         PaymentTicket(t, b"\xff" * 65).signer(p.domain)
 
 
+def test_only_the_low_s_form_with_v_27_or_28_passes_the_signature_check():
+    p = params()
+    paid = PaymentTicket.sign(p.ticket(SENDER.address, 1, 1_900_000_000), p.domain, SENDER.key)
+    paid.check_signature_form()  # what eth_account signs
+    r, s, v = paid.signature[:32], int.from_bytes(paid.signature[32:64], "big"), paid.signature[64]
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    twin = r + (n - s).to_bytes(32, "big") + bytes([55 - v])  # the malleable twin: same signer
+    assert PaymentTicket(paid.ticket, twin).signer(p.domain) == SENDER.address
+    for sig in (twin, paid.signature[:64] + bytes([v - 27])):
+        with pytest.raises(InvalidTicket, match="low-s with v 27 or 28"):
+            PaymentTicket(paid.ticket, sig).check_signature_form()
+
+
 @given(st.text(max_size=300))
 def test_any_header_text_parses_or_raises_invalid_ticket(text):
     for parse in (PaymentTicket.from_header, TicketParams.from_header):

@@ -34,7 +34,9 @@ from veil.identity import (
     sign_receipt,
 )
 from veil.node.descriptor import DescriptorIssuer, software_claim
-from veil.node.gateway import REQUEST_DIGEST_EXTENSION, NodeKeys, gateway_router
+from veil.node.gateway import gateway_router
+from veil.node.keys import NodeKeys
+from veil.wire.http import REQUEST_DIGEST_EXTENSION
 
 MODEL = "smollm2-135m-instruct"
 WEIGHTS = bytes.fromhex("ab" * 32)

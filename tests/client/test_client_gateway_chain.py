@@ -31,7 +31,7 @@ from veil.identity.keystore import save_keystore
 from veil.node.api import create_app
 from veil.node.config import NodeConfig
 from veil.node.descriptor import software_claim
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 from veil.relay.app import create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory
 

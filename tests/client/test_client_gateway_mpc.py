@@ -43,7 +43,7 @@ from veil.mpc.runtime import MpcSettings
 from veil.mpc.source import ModelSource, load_source
 from veil.node.api import create_app
 from veil.node.config import NodeConfig
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 from veil.node.mpc import NodeParty, build_party
 from veil.relay.app import RelayConfig, create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory

@@ -47,7 +47,7 @@ from veil.identity import (
     ModelEntry,
     NodeIdentity,
 )
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 
 IDENTITY = NodeIdentity.generate()
 KEYS = NodeKeys.generate()

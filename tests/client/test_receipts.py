@@ -19,7 +19,7 @@ from veil.identity import (
     request_digest,
     sign_receipt,
 )
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 
 FAST = 2**10
 NODE = NodeIdentity.generate()

@@ -19,7 +19,8 @@ from veil.client import (
     TruncatedResponse,
     relay_keys_url,
 )
-from veil.node.gateway import NodeKeys, create_gateway_app
+from veil.node.gateway import create_gateway_app
+from veil.node.keys import NodeKeys
 from veil.wire import ohttp
 
 RELAY = "http://relay.test"

@@ -23,7 +23,7 @@ from veil.identity import (
     SignedDescriptor,
     load_descriptor,
 )
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 
 NOW = 1_700_000_000
 IDENTITY = NodeIdentity.generate()

@@ -17,7 +17,7 @@ from veil.engine import PACKAGED_MODEL_ID
 from veil.identity import NodeIdentity, Receipt, request_digest, verify_receipt
 from veil.node.api import create_app
 from veil.node.config import NodeConfig
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 from veil.relay.app import create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory
 

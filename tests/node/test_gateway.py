@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from veil.node.gateway import GatewayConfig, NodeKeys, ReplayCache, create_gateway_app
+from veil.node.gateway import GatewayConfig, ReplayCache, create_gateway_app
+from veil.node.keys import NodeKeys
 from veil.wire import bhttp, ohttp
 from veil.wire.errors import OHTTP_KEY_PROBLEM, PROBLEM_PREFIX
 

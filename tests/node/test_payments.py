@@ -23,9 +23,9 @@ from veil.chain.errors import (
 from veil.chain.payment import TicketParams
 from veil.chain.tickets import TicketDomain, win_prob_for
 from veil.chain.types import SenderFunds
-from veil.node.errors import APIError
 from veil.node.payments import (
     NodePayments,
+    PaymentRefused,
     PaymentStats,
     Redeemer,
     TicketDesk,
@@ -84,15 +84,15 @@ def desk(clock: Clock, funds: FakeFunds) -> TicketDesk:
     return make_desk(clock, funds)
 
 
-async def refused(desk: TicketDesk, header: str | None) -> APIError:
-    with pytest.raises(APIError) as info:
+async def refused(desk: TicketDesk, header: str | None) -> PaymentRefused:
+    with pytest.raises(PaymentRefused) as info:
         await desk.check(header)
     return info.value
 
 
 async def code_of(desk: TicketDesk, header: str | None) -> str | None:
     err = await refused(desk, header)
-    assert err.status == 402 and err.type == "payment_error", err.body()
+    assert err.status == 402 and err.type == "payment_error", (err.code, err.message)
     return err.code
 
 
@@ -278,7 +278,7 @@ async def test_concurrent_checks_never_double_accept(desk: TicketDesk) -> None:
     header = write_ticket(desk.params(), SENDER, 1).header_value()
     results = await asyncio.gather(*(desk.check(header) for _ in range(5)), return_exceptions=True)
     assert sum(not isinstance(r, Exception) for r in results) == 1
-    assert {r.code for r in results if isinstance(r, APIError)} == {"ticket_replayed"}
+    assert {r.code for r in results if isinstance(r, PaymentRefused)} == {"ticket_replayed"}
 
 
 # ---------------------------------------------------------------------------- fuzzing

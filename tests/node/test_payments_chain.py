@@ -17,7 +17,7 @@ from veil.chain.tickets import new_recipient_rand, recipient_rand_hash
 from veil.identity import NodeIdentity
 from veil.node.config import NodeConfig
 from veil.node.errors import NodeSetupError
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 from veil.node.onchain import devnet_top_up, ensure_registered
 from veil.node.payments import Redeemer, TicketQueue, WinningTicket, open_payments
 

@@ -27,7 +27,7 @@ from veil.engine import PACKAGED_MODEL_ID
 from veil.identity import NodeIdentity, Receipt, check_receipt, request_digest
 from veil.identity.receipt import ZERO_TICKET
 from veil.node.config import NodeConfig
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 from veil.node.payments import NodePayments, Redeemer, TicketDesk, TicketQueue
 from veil.wire import bhttp, ohttp
 

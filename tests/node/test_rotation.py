@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 from veil.node.rotation import replay_window_for, rotate_periodically
 
 

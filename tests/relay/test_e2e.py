@@ -21,7 +21,7 @@ import pytest
 from netsupport import Tap, free_port, wait_ready
 from ohttp_support import ANSWER, ANSWER_TOKENS, SECRET_PROMPT
 from veil.client import OhttpTransport, relay_keys_url
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,7 +9,8 @@ import pytest
 
 from ohttp_support import ANSWER, SECRET_PROMPT, make_inner_app
 from veil.client import AsyncOhttpTransport, RelayRefused, relay_keys_url
-from veil.node.gateway import NodeKeys, create_gateway_app
+from veil.node.gateway import create_gateway_app
+from veil.node.keys import NodeKeys
 from veil.relay.app import RateLimiter, RelayConfig, create_relay_app
 from veil.relay.directory import Node, NodeConfigError, StaticNodeDirectory, load_nodes
 from veil.wire import ohttp

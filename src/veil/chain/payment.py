@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 MAX_HEADER_CHARS = 2048
+_SECP256K1N_HALF = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 _PARAM_FIELDS = (
     "recipient",
@@ -272,6 +273,16 @@ class PaymentTicket:
     def ticket_id(self, domain: TicketDomain) -> bytes:
         """The EIP-712 hash: the broker's replay key, and the receipt's `ticketId`."""
         return ticket_hash(self.ticket, domain)
+
+    def check_signature_form(self) -> None:
+        """Raise `InvalidTicket` unless the signature is low-s with v 27 or 28.
+
+        The broker refuses any other form (a malleable signature's twin would be a second
+        draw at the lottery), so a ticket signed otherwise could never be redeemed.
+        """
+        sig = self.signature
+        if sig[64] not in (27, 28) or int.from_bytes(sig[32:64], "big") > _SECP256K1N_HALF:
+            raise InvalidTicket("the ticket signature must be low-s with v 27 or 28")
 
     def signer(self, domain: TicketDomain) -> str:
         """The address the signature recovers to (`InvalidTicket` when it recovers to none)."""

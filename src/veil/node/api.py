@@ -40,7 +40,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.attest.producer import EvidenceProducer
-from veil.chain.payment import MEDIA_TICKET_PARAMS, TICKET_HEADER, TICKET_PARAMS_PATH
 from veil.engine import (
     ChatMessage,
     ContextLengthExceeded,
@@ -54,26 +53,35 @@ from veil.engine import (
     SamplingParams,
     TokenDelta,
 )
-from veil.identity import (
-    DESCRIPTOR_PATH,
-    MEDIA_DESCRIPTOR,
-    ModelEntry,
-    NodeIdentity,
-    request_digest,
-    sign_receipt,
-)
+from veil.identity import ModelEntry, NodeIdentity, request_digest, sign_receipt
 from veil.node.config import NodeConfig
 from veil.node.descriptor import DescriptorIssuer, load_node_identity
-from veil.node.errors import APIError, error_body
-from veil.node.gateway import REQUEST_DIGEST_EXTENSION, GatewayConfig, NodeKeys, gateway_router
-from veil.node.mpc import MEDIA_MPC, MPC_PATH, NodeParty
+from veil.node.errors import PaymentRefused
+from veil.node.gateway import GatewayConfig, gateway_router
+from veil.node.keys import NodeKeys
+from veil.node.mpc import NodeParty
 from veil.node.payments import AcceptedTicket, NodePayments, open_payments
 from veil.node.rotation import replay_window_for, rotate_periodically
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
 from veil.wire import bhttp
 from veil.wire.chat import SSE_DONE, ChatRequestInvalid, Completion, sse, usage
 from veil.wire.errors import MessageTooLarge
-from veil.wire.http import read_capped
+from veil.wire.http import (
+    CHAT_PATH,
+    DESCRIPTOR_PATH,
+    MEDIA_DESCRIPTOR,
+    MEDIA_MPC,
+    MEDIA_SSE,
+    MEDIA_TICKET_PARAMS,
+    MODELS_PATH,
+    MPC_PATH,
+    REQUEST_DIGEST_EXTENSION,
+    TICKET_HEADER,
+    TICKET_PARAMS_PATH,
+    OpenAIError,
+    error_body,
+    read_capped,
+)
 
 __all__ = ["create_app"]
 
@@ -84,7 +92,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     try:
         return await read_capped(request, limit)
     except MessageTooLarge as err:
-        raise APIError(413, str(err), code="request_too_large") from None
+        raise OpenAIError(413, str(err), code="request_too_large") from None
 
 
 def _sampling(
@@ -93,10 +101,10 @@ def _sampling(
     try:
         checked = req.to_sampling(max_tokens_limit=config.max_tokens_limit)
     except ChatRequestInvalid as exc:
-        raise APIError(400, str(exc), param=exc.param) from None
+        raise OpenAIError(400, str(exc), param=exc.param) from None
     requested, param = checked.max_tokens, req.limit_param
     if prompt_tokens >= engine.context_length:
-        raise APIError(
+        raise OpenAIError(
             400,
             f"this model's context window is {engine.context_length} tokens, but the messages "
             f"take {prompt_tokens} tokens",
@@ -105,7 +113,7 @@ def _sampling(
         )
     room = engine.context_length - prompt_tokens
     if requested is not None and requested > room:
-        raise APIError(
+        raise OpenAIError(
             400,
             f"this model's context window is {engine.context_length} tokens; the messages take "
             f"{prompt_tokens} and {param} asks for {requested} more",
@@ -121,7 +129,7 @@ def _sampling(
             seed=checked.seed,
         )
     except InvalidGenerationRequest as exc:
-        raise APIError(400, str(exc), param=exc.param) from None
+        raise OpenAIError(400, str(exc), param=exc.param) from None
 
 
 class _Signer:
@@ -165,10 +173,240 @@ def _usage(fin: Finished) -> dict[str, int]:
     return usage(fin.prompt_tokens, fin.completion_tokens)
 
 
-def _failure(event: Failed) -> APIError:
+def _failure(event: Failed) -> OpenAIError:
     if isinstance(event.error, EngineClosed):
-        return APIError(503, "the node is shutting down", type_="server_error", code="unavailable")
-    return APIError(500, str(event.error), type_="server_error", code="inference_failed")
+        return OpenAIError(
+            503, "the node is shutting down", type_="server_error", code="unavailable"
+        )
+    return OpenAIError(500, str(event.error), type_="server_error", code="inference_failed")
+
+
+def _payment_error(err: PaymentRefused) -> OpenAIError:
+    """The answer to a refused payment: 402 `payment_error`, or 503 `server_error`."""
+    return OpenAIError(err.status, err.message, type_=err.type, code=err.code)
+
+
+class _NodeApp:
+    """What the node's routes share: engine, config, identity, payments, MPC party, keys.
+
+    Each route is one method; `create_app` builds the FastAPI app and points the routes here.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: NodeConfig,
+        identity: NodeIdentity,
+        *,
+        keys: NodeKeys | None,
+        producer: EvidenceProducer | None,
+        payments: NodePayments | None,
+        party: NodeParty | None,
+    ) -> None:
+        self.engine, self.config, self.identity = engine, config, identity
+        self.keys, self.payments, self.party = keys, payments, party
+        self.weights_sha256 = engine.loaded.weights_sha256
+        self.model_info = {
+            "id": engine.model_id,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "veil-node",
+            "weights_sha256": self.weights_sha256,
+            "context_length": engine.context_length,
+        }
+        self.issuer: DescriptorIssuer | None = None
+        if keys is not None:
+            self.issuer = DescriptorIssuer(
+                identity,
+                keys,
+                endpoint=config.endpoint or f"http://{config.host}:{config.port}",
+                models=[ModelEntry(engine.model_id, bytes.fromhex(self.weights_sha256))],
+                producer=producer,
+                lifetime_s=config.descriptor_lifetime_s,
+                mpc=None if party is None else party.descriptor_entry(engine.model_id),
+            )
+            self.issuer.current()  # issue at start: a producer that cannot make evidence fails
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        """Key rotation, the redeemer and the MPC reaper run while the app serves."""
+        rotating = None
+        if self.keys is not None and self.config.key_rotation_s:
+            path = Path(self.config.keys_path) if self.config.keys_path else None
+            rotating = asyncio.create_task(
+                rotate_periodically(self.keys, self.config.key_rotation_s, path)
+            )
+        if self.payments is not None:
+            self.payments.start()
+        if self.party is not None:
+            self.party.start()
+        yield
+        if self.party is not None:
+            self.party.stop()
+        if self.payments is not None:
+            await asyncio.to_thread(self.payments.stop)
+        if rotating is not None:
+            rotating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rotating
+
+    async def healthz(self) -> dict[str, Any]:
+        health = {
+            "status": "ok",
+            "model": self.engine.model_id,
+            "weights_sha256": self.weights_sha256,
+            "requests": self.engine.stats.requests,
+            "tokens_generated": self.engine.stats.tokens_generated,
+        }
+        if self.payments is not None:
+            health["payments"] = self.payments.health()
+        return health
+
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self.model_info]}
+
+    async def model(self, model_id: str) -> dict[str, Any]:
+        if model_id != self.engine.model_id:
+            raise OpenAIError(
+                404, f"the model {model_id!r} does not exist", param="model", code="model_not_found"
+            )
+        return self.model_info
+
+    async def ticket_params(self) -> Response:
+        """Routed only when the node takes payments."""
+        assert self.payments is not None
+        return Response(
+            self.payments.params().encode(),
+            media_type=MEDIA_TICKET_PARAMS,
+            headers={"cache-control": "no-store"},
+        )
+
+    async def descriptor(self) -> Response:
+        """Routed only when the node has OHTTP keys (and so an issuer)."""
+        assert self.issuer is not None
+        if self.issuer.needs_issue():  # a hardware quote may take a while: off the loop
+            signed = await asyncio.to_thread(self.issuer.current)
+        else:
+            signed = self.issuer.current()
+        return Response(
+            signed.encode(), media_type=MEDIA_DESCRIPTOR, headers={"cache-control": "no-store"}
+        )
+
+    async def mpc(self, request: Request) -> Response:
+        if self.party is None:
+            raise OpenAIError(404, "this node hosts no MPC party", code="mpc_unavailable")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != MEDIA_MPC:
+            raise OpenAIError(415, f"the body must be {MEDIA_MPC}", code="unsupported_media_type")
+        body = await _read_body(request, self.config.max_body_bytes)
+        status, frame = await self.party.answer(body)
+        return Response(
+            frame, status_code=status, media_type=MEDIA_MPC, headers={"cache-control": "no-store"}
+        )
+
+    async def chat_completions(self, request: Request) -> Response:
+        if self.payments is None:
+            return await self._chat(request)
+        try:
+            response = await self._chat(request)
+        except OpenAIError as err:  # refusals too tell the payer the current params
+            response = JSONResponse(err.body(), status_code=err.status)
+        response.headers.update(self.payments.params_header())
+        return response
+
+    async def _chat(self, request: Request) -> Response:
+        engine = self.engine
+        raw = await _read_body(request, self.config.max_body_bytes)
+        req = parse_chat_request(raw)
+        if req.model != engine.model_id:
+            raise OpenAIError(
+                404,
+                f"the model {req.model!r} does not exist on this node; "
+                f"it serves {engine.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
+        messages = [ChatMessage(m.role, m.text()) for m in req.messages]
+        prompt_ids = await asyncio.to_thread(engine.encode_chat, messages)
+        params = _sampling(req, len(prompt_ids), engine, self.config)
+        paid = await self._check_payment(request)
+        signer = _Signer(
+            self.identity,
+            _request_digest(request, raw),
+            self.weights_sha256,
+            None if paid is None else paid.ticket_id,
+        )
+        try:
+            handle = engine.submit(prompt_ids, params)
+        except EngineOverloaded as exc:
+            raise OpenAIError(503, str(exc), type_="server_error", code="overloaded") from None
+        except EngineClosed:
+            raise OpenAIError(
+                503, "the node is shutting down", type_="server_error", code="unavailable"
+            ) from None
+        except ContextLengthExceeded as exc:
+            raise OpenAIError(
+                400, str(exc), param="messages", code="context_length_exceeded"
+            ) from None
+        completion = Completion(engine.model_id)
+        started = time.monotonic()
+        log.info(
+            "request %s accepted: %d prompt tokens, stream=%s",
+            completion.id,
+            len(prompt_ids),
+            req.stream,
+        )
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                _stream(handle, completion, include_usage, started, signer),
+                media_type=MEDIA_SSE,
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+        return await _whole(request, handle, completion, started, signer)
+
+    async def _check_payment(self, request: Request) -> AcceptedTicket | None:
+        """The request's ticket, checked; only a valid request gets here (a refused one costs
+        no ticket)."""
+        if self.payments is None:
+            return None
+        try:
+            return await self.payments.check(request.headers.get(TICKET_HEADER))
+        except PaymentRefused as err:
+            raise _payment_error(err) from None
+
+
+def _gateway_config(config: NodeConfig) -> GatewayConfig:
+    return GatewayConfig(
+        max_request_bytes=config.max_body_bytes + 4096,
+        bhttp_limits=bhttp.Limits(max_content_bytes=config.max_body_bytes),
+        replay_window_s=replay_window_for(config.key_rotation_s or 3600),
+    )
+
+
+async def _openai_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OpenAIError)
+    log.info("request refused: %d %s", exc.status, exc.code)  # codes only, never input
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return JSONResponse(error_body(str(exc.detail), code=code), status_code=exc.status_code)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(error_body(f"invalid request: {exc.errors()[0]['msg']}"), status_code=400)
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected %s while serving a request", type(exc).__name__)
+    return JSONResponse(
+        error_body("internal error", type_="server_error", code="internal_error"),
+        status_code=500,
+    )
 
 
 def create_app(
@@ -201,208 +439,31 @@ def create_app(
         identity = load_node_identity(None if path is None else Path(path))
     if payments is None and config.deployment_path:
         payments = open_payments(config, identity)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        rotating = None
-        if keys is not None and config.key_rotation_s:
-            path = Path(config.keys_path) if config.keys_path else None
-            rotating = asyncio.create_task(rotate_periodically(keys, config.key_rotation_s, path))
-        if payments is not None:
-            payments.start()
-        if party is not None:
-            party.start()
-        yield
-        if party is not None:
-            party.stop()
-        if payments is not None:
-            await asyncio.to_thread(payments.stop)
-        if rotating is not None:
-            rotating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rotating
-
+    node = _NodeApp(
+        engine, config, identity, keys=keys, producer=producer, payments=payments, party=party
+    )
     app = FastAPI(
-        title="Veil node", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+        title="Veil node", docs_url=None, redoc_url=None, openapi_url=None, lifespan=node.lifespan
     )
     app.state.engine = engine
     app.state.config = config
     app.state.identity = identity
     app.state.payments = payments
-    weights_sha256 = engine.loaded.weights_sha256
-    model_info = {
-        "id": engine.model_id,
-        "object": "model",
-        "created": int(time.time()),
-        "owned_by": "veil-node",
-        "weights_sha256": engine.loaded.weights_sha256,
-        "context_length": engine.context_length,
-    }
-
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        log.info("request refused: %d %s", exc.status, exc.code)  # codes only, never input
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(error_body(str(exc.detail), code=code), status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            error_body(f"invalid request: {exc.errors()[0]['msg']}"), status_code=400
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected %s while serving a request", type(exc).__name__)
-        return JSONResponse(
-            error_body("internal error", type_="server_error", code="internal_error"),
-            status_code=500,
-        )
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        health = {
-            "status": "ok",
-            "model": engine.model_id,
-            "weights_sha256": engine.loaded.weights_sha256,
-            "requests": engine.stats.requests,
-            "tokens_generated": engine.stats.tokens_generated,
-        }
-        if payments is not None:
-            health["payments"] = payments.health()
-        return health
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_info]}
-
-    @app.get("/v1/models/{model_id}")
-    async def model(model_id: str) -> dict[str, Any]:
-        if model_id != engine.model_id:
-            raise APIError(
-                404, f"the model {model_id!r} does not exist", param="model", code="model_not_found"
-            )
-        return model_info
-
+    app.add_exception_handler(OpenAIError, _openai_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_api_route("/healthz", node.healthz, methods=["GET"])
+    app.add_api_route(MODELS_PATH, node.models, methods=["GET"])
+    app.add_api_route(MODELS_PATH + "/{model_id}", node.model, methods=["GET"])
     if payments is not None:
-
-        @app.get(TICKET_PARAMS_PATH)
-        async def ticket_params() -> Response:
-            return Response(
-                payments.params().encode(),
-                media_type=MEDIA_TICKET_PARAMS,
-                headers={"cache-control": "no-store"},
-            )
-
-    @app.post(MPC_PATH)
-    async def mpc(request: Request) -> Response:
-        if party is None:
-            raise APIError(404, "this node hosts no MPC party", code="mpc_unavailable")
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != MEDIA_MPC:
-            raise APIError(415, f"the body must be {MEDIA_MPC}", code="unsupported_media_type")
-        status, frame = await party.answer(await _read_body(request, config.max_body_bytes))
-        return Response(
-            frame, status_code=status, media_type=MEDIA_MPC, headers={"cache-control": "no-store"}
-        )
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        if payments is None:
-            return await _chat(request, None)
-        try:
-            response = await _chat(request, payments)
-        except APIError as err:  # refusals too tell the payer the current params
-            response = JSONResponse(err.body(), status_code=err.status)
-        response.headers.update(payments.params_header())
-        return response
-
-    async def _chat(request: Request, payments: NodePayments | None) -> Response:
-        raw = await _read_body(request, config.max_body_bytes)
-        req = parse_chat_request(raw)
-        if req.model != engine.model_id:
-            raise APIError(
-                404,
-                f"the model {req.model!r} does not exist on this node; "
-                f"it serves {engine.model_id!r}",
-                param="model",
-                code="model_not_found",
-            )
-        messages = [ChatMessage(m.role, m.text()) for m in req.messages]
-        prompt_ids = await asyncio.to_thread(engine.encode_chat, messages)
-        params = _sampling(req, len(prompt_ids), engine, config)
-        paid: AcceptedTicket | None = None
-        if payments is not None:  # a valid request only: a refused one costs no ticket
-            paid = await payments.check(request.headers.get(TICKET_HEADER))
-        signer = _Signer(
-            identity,
-            _request_digest(request, raw),
-            weights_sha256,
-            None if paid is None else paid.ticket_id,
-        )
-        try:
-            handle = engine.submit(prompt_ids, params)
-        except EngineOverloaded as exc:
-            raise APIError(503, str(exc), type_="server_error", code="overloaded") from None
-        except EngineClosed:
-            raise APIError(
-                503, "the node is shutting down", type_="server_error", code="unavailable"
-            ) from None
-        except ContextLengthExceeded as exc:
-            raise APIError(
-                400, str(exc), param="messages", code="context_length_exceeded"
-            ) from None
-        completion = Completion(engine.model_id)
-        started = time.monotonic()
-        log.info(
-            "request %s accepted: %d prompt tokens, stream=%s",
-            completion.id,
-            len(prompt_ids),
-            req.stream,
-        )
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(
-                _stream(handle, completion, include_usage, started, signer),
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-            )
-        return await _whole(request, handle, completion, started, signer)
-
+        app.add_api_route(TICKET_PARAMS_PATH, node.ticket_params, methods=["GET"])
+    app.add_api_route(MPC_PATH, node.mpc, methods=["POST"])
+    app.add_api_route(CHAT_PATH, node.chat_completions, methods=["POST"])
     if keys is not None:
-        issuer = DescriptorIssuer(
-            identity,
-            keys,
-            endpoint=config.endpoint or f"http://{config.host}:{config.port}",
-            models=[ModelEntry(engine.model_id, bytes.fromhex(weights_sha256))],
-            producer=producer,
-            lifetime_s=config.descriptor_lifetime_s,
-            mpc=None if party is None else party.descriptor_entry(engine.model_id),
-        )
-        issuer.current()  # issue at start: a producer that cannot make evidence fails here
-        app.state.descriptor_issuer = issuer
-
-        @app.get(DESCRIPTOR_PATH)
-        async def descriptor() -> Response:
-            if issuer.needs_issue():  # a hardware quote may take a while: off the loop
-                signed = await asyncio.to_thread(issuer.current)
-            else:
-                signed = issuer.current()
-            return Response(
-                signed.encode(), media_type=MEDIA_DESCRIPTOR, headers={"cache-control": "no-store"}
-            )
-
-        limits = bhttp.Limits(max_content_bytes=config.max_body_bytes)
-        gateway = GatewayConfig(
-            max_request_bytes=config.max_body_bytes + 4096,
-            bhttp_limits=limits,
-            replay_window_s=replay_window_for(config.key_rotation_s or 3600),
-        )
-        app.include_router(gateway_router(app, keys, gateway))
+        app.state.descriptor_issuer = node.issuer
+        app.add_api_route(DESCRIPTOR_PATH, node.descriptor, methods=["GET"])
+        app.include_router(gateway_router(app, keys, _gateway_config(config)))
     return app
 
 
@@ -485,7 +546,7 @@ async def _whole(
                 )
             else:
                 raise _failure(event)
-        raise APIError(500, "the generation ended without a result", type_="server_error")
+        raise OpenAIError(500, "the generation ended without a result", type_="server_error")
     finally:
         watcher.cancel()
         handle.cancel()

@@ -23,7 +23,7 @@ from veil import __version__
 from veil.attest.producer import DevProducer, EvidenceProducer, issue_descriptor
 from veil.identity import IdentityError, ModelEntry, MpcParty, NodeIdentity, SignedDescriptor
 from veil.node.errors import NodeSetupError
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 
 __all__ = ["DescriptorIssuer", "load_node_identity", "software_claim"]
 

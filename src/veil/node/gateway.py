@@ -33,14 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -49,10 +46,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from veil.identity.receipt import request_digest
+from veil.node.keys import NodeKeys
 from veil.wire import bhttp
 from veil.wire.errors import ReplayedRequest, WireError
 from veil.wire.http import (
+    CHAT_PATH,
     DESCRIPTOR_PATH,
+    MODELS_PATH,
     MPC_PATH,
     PROBLEM_PREFIX,
     REQUEST_DIGEST_EXTENSION,
@@ -69,21 +69,16 @@ from veil.wire.ohttp import (
     MEDIA_REQUEST,
     MEDIA_RESPONSE,
     ChunkedResponseSealer,
-    KeyConfig,
-    KeyPair,
     ResponseSealer,
     decapsulate_chunked_request,
     decapsulate_request,
-    encode_key_configs,
 )
 from veil.wire.problem import MEDIA_PROBLEM, problem_body
 
 __all__ = [
     "DEFAULT_ALLOWED_PATHS",
-    "REQUEST_DIGEST_EXTENSION",
     "REQUEST_DIGEST_HEADER",
     "GatewayConfig",
-    "NodeKeys",
     "ReplayCache",
     "create_gateway_app",
     "gateway_router",
@@ -98,8 +93,8 @@ ASGIApp = Callable[
 
 DEFAULT_ALLOWED_PATHS = frozenset(
     {
-        "/v1/chat/completions",
-        "/v1/models",
+        CHAT_PATH,
+        MODELS_PATH,
         "/healthz",
         DESCRIPTOR_PATH,
         TICKET_PARAMS_PATH,
@@ -148,65 +143,6 @@ class GatewayConfig:
     replay_window_s: float = 600.0  # how long an opened request's encapsulated key is remembered
     replay_capacity: int = 200_000  # entries remembered at most (32-byte keys)
     keys_max_age_s: int = 60  # Cache-Control max-age of the key list
-
-
-class NodeKeys:
-    """The node's current and previous OHTTP key pairs.
-
-    Rotation makes a new current key (next key id, modulo 256) and keeps the old one as
-    previous, so requests sealed to the key a client fetched just before still open.
-    """
-
-    def __init__(self, current: KeyPair, previous: KeyPair | None = None) -> None:
-        if previous is not None and previous.key_id == current.key_id:
-            raise ValueError("current and previous keys need distinct key ids")
-        self.current = current
-        self.previous = previous
-
-    @classmethod
-    def generate(cls, key_id: int = 0) -> NodeKeys:
-        return cls(KeyPair.generate(key_id))
-
-    def rotate(self) -> KeyPair:
-        """Make a fresh current key; the current one becomes previous, the previous is dropped."""
-        fresh = KeyPair.generate((self.current.key_id + 1) % 256)
-        self.previous, self.current = self.current, fresh
-        return fresh
-
-    def get(self, key_id: int, /) -> KeyPair | None:
-        for key in (self.current, self.previous):
-            if key is not None and key.key_id == key_id:
-                return key
-        return None
-
-    def configs(self) -> tuple[KeyConfig, ...]:
-        keys = [self.current] + ([self.previous] if self.previous else [])
-        return tuple(k.config for k in keys)
-
-    def encoded_configs(self) -> bytes:
-        """The `application/ohttp-keys` body."""
-        return encode_key_configs(self.configs())
-
-    def save(self, path: Path) -> None:
-        """Write both secrets to `path`, readable by the owner only."""
-        data = {
-            "keys": [
-                {"key_id": k.key_id, "secret": k.secret.hex()}
-                for k in (self.current, self.previous)
-                if k is not None
-            ]
-        }
-        tmp = Path(f"{path}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)  # never a half-written key file
-
-    @classmethod
-    def load(cls, path: Path) -> NodeKeys:
-        entries = json.loads(Path(path).read_text())["keys"]
-        pairs = [KeyPair(int(e["key_id"]), bytes.fromhex(e["secret"])) for e in entries]
-        return cls(pairs[0], pairs[1] if len(pairs) > 1 else None)
 
 
 class ReplayCache:

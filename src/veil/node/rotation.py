@@ -11,7 +11,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from veil.node.gateway import NodeKeys
+from veil.node.keys import NodeKeys
 
 __all__ = ["replay_window_for", "rotate_periodically"]
 

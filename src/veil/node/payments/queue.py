@@ -1,0 +1,200 @@
+"""The durable list of winning tickets not yet settled.
+
+A winning ticket is written (JSON lines, 0600, fsync'd) with its secret rand before the
+model runs for the request it paid, so a crash never loses a winner the node worked for; the
+redeemer settles entries as the broker pays or refuses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veil.chain.errors import InvalidTicket
+from veil.chain.payment import PaymentTicket
+from veil.chain.tickets import Ticket, recipient_rand_hash
+from veil.node.errors import NodeSetupError
+
+__all__ = ["TicketQueue", "WinningTicket"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WinningTicket:
+    """A winning ticket waiting to be redeemed, with the rand that makes it redeemable."""
+
+    payment: PaymentTicket
+    recipient_rand: int
+    ticket_id: bytes  # EIP-712 hash: the broker's replay key
+    queued_at: int
+
+    @property
+    def ticket(self) -> Ticket:
+        return self.payment.ticket
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": "won",
+            "ticket_id": "0x" + self.ticket_id.hex(),
+            "ticket": self.payment.header_value(),
+            "rand": "0x" + self.recipient_rand.to_bytes(32, "big").hex(),
+            "queued_at": self.queued_at,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> WinningTicket:
+        rand = int(obj["rand"], 16)
+        payment = PaymentTicket.from_header(obj["ticket"])
+        if recipient_rand_hash(rand) != payment.ticket.recipient_rand_hash:
+            raise ValueError("stored rand does not match the ticket's rand hash")
+        return cls(payment, rand, bytes.fromhex(obj["ticket_id"][2:]), int(obj["queued_at"]))
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsync'd
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class TicketQueue:
+    """Winning tickets not yet settled, kept in a JSON-lines file (None: in memory only).
+
+    Lines are `{"event": "won", ...}` (a `WinningTicket`) and `{"event": "done",
+    "ticket_id", "outcome", "reason"}`. Each line is fsync'd before the call returns. On
+    open, and every `compact_every` settled tickets, the file is rewritten atomically with
+    the pending tickets only. A torn last line (a crash mid-write) is skipped with a warning.
+    The file holds secret rands: it is created 0600.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, *, compact_every: int = 256) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._pending: dict[bytes, WinningTicket] = {}
+        self._unsaved: set[bytes] = set()
+        self._compact_every = compact_every
+        self._settled_since_compact = 0
+        if self.path is not None:
+            self._load()
+            self._compact()
+
+    def _load(self) -> None:
+        assert self.path is not None
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise NodeSetupError(f"cannot read the ticket queue {self.path}: {exc}") from exc
+        lines = text.split("\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if obj["event"] == "won":
+                    winner = WinningTicket.from_json(obj)
+                    self._pending[winner.ticket_id] = winner
+                elif obj["event"] == "done":
+                    self._pending.pop(bytes.fromhex(obj["ticket_id"][2:]), None)
+                else:
+                    raise ValueError(f"unknown event {obj['event']!r}")
+            except (ValueError, KeyError, TypeError, InvalidTicket) as exc:
+                torn = number == len(lines)  # no newline after it: the write was cut short
+                log.warning(
+                    "ticket queue %s line %d %s: %s",
+                    self.path,
+                    number,
+                    "is incomplete (interrupted write), skipped" if torn else "is invalid, skipped",
+                    exc,
+                )
+        if self._pending:
+            log.info("ticket queue %s: %d winning tickets to redeem", self.path, len(self._pending))
+
+    def _compact(self) -> None:
+        """Rewrite the file with the pending tickets only (atomic, durable)."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            for ticket_id, winner in self._pending.items():
+                if ticket_id not in self._unsaved:
+                    fh.write(json.dumps(winner.to_json(), separators=(",", ":")) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        self._settled_since_compact = 0
+
+    def _append(self, obj: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (json.dumps(obj, separators=(",", ":")) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # --- the desk's side
+
+    def reserve(self, winner: WinningTicket) -> None:
+        """Count `winner` as pending at once (funds checks see it); `save` makes it durable."""
+        with self._lock:
+            self._pending[winner.ticket_id] = winner
+            self._unsaved.add(winner.ticket_id)
+
+    def save(self, winner: WinningTicket) -> None:
+        """Write the winner durably; from then on the redeemer sees it. Raises OSError."""
+        with self._lock:
+            try:
+                self._append(winner.to_json())
+            except OSError:
+                self._pending.pop(winner.ticket_id, None)
+                self._unsaved.discard(winner.ticket_id)
+                raise
+            self._unsaved.discard(winner.ticket_id)
+
+    def pending_face_value(self, sender: str) -> int:
+        """Face value of `sender`'s winning tickets that are not settled yet."""
+        with self._lock:
+            return sum(
+                w.ticket.face_value for w in self._pending.values() if w.ticket.sender == sender
+            )
+
+    # --- the redeemer's side
+
+    def pending(self) -> list[WinningTicket]:
+        """Saved, unsettled winners, oldest first."""
+        with self._lock:
+            return [w for i, w in self._pending.items() if i not in self._unsaved]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def settle(self, ticket_id: bytes, outcome: str, reason: str = "") -> None:
+        """Mark a winner done (`redeemed` or `failed`), durably."""
+        with self._lock:
+            self._append(
+                {"event": "done", "ticket_id": "0x" + ticket_id.hex(), "outcome": outcome}
+                | ({"reason": reason} if reason else {})
+            )
+            self._pending.pop(ticket_id, None)
+            self._settled_since_compact += 1
+            if self._settled_since_compact >= self._compact_every:
+                try:
+                    self._compact()
+                except OSError as exc:  # the log is still correct, only longer
+                    log.warning("could not compact the ticket queue %s: %s", self.path, exc)
