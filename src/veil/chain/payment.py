@@ -35,6 +35,8 @@ from veil.chain.tickets import (
     sign_ticket,
     ticket_hash,
 )
+from veil.wire import boundedjson
+from veil.wire.errors import WireError
 from veil.wire.http import (
     MEDIA_TICKET_PARAMS,
     TICKET_HEADER,
@@ -130,9 +132,9 @@ def _unb64(text: str, what: str) -> bytes:
 
 def _object(data: bytes | str, fields: tuple[str, ...], what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidTicket(f"{what}: not JSON") from None
+        obj = boundedjson.loads(data, max_bytes=MAX_HEADER_CHARS * 2, what=what)
+    except WireError:
+        raise InvalidTicket(f"{what}: not JSON, too large or nested too deep") from None
     if not isinstance(obj, dict):
         raise InvalidTicket(f"{what}: not a JSON object")
     missing = [f for f in fields if f not in obj]

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from veil.mpc.errors import ProtocolViolation
+from veil.wire import boundedjson
+from veil.wire.errors import WireError
 from veil.wire.http import MEDIA_MPC, MPC_PATH
 
 __all__ = [
@@ -75,9 +77,9 @@ def _header_length(prefix: bytes) -> int:
 
 def _header(raw: bytes) -> tuple[dict[str, Any], list[int]]:
     try:
-        header = json.loads(raw)
-    except ValueError as exc:
-        raise ProtocolViolation("header is not JSON") from exc
+        header = boundedjson.loads(raw, max_bytes=MAX_HEADER, max_depth=8, what="frame header")
+    except WireError as exc:
+        raise ProtocolViolation(f"header: {exc}") from None
     sizes = header.get("blobs") if isinstance(header, dict) else None
     if (
         not isinstance(sizes, list)

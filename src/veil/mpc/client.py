@@ -12,7 +12,6 @@ simulated session with the same interface, so `generate` runs unchanged on all o
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import secrets
@@ -49,6 +48,8 @@ from veil.mpc.errors import (
 from veil.mpc.head import ClientHead
 from veil.mpc.model import BUCKET
 from veil.mpc.runtime import MpcSettings, ShareCodec
+from veil.wire import boundedjson
+from veil.wire.errors import WireError
 
 __all__ = [
     "HttpChannel",
@@ -251,10 +252,10 @@ def _http_error(name: str, response: httpx.Response) -> MpcError:
     """A typed error for an answer that is not a frame (an OpenAI-style error, or a problem)."""
     code = ""
     try:
-        body = json.loads(response.content)
+        body = boundedjson.loads(response.content, max_bytes=64 * 1024, what="error body")
         error = body.get("error") if isinstance(body, dict) else None
         code = str(error.get("code") or "") if isinstance(error, dict) else ""
-    except ValueError:
+    except WireError:
         pass
     status = response.status_code
     if code == PartyUnavailable.code:

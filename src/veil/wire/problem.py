@@ -9,9 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from veil.wire import boundedjson
+from veil.wire.errors import WireError
+
 __all__ = ["MEDIA_PROBLEM", "RELAY_PROBLEM_PREFIX", "parse_problem", "problem_body"]
 
 MEDIA_PROBLEM = "application/problem+json"
+# A problem body is a few hundred bytes; anything far larger is not one (and is not parsed).
+MAX_PROBLEM_BYTES = 64 * 1024
 # Problem types of relay refusals; a client tells relay errors from gateway errors by this.
 RELAY_PROBLEM_PREFIX = "urn:veil:relay:"
 
@@ -28,8 +33,8 @@ def problem_body(problem_type: str, title: str, status: int, detail: str = "") -
 def parse_problem(data: bytes) -> tuple[str, str]:
     """(type, detail-or-title) of a problem body; ("", "") when it is not one."""
     try:
-        body = json.loads(data)
-    except ValueError:
+        body = boundedjson.loads(data, max_bytes=MAX_PROBLEM_BYTES, what="problem")
+    except WireError:
         return "", ""
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         return "", ""
