@@ -74,3 +74,35 @@ def test_descriptor_refuses_deep_nesting(kind: str) -> None:
 
     with pytest.raises(IdentityError):
         SignedDescriptor.parse(_deep(kind)[:30_000])
+
+
+@pytest.mark.parametrize("kind", ["arrays", "objects"])
+def test_a_chain_rpc_answering_deep_nesting_is_unavailable_not_a_crash(kind: str) -> None:
+    import http.server
+    import threading
+
+    from veil.chain.errors import ChainUnavailable
+    from veil.chain.transact import connect
+
+    body = b'{"jsonrpc":"2.0","id":0,"result":' + _deep(kind) + b"}"
+
+    class Deep(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deep)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ChainUnavailable, match="nests deeper"):
+            connect(f"http://127.0.0.1:{server.server_address[1]}", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -17,6 +17,7 @@ from veil.chain.errors import (
     revert_error,
 )
 from veil.chain.types import TxReceipt
+from veil.wire.boundedjson import check_depth
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -77,11 +78,32 @@ def map_web3_error(exc: BaseException, function: str | None = None) -> ChainErro
     return TransactionFailed(f"{function or 'transaction'} failed: {exc}")
 
 
+# JSON-RPC answers nest a few levels (logs, receipts); deeper is not an answer but an attack.
+MAX_RPC_JSON_DEPTH = 32
+
+
+def _bounded_provider(rpc_url: str, timeout: float) -> Any:
+    """An HTTP provider whose answers are depth-checked before web3 decodes them: the RPC
+    endpoint is outside input too, and the C JSON decoder recurses once per level."""
+    from web3 import HTTPProvider
+
+    class BoundedHTTPProvider(HTTPProvider):
+        @staticmethod
+        def decode_rpc_response(raw_response: bytes) -> Any:
+            if not check_depth(raw_response, limit=MAX_RPC_JSON_DEPTH):
+                raise ChainUnavailable(
+                    f"the chain RPC answer nests deeper than {MAX_RPC_JSON_DEPTH} levels"
+                )
+            return HTTPProvider.decode_rpc_response(raw_response)
+
+    return BoundedHTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
+
+
 def connect(rpc_url: str, timeout: float = 30.0) -> Web3:
     """A Web3 over HTTP that has answered eth_chainId (else ChainUnavailable)."""
     from web3 import Web3
 
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+    w3 = Web3(_bounded_provider(rpc_url, timeout))
     try:
         w3.eth.chain_id  # noqa: B018  (a cheap liveness probe)
     except Exception as exc:
