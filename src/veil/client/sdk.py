@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -16,10 +16,13 @@ from veil.client.session import verified_openai
 from veil.client.transport import AsyncOhttpTransport, OhttpTransport, relay_keys_url
 from veil.wire.http import INVALID_BASE_URL
 
+if TYPE_CHECKING:
+    import openai
+
 __all__ = ["INVALID_BASE_URL", "private_async_openai", "private_openai", "verified_openai"]
 
 
-def private_openai(relay_url: str, node_id: str, **transport_kwargs: Any):  # type: ignore[no-untyped-def]
+def private_openai(relay_url: str, node_id: str, **transport_kwargs: Any) -> openai.OpenAI:
     """An `openai.OpenAI` whose requests are all OHTTP-sealed to `node_id`, sent via the relay."""
     import openai
 
@@ -29,11 +32,14 @@ def private_openai(relay_url: str, node_id: str, **transport_kwargs: Any):  # ty
         base_url=INVALID_BASE_URL,
         api_key="veil",  # dropped by the transport; the SDK insists on one
         max_retries=0,
-        http_client=httpx.Client(transport=transport),
+        # openai types its client as httpx2's; httpx's Client is what it accepts at run time
+        http_client=httpx.Client(transport=transport),  # type: ignore[arg-type]
     )
 
 
-def private_async_openai(relay_url: str, node_id: str, **transport_kwargs: Any):  # type: ignore[no-untyped-def]
+def private_async_openai(
+    relay_url: str, node_id: str, **transport_kwargs: Any
+) -> openai.AsyncOpenAI:
     """The async twin of `private_openai`."""
     import openai
 
@@ -43,5 +49,5 @@ def private_async_openai(relay_url: str, node_id: str, **transport_kwargs: Any):
         base_url=INVALID_BASE_URL,
         api_key="veil",
         max_retries=0,
-        http_client=httpx.AsyncClient(transport=transport),
+        http_client=httpx.AsyncClient(transport=transport),  # type: ignore[arg-type]
     )

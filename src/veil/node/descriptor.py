@@ -117,4 +117,5 @@ class DescriptorIssuer:
                     self._producer.kind,
                     self._signed.descriptor.expires_at,
                 )
+            assert self._signed is not None  # issued above when there was none
             return self._signed
