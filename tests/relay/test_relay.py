@@ -161,7 +161,7 @@ def test_rate_limiter_refills() -> None:
 
 def test_node_list_files(tmp_path: Path) -> None:
     toml = tmp_path / "nodes.toml"
-    toml.write_text('[[nodes]]\nid = "node-a"\nurl = "http://127.0.0.1:8001/"\n')
+    toml.write_text('[[nodes]]\nid = "node-a"\nurl = "http://127.0.0.1:8001"\n')
     assert load_nodes(toml).get("node-a") == Node("node-a", "http://127.0.0.1:8001")
     js = tmp_path / "nodes.json"
     js.write_text('{"nodes": [{"id": "b", "url": "https://b.example"}]}')
@@ -169,6 +169,7 @@ def test_node_list_files(tmp_path: Path) -> None:
     for bad in (
         '{"nodes": [{"id": "a/b", "url": "http://x"}]}',
         '{"nodes": [{"id": "a", "url": "ftp://x"}]}',
+        '{"nodes": [{"id": "a", "url": "http://x.example/"}]}',  # endpoints are host and port
         '{"nodes": 3}',
         "not json",
     ):
