@@ -1,8 +1,8 @@
 """The relay's HTTP surface.
 
 * `POST /relay/{node_id}`: an encapsulated request (`message/ohttp-req` or
-  `message/ohttp-chunked-req`) is forwarded to that node's gateway; the answer is streamed back
-  piece by piece as it arrives, never buffered whole.
+  `message/ohttp-chunked-req`) is forwarded to that node's gateway; a chunked answer is
+  streamed back piece by piece as it arrives, a whole one is read first under a size cap.
 * `GET /relay/{node_id}/ohttp-keys`: the node's key list, fetched for the client so the node
   does not see who asks.
 * `GET /relay/{node_id}/descriptor`: the node's signed descriptor, fetched the same way. The
