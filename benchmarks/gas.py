@@ -69,10 +69,10 @@ def measure(devnet: Devnet) -> list[tuple[str, str, int]]:
         "NodeRegistry",
         "register (1 model)",
         node.register_node(
-            "https://node-1.example/ohttp", b"\x11" * 32, b"\x22" * 32, [model], 1_000 * TOKEN
+            "https://node-1.example", b"\x11" * 32, b"\x22" * 32, [model], 1_000 * TOKEN
         ),
     )
-    rec("NodeRegistry", "updateEndpoint", node.update_endpoint("https://node-1.example/v2"))
+    rec("NodeRegistry", "updateEndpoint", node.update_endpoint("https://node-1.example:8443"))
     rec("NodeRegistry", "updateOhttpKeys", node.update_ohttp_keys(b"\x12" * 32))
     rec("NodeRegistry", "updateAttestation", node.update_attestation(b"\x23" * 32))
     rec(

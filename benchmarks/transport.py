@@ -81,6 +81,7 @@ def main() -> None:
             "1000",
             "--burst",
             "1000",
+            "--allow-private-endpoints",
         ],
         tmp / "relay.log",
     )

@@ -372,6 +372,7 @@ class LocalNetwork:
                 str(self.deployment_path),
                 "--port",
                 str(port),
+                "--allow-private-endpoints",  # the nodes listen on 127.0.0.1
                 "--rate",
                 str(self.settings.relay_rate),
                 "--burst",

@@ -66,7 +66,7 @@ class Ledger:
         self.approve(operator, self.registry, stake)
         with boa.env.prank(operator):
             self.registry.register(
-                kw.get("endpoint", "https://node.example/ohttp"),
+                kw.get("endpoint", "https://node.example"),
                 kw.get("keys", b"\x11" * 32),
                 kw.get("attestation", b"\x22" * 32),
                 kw.get("models", [("SmolLM2-135M-Instruct", b"\x33" * 32)]),

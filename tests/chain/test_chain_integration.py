@@ -95,14 +95,12 @@ def test_register_fund_redeem_challenge_slash(devnet, deployment, actors) -> Non
     assert not source.is_approved(MODEL.weights_hash, b"\x44" * 65)  # cannot be on chain
 
     # register: a node stakes and becomes discoverable
-    node.register_node(
-        "https://node-1.example/ohttp", b"\x11" * 32, b"\x22" * 32, [MODEL], 500 * TOKEN
-    )
+    node.register_node("https://node-1.example", b"\x11" * 32, b"\x22" * 32, [MODEL], 500 * TOKEN)
     actives = reader.active_nodes()
     assert [n.operator for n in actives] == [node.address]
     assert actives[0].models == (MODEL,) and actives[0].stake == 500 * TOKEN
-    node.update_endpoint("https://node-1.example/v2")
-    assert reader.get_node(node.address).endpoint == "https://node-1.example/v2"
+    node.update_endpoint("https://node-1.example:8443")
+    assert reader.get_node(node.address).endpoint == "https://node-1.example:8443"
 
     # fund: a client funds deposit and reserve
     client.fund_deposit(3 * TOKEN)

@@ -15,7 +15,7 @@ def test_register_records_node(ledger, node_op) -> None:
     assert events == ["Transfer", "NodeRegistered", "ModelsUpdated"]
     node = ledger.registry.getNode(node_op)
     assert node.operator == node_op
-    assert node.endpoint == "https://node.example/ohttp"
+    assert node.endpoint == "https://node.example"
     assert node.ohttpKeysHash == b"\x11" * 32
     assert node.attestationDigest == b"\x22" * 32
     assert node.stake == MIN + 5
@@ -99,6 +99,63 @@ def test_update_failures(ledger, node_op, alice, unchanged) -> None:
         ledger.registry.updateAttestation(b"\x00" * 32)
     with unchanged("no models"), boa.env.prank(node_op):
         ledger.registry.updateModels([])
+
+
+NOT_HOST_PORT = "endpoint must be http(s)://host[:port]"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://node.example/",  # a path, even an empty one
+        "https://node.example/gateway",
+        "http://127.0.0.1:8545/rpc",
+        "https://node.example?x=1",  # a query
+        "https://node.example#f",  # a fragment
+        "https://user@node.example",  # userinfo
+        "https://node.example%2f",  # an escape
+        "https://Node.example",  # upper case
+        "https://node.example\\x",  # a backslash, which some parsers read as "/"
+        "https://node example",
+        "https://nöde.example",  # non-ASCII
+        "ftp://node.example",  # other schemes
+        "file:///etc/passwd",
+        "HTTPS://node.example",
+        "https:/node.example",
+        "node.example:443",
+        "https://",  # no host
+        "http://",
+        "h",  # shorter than any scheme
+    ],
+)
+def test_register_and_update_refuse_endpoints_that_are_not_host_and_port(
+    ledger, node_op, unchanged, endpoint
+) -> None:
+    ledger.mint(node_op, MIN)
+    ledger.approve(node_op, ledger.registry, MIN)
+    with unchanged(NOT_HOST_PORT), boa.env.prank(node_op):
+        ledger.registry.register(endpoint, b"\x11" * 32, b"\x22" * 32, MODELS, MIN)
+    ledger.register_node(node_op)
+    with unchanged(NOT_HOST_PORT), boa.env.prank(node_op):
+        ledger.registry.updateEndpoint(endpoint)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://node.example",
+        "http://127.0.0.1:18001",
+        "https://[2001:db8::1]:8443",
+        "https://xn--nde-6ma.example:443",
+        "https://" + "a" * 248,  # the longest the registry stores
+    ],
+)
+def test_register_and_update_take_scheme_host_port(ledger, node_op, endpoint) -> None:
+    ledger.register_node(node_op, endpoint=endpoint)
+    assert ledger.registry.getNode(node_op).endpoint == endpoint
+    with boa.env.prank(node_op):
+        ledger.registry.updateEndpoint(endpoint[:-1] + "0")
+    assert ledger.registry.getNode(node_op).endpoint == endpoint[:-1] + "0"
 
 
 def test_add_stake(ledger, node_op, alice, unchanged) -> None:

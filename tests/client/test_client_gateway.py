@@ -66,7 +66,10 @@ class Network:
             ]
         )
         self.relay_app = Recording(
-            create_relay_app(directory, RelayConfig(rate_per_s=1000, burst=1000))
+            create_relay_app(
+                directory,
+                RelayConfig(rate_per_s=1000, burst=1000, allow_private_endpoints=True),
+            )
         )
         self.relay = ServerThread(self.relay_app).__enter__()
         self.wallet = Wallet(NodeIdentity.generate().private_key)

@@ -32,7 +32,7 @@ from veil.node.api import create_app
 from veil.node.config import NodeConfig
 from veil.node.descriptor import software_claim
 from veil.node.keys import NodeKeys
-from veil.relay.app import create_relay_app
+from veil.relay.app import RelayConfig, create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -81,7 +81,9 @@ class ChainNetwork:
         directory = StaticNodeDirectory(
             [Node(i.address, s.url) for i, s in zip(self.identities, self.nodes, strict=True)]
         )
-        self.relay_app = Recording(create_relay_app(directory))
+        self.relay_app = Recording(
+            create_relay_app(directory, RelayConfig(allow_private_endpoints=True))
+        )
         self.relay = ServerThread(self.relay_app).__enter__()
         self.stack.append(self.relay)
         self.receipts = tmp / "receipts.sqlite"

@@ -132,7 +132,12 @@ def net() -> Iterator[Net]:
     directory = StaticNodeDirectory(
         [Node(a, s.url) for a, s in zip([*addresses, bare.address], servers, strict=True)]
     )
-    relay_app = Recording(create_relay_app(directory, RelayConfig(rate_per_s=1000, burst=1000)))
+    relay_app = Recording(
+        create_relay_app(
+            directory,
+            RelayConfig(rate_per_s=1000, burst=1000, allow_private_endpoints=True),
+        )
+    )
     relay = ServerThread(relay_app).__enter__()
     tap = Tap(relay.port)
     source = load_source(TINY)

@@ -38,7 +38,15 @@ def test_real_model_chat_through_relay_leaks_nothing(tmp_path: Path) -> None:
     )
     relay = Service(
         "relay",
-        ["relay", "serve", "--nodes", str(tmp_path / "nodes.json"), "--port", str(relay_port)],
+        [
+            "relay",
+            "serve",
+            "--nodes",
+            str(tmp_path / "nodes.json"),
+            "--port",
+            str(relay_port),
+            "--allow-private-endpoints",
+        ],
         tmp_path / "relay.log",
     )
     client_tap = Tap(relay_port)  # client -> relay

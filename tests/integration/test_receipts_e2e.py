@@ -18,7 +18,7 @@ from veil.identity import NodeIdentity, Receipt, request_digest, verify_receipt
 from veil.node.api import create_app
 from veil.node.config import NodeConfig
 from veil.node.keys import NodeKeys
-from veil.relay.app import create_relay_app
+from veil.relay.app import RelayConfig, create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,7 +33,10 @@ def network(engine):  # type: ignore[no-untyped-def]
         engine, NodeConfig(max_tokens_limit=512, context_length=2048), NodeKeys.generate(), identity
     )
     with ServerThread(node_app) as node:
-        relay_app = create_relay_app(StaticNodeDirectory([Node("n1", node.url)]))
+        relay_app = create_relay_app(
+            StaticNodeDirectory([Node("n1", node.url)]),
+            RelayConfig(allow_private_endpoints=True),  # the node is on 127.0.0.1
+        )
         with ServerThread(relay_app) as relay:
             yield identity, node, relay
 

@@ -108,7 +108,10 @@ def net(tiny: ModelSource) -> Iterator[Net]:
         directory = StaticNodeDirectory(
             [Node(n, s.url) for n, s in zip([*NODE_IDS, "bare"], servers, strict=True)]
         )
-        relay_app = create_relay_app(directory, RelayConfig(rate_per_s=1000.0, burst=1000))
+        relay_app = create_relay_app(
+            directory,
+            RelayConfig(rate_per_s=1000.0, burst=1000, allow_private_endpoints=True),
+        )
         with ServerThread(relay_app) as relay:
             tap = Tap(relay.port)
             try:

@@ -19,7 +19,7 @@ class Clock:
 
 
 def test_lists_registered_nodes_by_operator_address_case_insensitively():
-    directory = ChainNodeDirectory(lambda: [(A, "http://127.0.0.1:9001/")])
+    directory = ChainNodeDirectory(lambda: [(A, "http://127.0.0.1:9001")])
     directory.refresh()
     assert directory.get(A).url == "http://127.0.0.1:9001"
     assert directory.get(A.lower()).gateway_url == "http://127.0.0.1:9001/gateway"

@@ -65,6 +65,7 @@ def test_chat_streams_through_relay_without_exposing_content(tmp_path: Path) -> 
                 str(tmp_path / "nodes.json"),
                 "--port",
                 str(relay_port),
+                "--allow-private-endpoints",  # the gateway is on 127.0.0.1
             ],
             env=env,
             stdout=relay_log,

@@ -198,6 +198,7 @@ REVERT_REASONS: dict[str, type[ContractRevert]] = {
     "zero hash": InvalidArgument,
     "empty measurement": InvalidArgument,
     "empty endpoint": InvalidArgument,
+    "endpoint must be http(s)://host[:port]": InvalidArgument,
     "no models": InvalidArgument,
     "empty model id": InvalidArgument,
     "empty evidence": InvalidArgument,

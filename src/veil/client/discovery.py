@@ -40,6 +40,7 @@ from veil.client.policy import Policy, PrivacyMode
 from veil.client.receipts import ReceiptStore
 from veil.client.session import VeilSession, connect
 from veil.errors import VeilError
+from veil.wire.endpoint import is_canonical_endpoint
 
 if TYPE_CHECKING:
     from veil.chain.tickets import TicketDomain
@@ -150,6 +151,8 @@ def registry_reason(info: NodeInfo, min_stake: int) -> str | None:
         return "not active in the registry"
     if info.stake < min_stake:
         return f"stake {info.stake} below the minimum {min_stake}"
+    if not is_canonical_endpoint(info.endpoint):  # relays skip it too (veil.wire.endpoint)
+        return "registered endpoint is not http(s)://host[:port]"
     return None
 
 

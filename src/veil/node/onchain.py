@@ -29,6 +29,7 @@ from veil.chain.errors import ChainError
 from veil.chain.payment import format_veil
 from veil.chain.types import ModelEntry
 from veil.node.errors import NodeSetupError
+from veil.wire.endpoint import EndpointError, check_endpoint
 
 if TYPE_CHECKING:
     from veil.chain.client import ChainClient
@@ -100,6 +101,10 @@ def ensure_registered(
     `stake` None means the registry's minimum stake. Errors are `NodeSetupError` carrying
     the chain's reason (e.g. an insufficient VEIL balance).
     """
+    try:  # relays and clients skip a node whose endpoint is not canonical
+        check_endpoint(endpoint)
+    except EndpointError as err:
+        raise NodeSetupError(f"cannot register: {err}") from None
     address = client.address
     txs: list[tuple[str, str]] = []
 

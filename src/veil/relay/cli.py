@@ -29,6 +29,13 @@ def serve(
     burst: int = typer.Option(20, help="Requests a client may make at once."),
     connect_timeout: float = typer.Option(5.0, help="Seconds to connect to a node."),
     read_timeout: float = typer.Option(120.0, help="Longest wait for the next answer piece."),
+    allow_private_endpoints: bool = typer.Option(
+        False,
+        "--allow-private-endpoints",
+        help="Also connect to nodes on loopback, private and link-local addresses (never "
+        "cloud metadata). For a devnet only: on a public relay it lets any staker aim the "
+        "relay at the relay's own network.",
+    ),
 ) -> None:
     """Serve the relay. No access log: the relay must not record who asked."""
     import uvicorn
@@ -65,6 +72,7 @@ def serve(
         burst=burst,
         connect_timeout_s=connect_timeout,
         read_timeout_s=read_timeout,
+        allow_private_endpoints=allow_private_endpoints,
     )
     typer.echo(f"relay: {source}, listening on {host}:{port}")
     # The relay's own lines name nodes and status codes only: never a client or a body.

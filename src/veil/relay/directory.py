@@ -4,8 +4,11 @@ The file (TOML or JSON, chosen by extension) lists nodes by id::
 
     [[nodes]]
     id = "node-a"
-    url = "http://127.0.0.1:8001"     # node base URL; gateway at /gateway, keys at
+    url = "http://127.0.0.1:8001"     # the node's endpoint; gateway at /gateway, keys at
                                       # /.well-known/ohttp-keys
+
+Every URL, from a file or the chain, must be a canonical endpoint (`veil.wire.endpoint`:
+`http(s)://host[:port]`, nothing more); the relay appends the fixed paths itself.
 
 `ChainNodeDirectory` reads the NodeRegistry instead: a node's id is its operator address
 (EIP-55, matched case-insensitively) and its URL the endpoint it registered; only active
@@ -24,9 +27,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from veil.errors import VeilError
+from veil.wire.endpoint import EndpointError, check_endpoint
 from veil.wire.http import DESCRIPTOR_PATH
 from veil.wire.ohttp import GATEWAY_PATH, KEYS_PATH
 
@@ -53,7 +56,7 @@ class Node:
     """A node gateway the relay may forward to."""
 
     node_id: str
-    url: str  # base URL, no trailing slash
+    url: str  # a canonical endpoint (veil.wire.endpoint): scheme, host, port
 
     @property
     def gateway_url(self) -> str:
@@ -101,10 +104,10 @@ def _node(entry: object) -> Node:
         raise NodeConfigError(f"bad node id {node_id!r}")
     if not isinstance(url, str):
         raise NodeConfigError(f"node {node_id}: url missing")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
-        raise NodeConfigError(f"node {node_id}: url must be http(s)://host[:port][/base]")
-    return Node(node_id, url.rstrip("/"))
+    try:
+        return Node(node_id, check_endpoint(url))
+    except EndpointError as err:
+        raise NodeConfigError(f"node {node_id}: {err}") from None
 
 
 def load_nodes(path: Path) -> StaticNodeDirectory:
@@ -126,8 +129,8 @@ class ChainNodeDirectory:
     `read` returns (operator, endpoint) pairs: `lambda: [(n.operator, n.endpoint) for n in
     chain.active_nodes()]` with a `veil.chain.ChainClient`. A lookup that misses refreshes at
     once (at most once per `min_gap_s`), so a node that just registered is reachable
-    without waiting. A registry entry with an unusable endpoint is skipped and logged; a
-    failed read keeps the last good list.
+    without waiting. A registry entry whose endpoint is not canonical is skipped and logged
+    (the relay never forwards to it); a failed read keeps the last good list.
     """
 
     def __init__(

@@ -69,6 +69,7 @@ __all__ = [
     "encapsulate_chunked_request",
     "encapsulate_request",
     "encode_key_configs",
+    "is_supported_request",
 ]
 
 MEDIA_REQUEST = "message/ohttp-req"
@@ -338,6 +339,22 @@ def _response_key(
 def _nonce_len(aead_id: int) -> int:
     nk, nn = _AEAD_SIZES[aead_id]
     return max(nk, nn)
+
+
+def is_supported_request(data: bytes) -> bool:
+    """Whether `data` opens like an encapsulated request, plain or chunked, of a suite Veil
+    speaks: the RFC 9458 header (key id, KEM, KDF, AEAD) names a supported KEM and (KDF, AEAD)
+    pair, followed by room for the encapsulated key and one AEAD tag.
+
+    Needs no key: a relay checks this before forwarding, so it never carries arbitrary bytes.
+    """
+    if len(data) < _HEADER.size:
+        return False
+    _key_id, kem_id, kdf_id, aead_id = _HEADER.unpack_from(data)
+    nenc = _NENC.get(kem_id)
+    if nenc is None or not SymmetricSuite(kdf_id, aead_id).supported:
+        return False
+    return len(data) >= _HEADER.size + nenc + _TAG
 
 
 # --- whole messages ------------------------------------------------------------------------------

@@ -20,6 +20,17 @@ interface Slasher:
 MAX_MODELS: constant(uint256) = 8
 MAX_PAGE: constant(uint256) = 64
 MAX_NODES: constant(uint256) = 2**32
+# The bytes an endpoint may hold after "http://" or "https://" (bit c set: byte c allowed):
+# a-z 0-9 . - : [ ], enough for a lower-case host name, an IPv4 or a bracketed IPv6 address
+# and a port. So no path, query, fragment, userinfo, percent escape, space or upper case.
+ENDPOINT_CHARS: constant(uint256) = (
+    (2**26 - 1) * 2**97  # a-z (0x61-0x7a)
+    + 2**93  # ]
+    + 2**91  # [
+    + (2**11 - 1) * 2**48  # 0-9 and : (0x30-0x3a)
+    + 2**46  # .
+    + 2**45  # -
+)
 
 struct ModelInfo:
     modelId: String[64]
@@ -131,6 +142,29 @@ def setSlasher(slasher_: address):
     log SlasherSet(slasher=slasher_)
 
 
+@pure
+@internal
+def _checkEndpoint(endpoint: String[256]):
+    """
+    @dev A coarse form of veil.wire.endpoint's canonical rule: scheme, then host and port
+         only. Clients and relays apply the full rule anyway; this keeps the registry from
+         recording an endpoint that names a path on someone else's server.
+    """
+    assert len(endpoint) > 0, "empty endpoint"
+    raw: Bytes[256] = convert(endpoint, Bytes[256])
+    n: uint256 = len(raw)
+    start: uint256 = 0
+    if n > 8 and convert(slice(raw, 0, 8), bytes8) == 0x68747470733a2f2f:  # "https://"
+        start = 8
+    elif n > 7 and convert(slice(raw, 0, 7), bytes7) == 0x687474703a2f2f:  # "http://"
+        start = 7
+    assert start != 0, "endpoint must be http(s)://host[:port]"
+    padded: Bytes[288] = concat(raw, empty(bytes32))  # extract32 may read past the end
+    for i: uint256 in range(start, n, bound=256):
+        c: uint256 = convert(extract32(padded, i), uint256) >> 248
+        assert (ENDPOINT_CHARS >> c) & 1 == 1, "endpoint must be http(s)://host[:port]"
+
+
 @internal
 def _checkModels(models_: DynArray[ModelInfo, MAX_MODELS]):
     assert len(models_) > 0, "no models"
@@ -148,7 +182,7 @@ def register(
     stake: uint256,
 ):
     assert not self.nodes[msg.sender].registered, "already registered"
-    assert len(endpoint) > 0, "empty endpoint"
+    self._checkEndpoint(endpoint)
     assert ohttpKeysHash != empty(bytes32), "zero hash"
     assert attestationDigest != empty(bytes32), "zero hash"
     self._checkModels(models_)
@@ -181,7 +215,7 @@ def register(
 @external
 def updateEndpoint(endpoint: String[256]):
     assert self.nodes[msg.sender].registered, "not registered"
-    assert len(endpoint) > 0, "empty endpoint"
+    self._checkEndpoint(endpoint)
     self.nodes[msg.sender].endpoint = endpoint
     log EndpointUpdated(operator=msg.sender, endpoint=endpoint)
 
