@@ -489,3 +489,22 @@ def test_pick_prefers_fewer_in_flight_then_lower_latency() -> None:
     assert router.pick(candidates, exclude=["0xA"]) is b
     router.finished("0xb")
     assert router.pick(candidates) is b
+
+
+def test_a_web_page_cannot_spend_the_wallet(net: Network, gateway: ServerThread) -> None:
+    """A browser's simple cross-origin POST, a foreign Origin and a rebound Host are refused
+    before anything is sent; the user's own SDK still gets its answer."""
+    body = json.dumps({"model": MODEL, "messages": MESSAGES}).encode()
+    url = gateway.url + "/v1/chat/completions"
+    plain = httpx.post(url, content=body, headers={"content-type": "text/plain"})
+    foreign = httpx.post(
+        url, content=body, headers={"content-type": "application/json", "origin": "https://x.test"}
+    )
+    rebound = httpx.post(
+        url, content=body, headers={"content-type": "application/json", "host": "evil.test"}
+    )
+    assert (plain.status_code, foreign.status_code, rebound.status_code) == (415, 403, 421)
+    assert net.relay_app.calls == []
+    assert net.a.seen == [] and net.b.seen == []
+    answer = sdk(gateway).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert answer.choices[0].message.content

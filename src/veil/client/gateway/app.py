@@ -23,6 +23,7 @@ from veil.client.discovery import ChainReader, Discovery, DiscoveryConfig
 from veil.client.errors import NoPartyQuorum
 from veil.client.gateway.common import GatewayConfig, read_view
 from veil.client.gateway.direct import DirectPath
+from veil.client.gateway.guard import RequestGuard
 from veil.client.gateway.mpc import MpcPath, SourceLoader
 from veil.client.gateway.routing import Router
 from veil.client.mpc import choose_parties, party_of
@@ -323,6 +324,7 @@ def create_gateway_app(
     app = FastAPI(
         title="Veil gateway", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan
     )
+    app.add_middleware(RequestGuard, host_names=cfg.host_names, api_key=cfg.api_key)
 
     def gateway() -> _Gateway:
         if "gateway" not in holder:

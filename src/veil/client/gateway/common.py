@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 from veil.client.discovery import ChainView, Discovery, DiscoveryConfig, Selection
+from veil.client.gateway.guard import LOOPBACK_NAMES
 from veil.client.payer import PayerConfig
 from veil.client.policy import PrivacyMode
 from veil.errors import VeilError
@@ -29,6 +30,8 @@ class GatewayConfig:
     mpc_max_tokens: int = 256  # the largest max_tokens an :mpc request may ask for
     mpc_timeout_s: float = 600.0  # one party request at most (a real-model prefill: ~75 s)
     mpc_retry_after_s: int = 30  # the retry-after of a 503 mpc_parties_busy
+    host_names: frozenset[str] = LOOPBACK_NAMES  # Host names answered (DNS rebinding guard)
+    api_key: str | None = None  # when set, every request needs `Authorization: Bearer <key>`
 
 
 def sse_error(message: str, code: str) -> bytes:
