@@ -72,6 +72,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from veil.attest.policy import PrivacyMode
 from veil.chain.payment import TICKET_HEADER, TICKET_PARAMS_HEADER
 from veil.client.discovery import (
     POLICY,
@@ -97,7 +98,6 @@ from veil.client.errors import (
 )
 from veil.client.mpc import PartyChoice, choose_parties, parties_of, party_of
 from veil.client.payer import Payer, PayerConfig, Payment, Wallet
-from veil.client.policy import PrivacyMode
 from veil.client.receipts import ReceiptStore
 from veil.client.session import INVALID_BASE_URL, TICKET_ID_EXTENSION
 from veil.client.transport import REQUEST_DIGEST_EXTENSION
