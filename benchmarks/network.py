@@ -26,8 +26,8 @@ from rich.console import Console
 
 from veil.chain import ChainClient, Deployment
 from veil.chain.payment import TICKET_HEADER, TICKET_PARAMS_PATH, PaymentTicket, TicketParams
+from veil.commands.up import LocalNetwork, NetworkSettings
 from veil.identity.keystore import load_keystore
-from veil.up import LocalNetwork, NetworkSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from transport import stream_once  # the same timed request as the transport benchmark

@@ -32,10 +32,10 @@ import pytest
 from netsupport import Tap, until
 from tests.client.gateway_support import TOKEN, FakeChain, Recording, approve
 from tests.conftest import ServerThread
-from veil.client.cli import answered_line, with_mode
 from veil.client.errors import NoPartyQuorum, PartiesBusy
 from veil.client.gateway import GatewayConfig, create_gateway_app
 from veil.client.mpc import choose_parties, mpc_parties
+from veil.commands.chat import answered_line, with_mode
 from veil.identity import MpcParty, NodeIdentity
 from veil.mpc.client import RemoteSession
 from veil.mpc.launch import free_port

@@ -18,9 +18,9 @@ from rich.console import Console
 
 from netsupport import Tap
 from veil.chain import ChainClient, Deployment
+from veil.commands.up import VEIL, LocalNetwork, NetworkSettings
 from veil.engine import PACKAGED_MODEL_ID
 from veil.identity import Receipt, check_receipt
-from veil.up import VEIL, LocalNetwork, NetworkSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

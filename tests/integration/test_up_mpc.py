@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from netsupport import Tap
-from veil.up import LocalNetwork, NetworkSettings
+from veil.commands.up import LocalNetwork, NetworkSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

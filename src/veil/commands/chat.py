@@ -1,4 +1,5 @@
-"""`veil chat`: a terminal chat, through the local gateway or straight to one node via a relay.
+"""`veil chat`: a terminal chat, through the local gateway or straight to one node via a relay;
+and `veil gateway`, that local gateway (`veil.client.gateway`) on a port.
 
 Through the gateway (the default: the one `veil up` runs, or `--gateway URL`), the gateway
 picks a verified node, pays it and checks the receipt; each answer shows which node answered,

@@ -184,7 +184,3 @@ def chat(
     finally:
         for p in started:
             p.stop()
-
-
-if __name__ == "__main__":
-    mpc_app()
