@@ -755,7 +755,7 @@ class _Gateway:
     ) -> Any:
         """The answer, checked and encoded (on the run's thread; nothing is sent yet)."""
         from veil.mpc.api import MpcChatBackend
-        from veil.mpc.runtime import MpcSettings
+        from veil.mpc.runtime import MpcConfig
 
         try:
             backend = MpcChatBackend(
@@ -763,7 +763,7 @@ class _Gateway:
                 parties_of(
                     [c.session for c in choice.candidates], timeout_s=self.config.mpc_timeout_s
                 ),
-                MpcSettings(protocol=choice.protocol),
+                MpcConfig(protocol=choice.protocol),
                 timeout_s=self.config.mpc_timeout_s,
             )
             return backend.start(

@@ -17,9 +17,9 @@ _PROTOCOL_HELP = "aby3 (3 parties, honest majority, default) | semi2k | cheetah 
 
 
 def _settings(protocol: str, exp_mode: str, sigmoid_mode: str, fxp_bits: int):
-    from veil.mpc.runtime import MpcSettings
+    from veil.mpc.runtime import MpcConfig
 
-    return MpcSettings(
+    return MpcConfig(
         protocol=protocol, exp_mode=exp_mode, sigmoid_mode=sigmoid_mode, fxp_fraction_bits=fxp_bits
     )
 

@@ -45,7 +45,7 @@ __all__ = [
     "MPC_NODE_NAMES",
     "NODE_NAMES",
     "LocalNetwork",
-    "NetworkSettings",
+    "NetworkConfig",
     "Service",
     "pick_port",
     "up",
@@ -136,7 +136,7 @@ class Service:
 
 
 @dataclass(frozen=True)
-class NetworkSettings:
+class NetworkConfig:
     """Knobs of a local network (the defaults suit a demo; tests raise the win probability)."""
 
     chain_port: int = 8545
@@ -173,14 +173,14 @@ class LocalNetwork:
     def __init__(
         self,
         data_dir: Path,
-        settings: NetworkSettings | None = None,
+        settings: NetworkConfig | None = None,
         *,
         relay_proxy: Callable[[str], str] | None = None,
     ) -> None:
         """`relay_proxy` maps the relay's URL to the one the gateway is given (tests put a
         recording proxy there to see exactly what the relay sees)."""
         self.data_dir = Path(data_dir)
-        self.settings = settings or NetworkSettings()
+        self.settings = settings or NetworkConfig()
         self.relay_proxy = relay_proxy
         self.devnet: Any = None
         self.deployment_path = self.data_dir / "chain" / "deployment.json"
@@ -505,7 +505,7 @@ def up(
 
     signal.signal(signal.SIGTERM, _stop_on_term)
     console = Console()
-    net = LocalNetwork(data_dir or default_data_dir(), NetworkSettings(mpc=mpc))
+    net = LocalNetwork(data_dir or default_data_dir(), NetworkConfig(mpc=mpc))
     if interactive is None:
         interactive = sys.stdin.isatty()
     try:

@@ -48,7 +48,7 @@ from veil.mpc.errors import (
 )
 from veil.mpc.head import ClientHead
 from veil.mpc.model import BUCKET
-from veil.mpc.runtime import MpcSettings, ShareCodec
+from veil.mpc.runtime import MpcConfig, ShareCodec
 
 __all__ = [
     "HttpChannel",
@@ -299,7 +299,7 @@ class RemoteSession:
     def __init__(
         self,
         parties: Sequence[PartySpec],
-        settings: MpcSettings,
+        settings: MpcConfig,
         weights_sha256: str,
         timeout_s: float = 600.0,
         session_id: str | None = None,

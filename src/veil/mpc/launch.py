@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veil.mpc.errors import PartyFailure
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 
 __all__ = [
     "PartyProcess",
@@ -83,7 +83,7 @@ class PartyProcess:
 
 def start_party(
     model: str,
-    settings: MpcSettings,
+    settings: MpcConfig,
     log_path: Path,
     link: str | None = None,
     cert_dir: Path | None = None,
@@ -128,7 +128,7 @@ def wait_ready(parties: list[PartyProcess], timeout_s: float = 300.0) -> None:
 
 def start_parties(
     model: str,
-    settings: MpcSettings,
+    settings: MpcConfig,
     log_dir: Path,
     extra_args: tuple[str, ...] = (),
     ready_timeout_s: float = 300.0,
