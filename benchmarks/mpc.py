@@ -37,10 +37,10 @@ def main() -> None:
     from veil.mpc.client import RemoteSession, generate
     from veil.mpc.launch import start_parties
     from veil.mpc.model import BUCKET
-    from veil.mpc.runtime import MpcSettings
+    from veil.mpc.runtime import MpcConfig
     from veil.mpc.source import load_source
 
-    settings = MpcSettings(
+    settings = MpcConfig(
         protocol=args.protocol,
         exp_mode=args.exp_mode,
         sigmoid_mode=args.sigmoid_mode,

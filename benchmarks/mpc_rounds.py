@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 
 _LINK = re.compile(r"Link details: total send bytes (\d+), recv bytes \d+, send actions (\d+)")
 
@@ -78,7 +78,7 @@ def layer_actions(silu: str) -> dict[str, float]:
     }
 
 
-class _Profiled(MpcSettings):
+class _Profiled(MpcConfig):
     """ABY3 with SPU's per-op profiler on (it logs each run's link totals)."""
 
     def runtime_config(self) -> Any:

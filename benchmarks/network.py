@@ -26,8 +26,8 @@ from rich.console import Console
 
 from veil.chain import ChainClient, Deployment
 from veil.chain.payment import TICKET_HEADER, TICKET_PARAMS_PATH, PaymentTicket, TicketParams
+from veil.commands.up import LocalNetwork, NetworkConfig
 from veil.identity.keystore import load_keystore
-from veil.up import LocalNetwork, NetworkSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from transport import stream_once  # the same timed request as the transport benchmark
@@ -82,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="veil-bench-"))
-    settings = NetworkSettings(chain_port=0, node_ports=(0, 0), relay_port=0, gateway_port=0)
+    settings = NetworkConfig(chain_port=0, node_ports=(0, 0), relay_port=0, gateway_port=0)
     net = LocalNetwork(data, settings)
     try:
         net.start(Console(stderr=True))

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 
 from veil.client.transport import OhttpTransport, relay_keys_url
+from veil.commands.up import Service, pick_port
 from veil.engine import PACKAGED_MODEL_ID
-from veil.up import Service, pick_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ohttp as ohttp_bench

@@ -135,7 +135,7 @@ def test_tdx_producer_without_configfs_is_unavailable(tmp_path: Path) -> None:
 
 def test_importing_attest_and_the_cli_stays_light() -> None:
     code = (
-        "import sys, veil.attest, veil.attest.cli, veil.cli\n"
+        "import sys, veil.attest, veil.commands.verify, veil.cli\n"
         "heavy = {'dcap_qvl', 'eth_account', 'web3', 'torch'} & set(sys.modules)\n"
         "print(sorted(heavy))\n"
     )

@@ -30,12 +30,12 @@ from tests.client.gateway_support import (
     approve,
 )
 from tests.conftest import ServerThread
+from veil.attest.policy import PrivacyMode
 from veil.chain.payment import TicketParams
 from veil.client.discovery import DiscoveryConfig
 from veil.client.errors import PriceAboveLimit
 from veil.client.gateway import GatewayConfig, Router, create_gateway_app, split_mode
 from veil.client.payer import TICKET_LIFETIME_S, Payer, Wallet
-from veil.client.policy import PrivacyMode
 from veil.identity import NodeIdentity
 from veil.relay.app import RelayConfig, create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory

@@ -32,14 +32,14 @@ import pytest
 from netsupport import Tap, until
 from tests.client.gateway_support import TOKEN, FakeChain, Recording, approve
 from tests.conftest import ServerThread
-from veil.client.cli import answered_line, with_mode
 from veil.client.errors import NoPartyQuorum, PartiesBusy
 from veil.client.gateway import GatewayConfig, create_gateway_app
 from veil.client.mpc import choose_parties, mpc_parties
+from veil.commands.chat import answered_line, with_mode
 from veil.identity import MpcParty, NodeIdentity
 from veil.mpc.client import RemoteSession
 from veil.mpc.launch import free_port
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 from veil.mpc.source import ModelSource, load_source
 from veil.node.api import create_app
 from veil.node.config import NodeConfig
@@ -302,7 +302,7 @@ def test_parties_busy_is_503_with_retry_after(net: Net, gateway: ServerThread) -
     assert _wait_wiped(net)
     parties = mpc_parties([(net.relay.url, a) for a in net.addresses])
     tiny = net.source
-    with RemoteSession(parties(), MpcSettings(), tiny.weights_sha256):
+    with RemoteSession(parties(), MpcConfig(), tiny.weights_sha256):
         r = post(gateway, {"model": MODEL, "messages": MESSAGES, "max_tokens": 1})
         assert r.status_code == 503 and r.json()["error"]["code"] == "mpc_parties_busy"
         assert "busy with another session" in r.json()["error"]["message"]

@@ -18,9 +18,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.testclient import TestClient
 
+from veil.attest.policy import Policy
 from veil.client import NodeRejected, ReceiptRefused
 from veil.client.errors import DescriptorUnavailable
-from veil.client.policy import Policy
 from veil.client.receipts import ReceiptStore
 from veil.client.session import connect
 from veil.identity import (
@@ -267,7 +267,7 @@ def test_streamed_sdk_iteration_raises_receipt_refused(node: FakeNode) -> None:
 
 
 def test_dev_node_refused_under_tee_and_nothing_is_sent(node: FakeNode) -> None:
-    from veil.client.policy import LocalReleases
+    from veil.attest.policy import LocalReleases
 
     with pytest.raises(NodeRejected) as info:
         session_for(node, policy=Policy.for_mode("tee", releases=LocalReleases([])))

@@ -18,9 +18,9 @@ from rich.console import Console
 
 from netsupport import Tap
 from veil.chain import ChainClient, Deployment
+from veil.commands.up import VEIL, LocalNetwork, NetworkConfig
 from veil.engine import PACKAGED_MODEL_ID
 from veil.identity import Receipt, check_receipt
-from veil.up import VEIL, LocalNetwork, NetworkSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,7 +45,7 @@ def network(tmp_path_factory):  # type: ignore[no-untyped-def]
         taps.append(Tap(url.rsplit(":", 1)[1]))
         return f"http://{taps[0].address}"
 
-    settings = NetworkSettings(
+    settings = NetworkConfig(
         chain_port=0,
         node_ports=(0, 0),
         relay_port=0,

@@ -11,8 +11,8 @@ import pytest
 
 from netsupport import Tap, free_port
 from veil.client.sdk import private_openai
+from veil.commands.up import Service
 from veil.engine import PACKAGED_MODEL_ID
-from veil.up import Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

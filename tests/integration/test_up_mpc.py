@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from netsupport import Tap
-from veil.up import LocalNetwork, NetworkSettings
+from veil.commands.up import LocalNetwork, NetworkConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +32,7 @@ def test_veil_up_mpc_and_veil_chat_mode_mpc(tmp_path: Path) -> None:
         taps.append(Tap(url.rsplit(":", 1)[1]))
         return f"http://{taps[0].address}"
 
-    settings = NetworkSettings(
+    settings = NetworkConfig(
         chain_port=0,
         node_ports=(0, 0, 0),
         relay_port=0,

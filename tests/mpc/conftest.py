@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from veil.mpc.launch import PartyProcess, free_link_port, start_parties
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 from veil.mpc.source import ModelSource, load_source
 
 TINY = "tiny:0"
@@ -24,7 +24,7 @@ def tiny() -> ModelSource:
 @pytest.fixture(scope="module")
 def parties(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PartyProcess]]:
     """Three ABY3 party processes serving the tiny model on loopback."""
-    procs = start_parties(TINY, MpcSettings(), tmp_path_factory.mktemp("parties"))
+    procs = start_parties(TINY, MpcConfig(), tmp_path_factory.mktemp("parties"))
     yield procs
     for p in procs:
         p.stop()

@@ -13,9 +13,9 @@ import pytest
 from veil.mpc.channel import MEDIA_MPC, decode_frame, encode_frame
 from veil.mpc.client import HttpChannel, RemoteSession
 from veil.mpc.errors import MpcConfigError, PartyFailure, PartyUnavailable, ProtocolViolation
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 
-SETTINGS = MpcSettings()
+SETTINGS = MpcConfig()
 
 
 def test_one_frame_per_body() -> None:

@@ -39,7 +39,7 @@ from veil.mpc.errors import (
 )
 from veil.mpc.local import PlainSession
 from veil.mpc.model import BUCKET
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 from veil.mpc.source import ModelSource
 from veil.node.api import create_app
 from veil.node.config import NodeConfig
@@ -52,7 +52,7 @@ from .conftest import TINY, assert_greedy_agrees, free_link_port, party_idle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SETTINGS = MpcSettings()
+SETTINGS = MpcConfig()
 PROMPT = list(b"The secret launch code is 0451, tell nobody.")  # 44 tokens: two chunks
 NODE_IDS = ["node-a", "node-b", "node-c"]
 MAX_BODY = 128 * 1024  # each node's body limit (a tiny prefill frame is about 33 KB)

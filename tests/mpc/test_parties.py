@@ -21,14 +21,14 @@ from veil.mpc.client import RemoteSession, generate, prefill_prompt
 from veil.mpc.errors import PartyFailure
 from veil.mpc.launch import PartyProcess, start_parties, start_party, wait_ready
 from veil.mpc.local import PlainSession
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 from veil.mpc.source import ModelSource
 
 from .conftest import TINY, assert_greedy_agrees, process_gone, read_log
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = MpcSettings()
+SETTINGS = MpcConfig()
 PROMPT_A = list(b"The secret launch code is 0451, tell nobody.")  # 44 tokens: two chunks
 PROMPT_B = list(b"Quarterly revenue fell by 12 percent in Oslo.")
 

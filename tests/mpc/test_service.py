@@ -35,12 +35,12 @@ from veil.mpc.linkcert import LinkIdentity
 from veil.mpc.local import PlainSession
 from veil.mpc.model import BUCKET
 from veil.mpc.party import PartyConfig, PartyService
-from veil.mpc.runtime import MpcSettings, ShareCodec
+from veil.mpc.runtime import MpcConfig, ShareCodec
 from veil.mpc.source import ModelSource
 
 from .conftest import free_link_port, party_idle, process_gone
 
-SETTINGS = MpcSettings()
+SETTINGS = MpcConfig()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from veil.mpc.client import generate, prefill_prompt
 from veil.mpc.errors import BadShare, MpcConfigError
 from veil.mpc.local import PlainSession, SimSession
 from veil.mpc.model import BUCKET
-from veil.mpc.runtime import MpcSettings, ShareCodec
+from veil.mpc.runtime import MpcConfig, ShareCodec
 from veil.mpc.source import ModelSource
 
 from .conftest import assert_greedy_agrees
@@ -19,7 +19,7 @@ PROMPT = [(11 * i + 2) % 256 for i in range(BUCKET + 5)]  # two prefill chunks
 
 @pytest.mark.parametrize("protocol", ["aby3", "semi2k"])
 def test_mpc_logits_close_and_tokens_identical(tiny: ModelSource, protocol: str) -> None:
-    settings = MpcSettings(protocol=protocol)
+    settings = MpcConfig(protocol=protocol)
     plain = prefill_prompt(PlainSession(tiny.shape, tiny.weights), tiny.head, PROMPT)
     mpc = prefill_prompt(SimSession(tiny.shape, tiny.weights, settings), tiny.head, PROMPT)
     assert np.abs(plain - mpc).max() < 0.05 * np.abs(plain).max()
@@ -29,7 +29,7 @@ def test_mpc_logits_close_and_tokens_identical(tiny: ModelSource, protocol: str)
 
 def test_unknown_protocol_is_a_config_error() -> None:
     with pytest.raises(MpcConfigError):
-        MpcSettings(protocol="spdz")
+        MpcConfig(protocol="spdz")
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,7 @@ def test_unknown_protocol_is_a_config_error() -> None:
     ],
 )
 def test_share_check_rejects_wrong_shape_and_dtype(value: np.ndarray) -> None:
-    settings = MpcSettings()
+    settings = MpcConfig()
     codec = ShareCodec(settings)
     import spu
     from spu import libspu
@@ -53,6 +53,6 @@ def test_share_check_rejects_wrong_shape_and_dtype(value: np.ndarray) -> None:
 
 
 def test_public_value_is_not_accepted_as_a_share() -> None:
-    codec = ShareCodec(MpcSettings())
+    codec = ShareCodec(MpcConfig())
     with pytest.raises(BadShare):
         codec.check(codec.public(np.zeros((1, 64), np.float32), 0), (1, 64), 0)

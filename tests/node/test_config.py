@@ -100,7 +100,7 @@ def test_bad_payment_settings_are_named(override: dict, message: str) -> None:
 def test_cli_amounts() -> None:
     import typer
 
-    from veil.node.cli import parse_amount
+    from veil.commands.node import parse_amount
 
     assert parse_amount("150VEIL") == 150 * 10**18
     assert parse_amount("0.5 veil") == 5 * 10**17
@@ -114,7 +114,7 @@ def test_cli_amounts() -> None:
 def test_serve_help_lists_the_payment_flags() -> None:
     from typer.testing import CliRunner
 
-    from veil.node.cli import node_app
+    from veil.commands.node import node_app
 
     out = CliRunner().invoke(node_app, ["serve", "--help"], env={"COLUMNS": "200"}).output
     for flag in ("--chain", "--stake", "--free", "--face-value", "--win-prob", "--tickets"):
@@ -138,7 +138,7 @@ def test_bad_mpc_settings_are_named(override: dict, message: str) -> None:
 def test_mpc_party_settings_and_flags(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from veil.node.cli import node_app
+    from veil.commands.node import node_app
     from veil.node.mpc import build_party
 
     path = tmp_path / "node.toml"

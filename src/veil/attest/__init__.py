@@ -1,11 +1,12 @@
-"""Attestation: evidence producers (node side), evidence formats, one verifier per kind.
+"""Attestation: evidence producers (node side), evidence formats, one verifier per kind, and
+the node policy a client applies (`veil.attest.policy`: `Policy`, `verify_node`).
 
 Kinds: `tdx` (Intel TDX, verified with dcap-qvl), `dev` (no hardware isolation), `nvidia-cc`
 (reserved slot, refused). Verifiers return an `AttestationReport` of named steps and attach
 it to the `AttestError` they raise.
 
-Names are loaded on first use (PEP 562), so `veil.attest.cli` and `veil --help` do not import
-eth_account or dcap_qvl.
+Names are loaded on first use (PEP 562), so `veil verify --help` and `veil --help` do not
+import eth_account or dcap_qvl.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ _EXPORTS = {
         "DebugEnclave",
         "EvidenceMalformed",
         "EvidenceUnavailable",
+        "KeyConfigError",
+        "NodeRejected",
+        "PolicyConfigError",
         "QuoteInvalid",
         "TcbStatusRefused",
         "TeeTypeMismatch",
@@ -39,6 +43,16 @@ _EXPORTS = {
         "TdxEvidence",
     ),
     "veil.attest.nvidia": ("NvidiaVerifier",),
+    "veil.attest.policy": (
+        "NODE_STEPS",
+        "LocalReleases",
+        "Policy",
+        "PrivacyMode",
+        "Release",
+        "ReleaseSource",
+        "VerificationReport",
+        "verify_node",
+    ),
     "veil.attest.producer": ("DevProducer", "EvidenceProducer", "TdxProducer", "issue_descriptor"),
     "veil.attest.report": (
         "NO_HARDWARE_ISOLATION",
@@ -64,6 +78,7 @@ __all__ = [
     "KIND_NVIDIA",
     "KIND_TDX",
     "KNOWN_KINDS",
+    "NODE_STEPS",
     "NO_HARDWARE_ISOLATION",
     "AttestError",
     "AttestationReport",
@@ -79,9 +94,17 @@ __all__ = [
     "EvidenceProducer",
     "EvidenceUnavailable",
     "EvidenceVerifier",
+    "KeyConfigError",
+    "LocalReleases",
+    "NodeRejected",
     "NvidiaVerifier",
     "PccsCollateral",
+    "Policy",
+    "PolicyConfigError",
+    "PrivacyMode",
     "QuoteInvalid",
+    "Release",
+    "ReleaseSource",
     "Step",
     "StepLog",
     "StepStatus",
@@ -92,12 +115,14 @@ __all__ = [
     "TeeTypeMismatch",
     "UnknownEvidenceKind",
     "UnsupportedEvidence",
+    "VerificationReport",
     "check_binding",
     "default_verifiers",
     "expected_report_data",
     "issue_descriptor",
     "tdx_measurement",
     "verify_evidence",
+    "verify_node",
 ]
 
 
@@ -124,6 +149,9 @@ if TYPE_CHECKING:
         DebugEnclave,
         EvidenceMalformed,
         EvidenceUnavailable,
+        KeyConfigError,
+        NodeRejected,
+        PolicyConfigError,
         QuoteInvalid,
         TcbStatusRefused,
         TeeTypeMismatch,
@@ -140,6 +168,16 @@ if TYPE_CHECKING:
         TdxEvidence,
     )
     from veil.attest.nvidia import NvidiaVerifier
+    from veil.attest.policy import (
+        NODE_STEPS,
+        LocalReleases,
+        Policy,
+        PrivacyMode,
+        Release,
+        ReleaseSource,
+        VerificationReport,
+        verify_node,
+    )
     from veil.attest.producer import DevProducer, EvidenceProducer, TdxProducer, issue_descriptor
     from veil.attest.report import (
         NO_HARDWARE_ISOLATION,

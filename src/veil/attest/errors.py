@@ -1,4 +1,7 @@
-"""Typed errors of attestation: each names the failed check and carries the verifier's report.
+"""Typed errors of attestation and of the node policy built on it (`veil.attest.policy`).
+
+Each names the failed check; a verifier's error carries its `AttestationReport`, a policy's
+`NodeRejected` the whole `VerificationReport`.
 
 ```
 VeilError
@@ -12,8 +15,14 @@ VeilError
      ├─ TcbStatusRefused        the platform's TCB level is not one the policy accepts
      ├─ DebugEnclave            the trust domain runs in debug mode: the host can read it
      ├─ BindingMismatch         report data does not bind the presented keys / descriptor
-     └─ EvidenceUnavailable     this machine cannot produce the evidence (no TEE device)
+     ├─ EvidenceUnavailable     this machine cannot produce the evidence (no TEE device)
+     ├─ NodeRejected            a node failed verification under the policy (`check`, `report`)
+     ├─ PolicyConfigError       a policy or release list that cannot be used as configured
+     └─ KeyConfigError          no usable OHTTP key list: the fetch failed, it is malformed, or
+                                it is not the one the node's verified descriptor binds
 ```
+The last three are raised by the policy and by the client that applies it; `veil.client`
+re-exports them.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from typing import TYPE_CHECKING, ClassVar
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
+    from veil.attest.policy import VerificationReport
     from veil.attest.report import AttestationReport
 
 __all__ = [
@@ -32,6 +42,9 @@ __all__ = [
     "DebugEnclave",
     "EvidenceMalformed",
     "EvidenceUnavailable",
+    "KeyConfigError",
+    "NodeRejected",
+    "PolicyConfigError",
     "QuoteInvalid",
     "TcbStatusRefused",
     "TeeTypeMismatch",
@@ -95,3 +108,40 @@ class BindingMismatch(AttestError):
 
 class EvidenceUnavailable(AttestError):
     default_check = "produce"
+
+
+class NodeRejected(AttestError):
+    """The node failed a verification step: no request may be sent to it.
+
+    `check` names the failed step, `report` is the whole `VerificationReport` (every step;
+    `veil verify` prints it), and `cause` is the typed error the step raised (a descriptor,
+    attestation or policy error).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        check: str,
+        report: VerificationReport | None = None,
+        cause: VeilError | None = None,
+    ) -> None:
+        super().__init__(message, check=check)
+        self.report = report  # type: ignore[assignment]  # the policy's report, not a verifier's
+        self.cause = cause
+
+
+class PolicyConfigError(AttestError):
+    """The policy is inconsistent (e.g. `tee` accepting dev evidence) or its release list is bad."""
+
+    default_check = "policy"
+
+
+class KeyConfigError(AttestError):
+    """No usable key configuration: fetch failed, the list is malformed, or the check refused it.
+
+    A policy error because a key list is only usable once pinned to a verified descriptor
+    (`VerificationReport.key_check`); the client's transports raise it for the fetch too.
+    """
+
+    default_check = "key_config"

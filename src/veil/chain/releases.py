@@ -1,6 +1,6 @@
 """The on-chain ReleaseLog as the client policy's release source.
 
-`veil.client.policy` asks a `ReleaseSource` one question, `is_approved(model_hash,
+`veil.attest.policy` asks a `ReleaseSource` one question, `is_approved(model_hash,
 measurement)`; `ChainReleases` answers it from the chain, in place of a local file.
 """
 

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from veil.attest.errors import NodeRejected
+from veil.attest.policy import Policy, PrivacyMode
 from veil.attest.report import StepStatus
-from veil.client.errors import ClientError, DescriptorUnavailable, NodeRejected
-from veil.client.policy import Policy, PrivacyMode
+from veil.client.errors import ClientError, DescriptorUnavailable
 from veil.client.receipts import ReceiptStore
 from veil.client.session import VeilSession, connect
 from veil.errors import VeilError

@@ -2,33 +2,32 @@
 
 ```
 VeilError
- └─ ClientError
-     ├─ RequestNotSendable    the request cannot be carried as binary HTTP (nothing was sent)
-     ├─ KeyConfigError        the node's key list could not be fetched, parsed or accepted
-     ├─ RelayRefused          the relay answered with an error (rate limit, size, unknown node...)
-     ├─ GatewayRefused        the node's gateway refused the encapsulated request
-     ├─ ResponseRefused       the answer failed authentication or is malformed: nothing is shown
-     │   ├─ TruncatedResponse the answer stopped before its final authenticated chunk
-     │   └─ ReceiptRefused    the answer's receipt is missing or does not verify (`check`)
-     ├─ DescriptorUnavailable the node's descriptor could not be fetched (nothing was sent)
+ ├─ ClientError
+ │   ├─ RequestNotSendable    the request cannot be carried as binary HTTP (nothing was sent)
+ │   ├─ RelayRefused          the relay answered with an error (rate limit, size, unknown node...)
+ │   ├─ GatewayRefused        the node's gateway refused the encapsulated request
+ │   ├─ ResponseRefused       the answer failed authentication or is malformed: nothing is shown
+ │   │   ├─ TruncatedResponse the answer stopped before its final authenticated chunk
+ │   │   └─ ReceiptRefused    the answer's receipt is missing or does not verify (`check`)
+ │   ├─ DescriptorUnavailable the node's descriptor could not be fetched (nothing was sent)
+ │   ├─ PriceAboveLimit       a node asks more per request than the payer's limits allow
+ │   ├─ NoPartyQuorum         too few verified nodes host a matching MPC party (nothing sent)
+ │   │   └─ PartiesBusy       enough of them, but too many already run a session of ours
+ │   └─ ReceiptStoreError     the local receipt store cannot be opened or written
+ │       └─ HistoryLocked     stored history needs the right passphrase or key file
+ └─ AttestError               (veil.attest.errors; re-exported here)
      ├─ NodeRejected          a node failed verification under the policy (`check`, `report`)
      ├─ PolicyConfigError     a policy or release list that cannot be used as configured
-     ├─ PriceAboveLimit       a node asks more per request than the payer's limits allow
-     ├─ NoPartyQuorum         too few verified nodes host a matching MPC party (nothing sent)
-     │   └─ PartiesBusy       enough of them, but too many already run a session of ours
-     └─ ReceiptStoreError     the local receipt store cannot be opened or written
-         └─ HistoryLocked     stored history needs the right passphrase or key file
+     └─ KeyConfigError        the node's key list could not be fetched, parsed or accepted
 ```
+The policy errors live with the policy in `veil.attest` (the policy raises them, and attest
+sits below the client); catch `(ClientError, AttestError)`, or `VeilError`, for both.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from veil.attest.errors import KeyConfigError, NodeRejected, PolicyConfigError
 from veil.errors import VeilError
-
-if TYPE_CHECKING:
-    from veil.client.policy import VerificationReport
 
 __all__ = [
     "ClientError",
@@ -56,10 +55,6 @@ class ClientError(VeilError):
 
 class RequestNotSendable(ClientError):
     """The request cannot be encoded (a method or header binary HTTP refuses); nothing was sent."""
-
-
-class KeyConfigError(ClientError):
-    """No usable key configuration: fetch failed, the list is malformed, or the check refused it."""
 
 
 class _Refused(ClientError):
@@ -103,31 +98,6 @@ class ReceiptRefused(ResponseRefused):
 
 class DescriptorUnavailable(ClientError):
     """The node's signed descriptor could not be fetched (via the relay); nothing was sent."""
-
-
-class NodeRejected(ClientError):
-    """The node failed a verification step: no request may be sent to it.
-
-    `check` names the failed step, `report` lists every step (`veil verify` prints it), and
-    `cause` is the typed error the step raised (a descriptor, attestation or policy error).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        check: str,
-        report: VerificationReport | None = None,
-        cause: VeilError | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.check = check
-        self.report = report
-        self.cause = cause
-
-
-class PolicyConfigError(ClientError):
-    """The policy is inconsistent (e.g. `tee` accepting dev evidence) or its release list is bad."""
 
 
 class PriceAboveLimit(ClientError):

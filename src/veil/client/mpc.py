@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from veil.client.errors import NodeRejected, NoPartyQuorum, PartiesBusy
-from veil.client.policy import PrivacyMode
+from veil.attest.errors import NodeRejected
+from veil.attest.policy import PrivacyMode
+from veil.client.errors import NoPartyQuorum, PartiesBusy
 from veil.client.session import VeilSession, connect
 from veil.identity import MpcParty
 

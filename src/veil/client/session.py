@@ -4,7 +4,7 @@
 
 1. fetches the node's signed descriptor through the relay (`GET /relay/{node_id}/descriptor`,
    so the node does not see who asks);
-2. verifies it under the mode's policy (`veil.client.policy.verify_node`; `anonymous` accepts
+2. verifies it under the mode's policy (`veil.attest.policy.verify_node`; `anonymous` accepts
    `dev` nodes and then carries the "no hardware isolation" warning; `tee` refuses them);
 3. pins the OHTTP keys to the descriptor's (`report.key_check()`), so nothing is sealed to a
    key the verified node did not list; when the node rotates its keys (or the descriptor
@@ -38,14 +38,9 @@ from typing import Any
 
 import httpx
 
-from veil.client.errors import (
-    DescriptorUnavailable,
-    KeyConfigError,
-    NodeRejected,
-    ReceiptRefused,
-    ReceiptStoreError,
-)
-from veil.client.policy import Policy, PrivacyMode, VerificationReport, verify_node
+from veil.attest.errors import KeyConfigError, NodeRejected
+from veil.attest.policy import Policy, PrivacyMode, VerificationReport, verify_node
+from veil.client.errors import DescriptorUnavailable, ReceiptRefused, ReceiptStoreError
 from veil.client.receipts import ReceiptStore
 from veil.client.transport import (
     REQUEST_DIGEST_EXTENSION,

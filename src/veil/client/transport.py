@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from veil.attest.errors import KeyConfigError
 from veil.client.errors import (
     GatewayRefused,
-    KeyConfigError,
     RelayRefused,
     RequestNotSendable,
     ResponseRefused,

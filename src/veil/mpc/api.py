@@ -28,7 +28,7 @@ import numpy as np
 
 from veil.mpc.client import PartySpec, RemoteSession, generate
 from veil.mpc.errors import InvalidRequest, MpcConfigError
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 from veil.mpc.source import ModelSource, load_source
 
 __all__ = ["MpcChat", "MpcChatBackend", "MpcDelta", "Parties"]
@@ -122,14 +122,14 @@ class MpcChatBackend:
         self,
         source: ModelSource,
         parties: Parties,
-        settings: MpcSettings | None = None,
+        settings: MpcConfig | None = None,
         timeout_s: float = 600.0,
     ) -> None:
         if source.tokenizer is None:
             raise MpcConfigError(f"model source {source.name} has no tokenizer")
         self.source = source
         self.parties = parties if callable(parties) else list(parties)
-        self.settings = settings or MpcSettings()
+        self.settings = settings or MpcConfig()
         self.timeout_s = timeout_s
 
     @classmethod

@@ -47,7 +47,7 @@ from veil.mpc.errors import (
 )
 from veil.mpc.head import ClientHead
 from veil.mpc.model import BUCKET
-from veil.mpc.runtime import MpcSettings, ShareCodec
+from veil.mpc.runtime import MpcConfig, ShareCodec
 from veil.wire import boundedjson
 from veil.wire.errors import WireError
 
@@ -300,7 +300,7 @@ class RemoteSession:
     def __init__(
         self,
         parties: Sequence[PartySpec],
-        settings: MpcSettings,
+        settings: MpcConfig,
         weights_sha256: str,
         timeout_s: float = 600.0,
         session_id: str | None = None,

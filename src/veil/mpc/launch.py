@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veil.mpc.errors import PartyFailure
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 
 __all__ = [
     "PartyProcess",
@@ -83,20 +83,20 @@ class PartyProcess:
 
 def start_party(
     model: str,
-    settings: MpcSettings,
+    settings: MpcConfig,
     log_path: Path,
     link: str | None = None,
     cert_dir: Path | None = None,
     extra_args: tuple[str, ...] = (),
 ) -> PartyProcess:
-    """Start one party on 127.0.0.1 (a free link port unless `link`); see `wait_ready`."""
+    """Start `veil mpc party` on 127.0.0.1 (a free link port unless `link`); see `wait_ready`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     link = link or f"127.0.0.1:{free_link_port()}"
     cmd = [
-        sys.executable, "-m", "veil.mpc.cli", "party",
+        sys.executable, "-m", "veil", "mpc", "party",
         "--listen", "127.0.0.1:0", "--link", link, "--model", model,
         "--protocol", settings.protocol, "--exp-mode", settings.exp_mode,
         "--sigmoid-mode", settings.sigmoid_mode,
@@ -128,7 +128,7 @@ def wait_ready(parties: list[PartyProcess], timeout_s: float = 300.0) -> None:
 
 def start_parties(
     model: str,
-    settings: MpcSettings,
+    settings: MpcConfig,
     log_dir: Path,
     extra_args: tuple[str, ...] = (),
     ready_timeout_s: float = 300.0,

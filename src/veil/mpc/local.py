@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from veil.mpc.model import BUCKET, LayerWeights, LlamaShape, layers_step, make_step_inputs
-from veil.mpc.runtime import MpcSettings, ShareCodec, simulate_parties
+from veil.mpc.runtime import MpcConfig, ShareCodec, simulate_parties
 
 __all__ = ["PlainSession", "SimSession"]
 
@@ -62,7 +62,7 @@ class PlainSession:
 class SimSession:
     """All parties as threads over SPU's in-memory links: the real protocol, one process."""
 
-    def __init__(self, shape: LlamaShape, weights: LayerWeights, settings: MpcSettings) -> None:
+    def __init__(self, shape: LlamaShape, weights: LayerWeights, settings: MpcConfig) -> None:
         self.codec = ShareCodec(settings)
         self._parties, self._all = simulate_parties(settings, shape, weights)
 

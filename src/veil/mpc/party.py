@@ -55,7 +55,7 @@ from veil.mpc.errors import (
 )
 from veil.mpc.linkcert import LinkIdentity, cert_subject, check_cert_pem
 from veil.mpc.model import LayerWeights, LlamaShape
-from veil.mpc.runtime import MpcSettings, make_share
+from veil.mpc.runtime import MpcConfig, make_share
 from veil.mpc.worker import WeightsFile, Worker, WorkerSetup, io_bytes
 
 __all__ = ["PartyConfig", "PartyService", "io_bytes"]
@@ -73,7 +73,7 @@ class PartyConfig:
     """How one party serves; every duration in seconds unless the name says otherwise."""
 
     link: str  # host:port this party binds for SPU links to its peers
-    settings: MpcSettings = field(default_factory=MpcSettings)
+    settings: MpcConfig = field(default_factory=MpcConfig)
     session_timeout_s: float = 300.0  # an idle session is wiped after this
     link_timeout_ms: int = 60_000  # a peer silent this long mid-run fails the session
     connect_timeout_s: float = 30.0  # peers must join a new session's link within this

@@ -24,7 +24,7 @@ from veil.mpc.model import BUCKET, LayerWeights, LlamaShape, layers_step, make_s
 
 __all__ = [
     "PROTOCOLS",
-    "MpcSettings",
+    "MpcConfig",
     "PartyRuntime",
     "ShareCodec",
     "compile_program",
@@ -42,7 +42,7 @@ SECRET_INPUTS = {"hidden", "new_valid_secret", "k_cache", "v_cache", "valid"}
 
 
 @dataclass(frozen=True)
-class MpcSettings:
+class MpcConfig:
     """SPU protocol and fixed-point knobs; every party and the client must use the same."""
 
     protocol: str = "aby3"  # one of PROTOCOLS
@@ -202,7 +202,7 @@ def _weight_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
 class ShareCodec:
     """Makes and checks shares; the same object serves the client (all ranks) and a party."""
 
-    def __init__(self, settings: MpcSettings) -> None:
+    def __init__(self, settings: MpcConfig) -> None:
         import spu
 
         self.settings = settings
@@ -265,7 +265,7 @@ class PartyRuntime:
     def __init__(
         self,
         link: Any,
-        settings: MpcSettings,
+        settings: MpcConfig,
         shape: LlamaShape,
         weight_shares: dict[str, Any],
     ) -> None:
@@ -356,7 +356,7 @@ def public_weight_shares(codec: ShareCodec, weights: LayerWeights, rank: int) ->
 
 
 def simulate_parties(
-    settings: MpcSettings,
+    settings: MpcConfig,
     shape: LlamaShape,
     weights: LayerWeights,
 ) -> tuple[list[PartyRuntime], Callable[[Callable[[PartyRuntime], Any]], list[Any]]]:

@@ -50,7 +50,7 @@ from veil.mpc.errors import (
     error_from_code,
 )
 from veil.mpc.model import BUCKET, LayerWeights, LlamaShape
-from veil.mpc.runtime import MpcSettings
+from veil.mpc.runtime import MpcConfig
 
 __all__ = ["WARM_PROGRAMS", "WeightsFile", "Worker", "WorkerSetup", "io_bytes"]
 
@@ -77,7 +77,7 @@ def io_bytes(pid: int | str = "self") -> tuple[int, int] | None:
 class WorkerSetup:
     """What a worker needs besides the weights; every duration in the unit its name says."""
 
-    settings: MpcSettings
+    settings: MpcConfig
     shape: LlamaShape
     link_timeout_ms: int  # SPU's recv timeout on the links
     connect_timeout_s: float  # peers must join a session's link within this
@@ -94,7 +94,7 @@ class WeightsFile:
     the last process that holds it open, so a crashed party leaves nothing on disk.
     """
 
-    def __init__(self, settings: MpcSettings, weights: LayerWeights) -> None:
+    def __init__(self, settings: MpcConfig, weights: LayerWeights) -> None:
         from veil.mpc.runtime import ShareCodec
 
         codec = ShareCodec(settings)

@@ -161,13 +161,13 @@ def build_party(config: NodeConfig, loaded: Any = None, *, warm: bool = True) ->
     `NodeSetupError` for settings that cannot work (a bad link certificate or key included).
     """
     from veil.mpc.party import PartyConfig, PartyService
-    from veil.mpc.runtime import MpcSettings
+    from veil.mpc.runtime import MpcConfig
     from veil.mpc.source import load_source, source_from_loaded
 
     if config.mpc_link is None:
         raise NodeSetupError("no mpc_link: this node hosts no MPC party")
     try:
-        settings = MpcSettings(protocol=config.mpc_protocol)
+        settings = MpcConfig(protocol=config.mpc_protocol)
         if config.mpc_model is not None:
             source = load_source(config.mpc_model)
         elif loaded is not None:

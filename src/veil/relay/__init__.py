@@ -1,7 +1,7 @@
 """Oblivious relay: forwards sealed requests to known node gateways and streams answers back.
 
 It sees client addresses and ciphertext, never content; it keeps no access log. Names load
-lazily so that `veil relay --help` (via `veil.relay.cli`) stays light.
+lazily so that `veil relay --help` (via `veil.commands.relay`) stays light.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from veil.attest.policy import PrivacyMode
 from veil.client.discovery import ChainReader, Discovery, DiscoveryConfig
 from veil.client.errors import NoPartyQuorum
 from veil.client.gateway.common import GatewayConfig, read_view
@@ -28,7 +29,6 @@ from veil.client.gateway.mpc import MpcPath, SourceLoader
 from veil.client.gateway.routing import Router
 from veil.client.mpc import choose_parties, party_of
 from veil.client.payer import Payer, Wallet
-from veil.client.policy import PrivacyMode
 from veil.client.receipts import ReceiptStore
 from veil.errors import VeilError
 from veil.wire.boundedjson import MAX_JSON_DEPTH, check_depth

@@ -7,10 +7,10 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from veil.attest.policy import PrivacyMode
 from veil.client.discovery import ChainView, Discovery, DiscoveryConfig, Selection
 from veil.client.gateway.guard import LOOPBACK_NAMES
 from veil.client.payer import PayerConfig
-from veil.client.policy import PrivacyMode
 from veil.errors import VeilError
 from veil.wire.chat import sse
 from veil.wire.http import OpenAIError, error_body

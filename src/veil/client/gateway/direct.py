@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import httpx
 from starlette.responses import Response, StreamingResponse
 
+from veil.attest.policy import PrivacyMode
 from veil.client.discovery import (
     POLICY,
     Candidate,
@@ -40,7 +41,6 @@ from veil.client.errors import (
 from veil.client.gateway.common import read_view, select, sse_error
 from veil.client.gateway.routing import Router
 from veil.client.payer import Payer, Payment
-from veil.client.policy import PrivacyMode
 from veil.client.session import VeilSession
 from veil.errors import VeilError
 from veil.wire import boundedjson

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from veil.attest.policy import PrivacyMode
 from veil.client.discovery import Discovery
 from veil.client.errors import NoPartyQuorum, PartiesBusy
 from veil.client.gateway.common import GatewayConfig, read_view, select, sse_error
 from veil.client.gateway.routing import Router
 from veil.client.mpc import PartyChoice, choose_parties, parties_of
-from veil.client.policy import PrivacyMode
 from veil.errors import VeilError
 from veil.wire.chat import SSE_DONE, ChatCompletionRequest, Completion, Sampling, usage
 from veil.wire.http import (
@@ -238,7 +238,7 @@ class MpcPath:
     ) -> MpcChat:
         """The answer, checked and encoded (on the run's thread; nothing is sent yet)."""
         from veil.mpc.api import MpcChatBackend
-        from veil.mpc.runtime import MpcSettings
+        from veil.mpc.runtime import MpcConfig
 
         try:
             backend = MpcChatBackend(
@@ -246,7 +246,7 @@ class MpcPath:
                 parties_of(
                     [c.session for c in choice.candidates], timeout_s=self.config.mpc_timeout_s
                 ),
-                MpcSettings(protocol=choice.protocol),
+                MpcConfig(protocol=choice.protocol),
                 timeout_s=self.config.mpc_timeout_s,
             )
             return backend.start(

@@ -147,10 +147,10 @@ def descriptor(
     now: int | None = typer.Option(None, "--now", help="Verification time, UNIX s (default now)."),
 ) -> None:
     """Verify a node descriptor under a privacy mode's policy, as a client would."""
+    from veil.attest.errors import NodeRejected, PolicyConfigError
+    from veil.attest.policy import LocalReleases, Policy
     from veil.attest.report import NO_HARDWARE_ISOLATION
     from veil.attest.tdx import CollateralFile, PccsCollateral
-    from veil.client.errors import NodeRejected, PolicyConfigError
-    from veil.client.policy import LocalReleases, Policy
 
     data = _read(file)
     try:
@@ -168,7 +168,7 @@ def descriptor(
     except (PolicyConfigError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    from veil.client.policy import verify_node
+    from veil.attest.policy import verify_node
 
     at = int(time.time()) if now is None else now
     console = _console()

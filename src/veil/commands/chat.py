@@ -1,4 +1,5 @@
-"""`veil chat`: a terminal chat, through the local gateway or straight to one node via a relay.
+"""`veil chat`: a terminal chat, through the local gateway or straight to one node via a relay;
+and `veil gateway`, that local gateway (`veil.client.gateway`) on a port.
 
 Through the gateway (the default: the one `veil up` runs, or `--gateway URL`), the gateway
 picks a verified node, pays it and checks the receipt; each answer shows which node answered,
@@ -95,7 +96,7 @@ def open_session(
     model: str | None = None,
 ) -> Any:
     """Connect to a verified node (raises `NodeRejected` etc. before anything is sent)."""
-    from veil.client.policy import LocalReleases, Policy
+    from veil.attest.policy import LocalReleases, Policy
     from veil.client.receipts import ReceiptStore
     from veil.client.session import connect
 
@@ -199,7 +200,7 @@ def _default_gateway() -> str:
 def with_mode(model: str, mode: str) -> str:
     """The model id the gateway is asked for: `model:mode`, unless `model` already ends with
     a mode suffix or the mode is the default (anonymous)."""
-    from veil.client.policy import PrivacyMode
+    from veil.attest.policy import PrivacyMode
 
     if model.rpartition(":")[2] in {m.value for m in PrivacyMode} or mode == "anonymous":
         return model
@@ -264,7 +265,8 @@ def chat(
     The relay sees ciphertext only; the node never sees you; every receipt is checked."""
     import openai
 
-    from veil.client.errors import ClientError, NodeRejected, ReceiptRefused
+    from veil.attest.errors import AttestError, NodeRejected
+    from veil.client.errors import ClientError, ReceiptRefused
 
     params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
     if relay is None and node is None:
@@ -290,7 +292,7 @@ def chat(
             for step in exc.report.steps:
                 _err(f"  {step.status:8} {step.name} {step.detail}")
         raise typer.Exit(1) from None
-    except ClientError as exc:
+    except (ClientError, AttestError) as exc:
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
     for line in describe_session(session):
@@ -306,7 +308,7 @@ def chat(
     except ReceiptRefused as exc:
         _err(refused_line(exc))
         raise typer.Exit(1) from None
-    except (ClientError, openai.APIError) as exc:
+    except (ClientError, AttestError, openai.APIError) as exc:
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
 

@@ -31,8 +31,7 @@ from veil.attest import (
     UnknownEvidenceKind,
 )
 from veil.attest.binding import expected_report_data
-from veil.client import KeyConfigError, NodeRejected, OhttpTransport, PolicyConfigError
-from veil.client.policy import (
+from veil.attest.policy import (
     NODE_STEPS,
     LocalReleases,
     Policy,
@@ -40,6 +39,7 @@ from veil.client.policy import (
     Release,
     verify_node,
 )
+from veil.client import KeyConfigError, NodeRejected, OhttpTransport, PolicyConfigError
 from veil.identity import (
     DescriptorExpired,
     DescriptorMalformed,
@@ -90,7 +90,7 @@ def rejected(data: bytes, policy: Policy, **kwargs) -> NodeRejected:
 def test_dev_node_is_accepted_by_anonymous_with_the_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="veil.client.policy"):
+    with caplog.at_level(logging.WARNING, logger="veil.attest.policy"):
         report = verify_node(DEV.encode(), Policy.for_mode("anonymous"), NOW)
     assert report.verified and report.address == IDENTITY.address
     assert not report.hardware_isolated and report.isolation == NO_HARDWARE_ISOLATION

@@ -17,9 +17,9 @@ _PROTOCOL_HELP = "aby3 (3 parties, honest majority, default) | semi2k | cheetah 
 
 
 def _settings(protocol: str, exp_mode: str, sigmoid_mode: str, fxp_bits: int):
-    from veil.mpc.runtime import MpcSettings
+    from veil.mpc.runtime import MpcConfig
 
-    return MpcSettings(
+    return MpcConfig(
         protocol=protocol, exp_mode=exp_mode, sigmoid_mode=sigmoid_mode, fxp_fraction_bits=fxp_bits
     )
 
@@ -184,7 +184,3 @@ def chat(
     finally:
         for p in started:
             p.stop()
-
-
-if __name__ == "__main__":
-    mpc_app()

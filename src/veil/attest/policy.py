@@ -1,4 +1,7 @@
-"""Client policy: which nodes a client may send to, per privacy mode; and the check itself.
+"""Node policy: which nodes a client may send to, per privacy mode; and the check itself.
+
+It lives in attest, below the client that applies it, so `veil verify` and any other caller
+can check a node the way a client would.
 
 `verify_node(descriptor_bytes, policy, now)` runs the steps of `NODE_STEPS` in order:
 
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from veil.attest.binding import check_binding
-from veil.attest.errors import UnknownEvidenceKind
+from veil.attest.errors import KeyConfigError, NodeRejected, PolicyConfigError, UnknownEvidenceKind
 from veil.attest.evidence import HARDWARE_KINDS, KIND_DEV, KIND_NVIDIA, KIND_TDX, KNOWN_KINDS
 from veil.attest.report import (
     NO_HARDWARE_ISOLATION,
@@ -46,7 +49,6 @@ from veil.attest.report import (
 )
 from veil.attest.tdx import DEFAULT_TCB_STATUSES, CollateralSource
 from veil.attest.verifier import EvidenceVerifier, default_verifiers
-from veil.client.errors import KeyConfigError, NodeRejected, PolicyConfigError
 from veil.errors import VeilError
 from veil.identity.descriptor import Descriptor, ModelEntry, SignedDescriptor
 from veil.wire.ohttp import KeyConfig

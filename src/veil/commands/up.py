@@ -35,18 +35,20 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import typer
 from rich.console import Console
 
 from veil.chain.deployment import TOKEN as VEIL  # base units per VEIL
-from veil.home import INFO_FILE
+from veil.home import INFO_FILE, default_data_dir
 
 __all__ = [
     "MPC_NODE_NAMES",
     "NODE_NAMES",
     "LocalNetwork",
-    "NetworkSettings",
+    "NetworkConfig",
     "Service",
     "pick_port",
+    "up",
 ]
 
 NODE_NAMES = ("node-a", "node-b")
@@ -134,7 +136,7 @@ class Service:
 
 
 @dataclass(frozen=True)
-class NetworkSettings:
+class NetworkConfig:
     """Knobs of a local network (the defaults suit a demo; tests raise the win probability)."""
 
     chain_port: int = 8545
@@ -171,14 +173,14 @@ class LocalNetwork:
     def __init__(
         self,
         data_dir: Path,
-        settings: NetworkSettings | None = None,
+        settings: NetworkConfig | None = None,
         *,
         relay_proxy: Callable[[str], str] | None = None,
     ) -> None:
         """`relay_proxy` maps the relay's URL to the one the gateway is given (tests put a
         recording proxy there to see exactly what the relay sees)."""
         self.data_dir = Path(data_dir)
-        self.settings = settings or NetworkSettings()
+        self.settings = settings or NetworkConfig()
         self.relay_proxy = relay_proxy
         self.devnet: Any = None
         self.deployment_path = self.data_dir / "chain" / "deployment.json"
@@ -461,3 +463,94 @@ class LocalNetwork:
             self.devnet = None
         with contextlib.suppress(OSError):
             (self.data_dir / INFO_FILE).unlink()
+
+
+def up(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="State directory (default $VEIL_HOME or ./.veil); reused."
+    ),
+    prompt: str = typer.Option(
+        "In two sentences, why does privacy matter when using AI?",
+        "--prompt",
+        "-p",
+        help="First message sent through the gateway once the network is up ('' for none).",
+    ),
+    interactive: bool | None = typer.Option(
+        None,
+        "--interactive/--no-interactive",
+        help="Chat in this terminal after the first answer (default: when it is a terminal).",
+    ),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Keep the network up until Ctrl-C (--no-wait: stop)."
+    ),
+    max_tokens: int = typer.Option(96, help="Longest answer, in tokens."),
+    mpc: bool = typer.Option(
+        False,
+        "--mpc/--no-mpc",
+        help="Three nodes instead of two, each also an MPC party, so the gateway serves "
+        "<model>:mpc (`veil chat --mode mpc`). Each node loads the model (~1.2 GB each).",
+    ),
+) -> None:
+    """Start a local Veil network and chat through it; Ctrl-C stops everything.
+
+    The devnet chain with Veil's contracts, two nodes that stake and register themselves
+    (three MPC party nodes with --mpc), the relay (nodes from the on-chain registry) and the
+    OpenAI-compatible gateway.
+    """
+    import openai
+
+    from veil.commands.chat import DEFAULT_MODEL, gateway_openai, gateway_reply, run_gateway_repl
+
+    def _stop_on_term(_signum, _frame):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop_on_term)
+    console = Console()
+    net = LocalNetwork(data_dir or default_data_dir(), NetworkConfig(mpc=mpc))
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    try:
+        net.start(console)
+        console.print(
+            f"\n[bold]Veil is up.[/] State in {net.data_dir}/ (a second `veil up` reuses it).\n"
+            f"  OpenAI-compatible API: {net.gateway_url}/v1  (any api key)\n"
+            f'    e.g. OpenAI(base_url="{net.gateway_url}/v1", api_key="veil")\n'
+            f"  chat:   veil chat          status: veil status\n"
+            f"  models: {DEFAULT_MODEL} (anonymous mode), "
+            f"{DEFAULT_MODEL}:tee is refused here (nodes have dev evidence only)"
+            + (
+                f",\n          {DEFAULT_MODEL}:mpc on the MPC parties of "
+                f"{', '.join(net.node_links)} (`veil chat --mode mpc`; about 75 s for the "
+                "prompt, then about 10 s per token on 2 cores; not paid)"
+                if net.node_links
+                else ""
+            )
+        )
+        client = gateway_openai(net.gateway_url)
+        params = {"max_tokens": max_tokens, "temperature": 0.7}
+        history: list[dict[str, str]] = []
+        if prompt:
+            history.append({"role": "user", "content": prompt})
+            console.print(
+                f"\n[bold]you>[/] {prompt}\n[dim](paid with a ticket, sealed with OHTTP to "
+                f"the chosen node, sent through the relay)[/]"
+            )
+            sys.stdout.write("assistant> ")
+            answer = gateway_reply(client, DEFAULT_MODEL, history, sys.stdout, **params)
+            history.append({"role": "assistant", "content": answer})
+        if interactive:
+            run_gateway_repl(client, DEFAULT_MODEL, history, params)
+        if wait:
+            console.print("\nThe network is running; Ctrl-C stops it.")
+            while True:
+                net.check()
+                time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("\ninterrupted")
+    except (RuntimeError, openai.APIError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        with console.status("stopping the network..."):
+            net.stop()
+        console.print("stopped.")

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
 from veil.chain.deployment import TOKEN
+from veil.home import default_data_dir
 
-__all__ = ["print_status"]
+__all__ = ["print_status", "status"]
 
 
 def _veil(amount: int) -> str:
@@ -142,3 +144,18 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
         console.print(f"[red]error:[/] {exc}")
         return 1
     return 0
+
+
+def status(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="State directory of `veil up` (default $VEIL_HOME or ./.veil)."
+    ),
+    deployment: Path | None = typer.Option(
+        None, "--chain", help="Deployment file (default: the data directory's)."
+    ),
+    sender: list[str] = typer.Option(
+        [], "--sender", help="Also show this payer's deposit (default: the data dir's wallet)."
+    ),
+) -> None:
+    """Nodes, stakes, releases, balances, deposits and redeemed tickets, read from the chain."""
+    raise typer.Exit(print_status(data_dir or default_data_dir(), deployment, sender))
