@@ -20,6 +20,8 @@ from typing import Any
 
 import typer
 
+from veil.commands.service import harden_process
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -414,6 +416,7 @@ def gateway(
         "mode)\n"
         f"status: http://{host}:{port}/veil/status; Ctrl-C stops"
     )
+    harden_process()
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly on Ctrl-C
         uvicorn.run(app, host=host, port=port, log_level="warning")
     _err("gateway stopped")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from veil.commands.service import harden_process
+
 mpc_app = typer.Typer(help="Cryptographic private mode: secret-shared inference across parties.")
 
 _PROTOCOL_HELP = "aby3 (3 parties, honest majority, default) | semi2k | cheetah (2 parties)"
@@ -61,6 +63,7 @@ def party(
         cert_dir=str(cert_dir) if cert_dir else None,
         warm=warm,
     )
+    harden_process()
     stop = threading.Event()
 
     def on_signal(*_: object) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from veil.commands.service import harden_process
+
 node_app = typer.Typer(help="Run a Veil node: the model behind an OpenAI-compatible API.")
 
 
@@ -258,6 +260,7 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
         f"node API on http://{cfg.host}:{cfg.port}/v1  (OHTTP gateway at /gateway, "
         f"keys at /.well-known/ohttp-keys)  Ctrl-C stops"
     )
+    harden_process()
     try:
         uvicorn.run(
             app,

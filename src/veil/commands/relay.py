@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from veil.commands.service import harden_process
+
 relay_app = typer.Typer(help="Oblivious relay: forwards sealed requests to known nodes.")
 
 
@@ -79,6 +81,7 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    harden_process()
     uvicorn.run(
         create_relay_app(directory, config),
         host=host,
