@@ -61,7 +61,8 @@ from veil.node.gateway import GatewayConfig, gateway_router
 from veil.node.keys import NodeKeys
 from veil.node.mpc import NodeParty
 from veil.node.payments import AcceptedTicket, NodePayments, open_payments
-from veil.node.rotation import replay_window_for, rotate_periodically
+from veil.node.replay import replay_log_path
+from veil.node.rotation import age_keys_at_start, replay_window_for, rotate_periodically
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
 from veil.wire import bhttp
 from veil.wire.chat import SSE_DONE, ChatRequestInvalid, Completion, sse, usage
@@ -214,6 +215,9 @@ class _NodeApp:
             "weights_sha256": self.weights_sha256,
             "context_length": engine.context_length,
         }
+        self.keys_path = Path(config.keys_path) if config.keys_path else None
+        if keys is not None and config.key_rotation_s:  # before the descriptor states them
+            age_keys_at_start(keys, config.key_rotation_s, self.keys_path)
         self.issuer: DescriptorIssuer | None = None
         if keys is not None:
             self.issuer = DescriptorIssuer(
@@ -232,9 +236,8 @@ class _NodeApp:
         """Key rotation, the redeemer and the MPC reaper run while the app serves."""
         rotating = None
         if self.keys is not None and self.config.key_rotation_s:
-            path = Path(self.config.keys_path) if self.config.keys_path else None
             rotating = asyncio.create_task(
-                rotate_periodically(self.keys, self.config.key_rotation_s, path)
+                rotate_periodically(self.keys, self.config.key_rotation_s, self.keys_path)
             )
         if self.payments is not None:
             self.payments.start()
@@ -381,6 +384,8 @@ def _gateway_config(config: NodeConfig) -> GatewayConfig:
         max_request_bytes=config.max_body_bytes + 4096,
         bhttp_limits=bhttp.Limits(max_content_bytes=config.max_body_bytes),
         replay_window_s=replay_window_for(config.key_rotation_s or 3600),
+        # keys that outlive the process need a replay memory that does too
+        replay_path=str(replay_log_path(config.keys_path)) if config.keys_path else None,
     )
 
 
