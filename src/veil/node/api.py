@@ -57,7 +57,7 @@ from veil.identity import ModelEntry, NodeIdentity, request_digest, sign_receipt
 from veil.node.config import NodeConfig
 from veil.node.descriptor import DescriptorIssuer, load_node_identity
 from veil.node.errors import PaymentRefused
-from veil.node.gateway import GatewayConfig, gateway_router
+from veil.node.gateway import GatewayConfig, gateway_router, via_gateway
 from veil.node.keys import NodeKeys
 from veil.node.mpc import NodeParty
 from veil.node.payments import AcceptedTicket, NodePayments, open_payments
@@ -253,14 +253,21 @@ class _NodeApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await rotating
 
-    async def healthz(self) -> dict[str, Any]:
-        health = {
+    async def healthz(self, request: Request) -> dict[str, Any]:
+        """Liveness and the public model identity; the counters only for a direct request.
+
+        Request, token and payment counts reveal traffic volume: anyone can ask through the
+        OHTTP gateway, so there only the operator's own (direct) requests see them.
+        """
+        health: dict[str, Any] = {
             "status": "ok",
             "model": self.engine.model_id,
             "weights_sha256": self.weights_sha256,
-            "requests": self.engine.stats.requests,
-            "tokens_generated": self.engine.stats.tokens_generated,
         }
+        if via_gateway(request.scope):
+            return health
+        health["requests"] = self.engine.stats.requests
+        health["tokens_generated"] = self.engine.stats.tokens_generated
         if self.payments is not None:
             health["payments"] = self.payments.health()
         return health

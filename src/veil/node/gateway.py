@@ -29,6 +29,9 @@ inside the window is refused. Older replays are bounded by key rotation: once a 
 out twice it can open nothing. Rotate keys at least as often as the window for a full guarantee.
 With `replay_path` the memory is a `veil.node.replay.ReplayLog`: each entry is fsynced before
 its request is served, so replays are refused across restarts too (for keys that persist).
+
+Inner requests are marked in the scope's extensions (`GATEWAY_EXTENSION`, see `via_gateway`);
+a sealed message cannot set it, so the inner app can tell them from direct local requests.
 """
 
 from __future__ import annotations
@@ -78,11 +81,13 @@ from veil.wire.problem import MEDIA_PROBLEM, problem_body
 
 __all__ = [
     "DEFAULT_ALLOWED_PATHS",
+    "GATEWAY_EXTENSION",
     "REQUEST_DIGEST_HEADER",
     "GatewayConfig",
     "ReplayCache",
     "create_gateway_app",
     "gateway_router",
+    "via_gateway",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,6 +109,8 @@ DEFAULT_ALLOWED_PATHS = frozenset(
 )
 # How the gateway tells the inner app which request it answers (for the receipt).
 REQUEST_DIGEST_HEADER = _DIGEST_HEADER.encode()
+# Scope extension the gateway sets on every inner request: it came sealed, from anyone.
+GATEWAY_EXTENSION = "veil.ohttp_gateway"
 
 # Never passed to the inner app: connection-level, proxy and forwarding fields.
 _DROPPED_REQUEST_FIELDS = frozenset(
@@ -189,8 +196,13 @@ def _scope_for(breq: bhttp.Request, state: dict[str, Any], digest: bytes) -> dic
         "client": None,
         "server": None,
         "state": state,
-        "extensions": {REQUEST_DIGEST_EXTENSION: digest},
+        "extensions": {REQUEST_DIGEST_EXTENSION: digest, GATEWAY_EXTENSION: True},
     }
+
+
+def via_gateway(scope: MutableMapping[str, Any]) -> bool:
+    """Whether a request came through the OHTTP gateway (from anyone) rather than directly."""
+    return (scope.get("extensions") or {}).get(GATEWAY_EXTENSION) is True
 
 
 def _response_fields(raw: list[tuple[bytes, bytes]]) -> bhttp.Fields:
