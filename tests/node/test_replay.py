@@ -129,3 +129,26 @@ def test_an_unreadable_log_stops_the_node_from_starting(tmp_path: Path) -> None:
     path.mkdir()  # not a file: cannot be read
     with pytest.raises(NodeSetupError, match="replay log"):
         ReplayLog(path, window_s=60, capacity=10)
+
+
+def test_node_data_files_are_owner_only_even_over_leftovers(tmp_path: Path) -> None:
+    """Key file, ticket queue and replay log: 0600, also when a crash left a loose tmp file
+    or the file itself was loosened."""
+    from veil.node.payments import TicketQueue
+
+    keys_path = tmp_path / "ohttp-keys.json"
+    Path(f"{keys_path}.tmp").write_text("{}")
+    os.chmod(f"{keys_path}.tmp", 0o644)
+    NodeKeys.generate().save(keys_path)
+    queue_path = tmp_path / "tickets.jsonl"
+    (tmp_path / ".tickets.jsonl.tmp").write_text("")
+    os.chmod(tmp_path / ".tickets.jsonl.tmp", 0o644)
+    queue_path.write_text("")
+    os.chmod(queue_path, 0o644)
+    TicketQueue(queue_path)
+    log_path = replay_log_path(keys_path)
+    (tmp_path / f".{log_path.name}.tmp").write_text("")
+    os.chmod(tmp_path / f".{log_path.name}.tmp", 0o644)
+    ReplayLog(log_path, window_s=60, capacity=10)
+    for path in (keys_path, queue_path, log_path):
+        assert path.stat().st_mode & 0o777 == 0o600, path

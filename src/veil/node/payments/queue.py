@@ -159,6 +159,7 @@ class TicketQueue:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a tmp file left by a crash keeps its mode otherwise
         with os.fdopen(fd, "w") as fh:
             for ticket_id, winner in self._pending.items():
                 if ticket_id not in self._unsaved:
