@@ -109,11 +109,12 @@ class ReplayLog(ReplayCache):
             return
         except (OSError, UnicodeDecodeError) as exc:
             raise NodeSetupError(f"cannot read the replay log {self.path}: {exc}") from exc
-        now, entries, skipped = self._clock(), [], 0
+        now, skipped = self._clock(), 0
+        entries: list[tuple[float, bytes]] = []
         for line in text.splitlines():
             try:
-                at, value = line.split(" ")
-                entries.append((float(at), bytes.fromhex(value)))
+                stamp, hexed = line.split(" ")
+                entries.append((float(stamp), bytes.fromhex(hexed)))
             except ValueError:
                 skipped += 1
         if skipped:
