@@ -10,7 +10,11 @@ encapsulated request; for a direct plaintext request, sha256 of its raw body; a 
 joined), the weights hash and the token counts. Signing takes about 0.5 ms (coincurve), so it
 runs inline on the event loop.
 
-With OHTTP keys the node also serves its signed descriptor at `DESCRIPTOR_PATH`.
+With OHTTP keys the node also serves its signed descriptor at `DESCRIPTOR_PATH`; keys loaded
+from a file are aged (`veil.node.rotation`) before the descriptor states them, and the
+gateway's replay memory is then kept in a log beside the key file (`veil.node.replay`).
+
+`/healthz` shows its traffic counters only to direct requests, never through the gateway.
 
 Payments (`veil.node.payments`), when the node has a chain deployment: the node serves its
 ticket params at `TICKET_PARAMS_PATH`; a chat request's `x-veil-ticket` is checked after the
