@@ -9,7 +9,7 @@ from eth_utils import to_checksum_address
 
 from veil.chain.errors import ChainUnavailable
 from veil.chain.payment import PaymentTicket, TicketParams
-from veil.chain.tickets import TicketDomain
+from veil.chain.tickets import TicketDomain, ticket_hash
 from veil.chain.types import SenderFunds, TxReceipt
 
 TOKEN = 10**18
@@ -55,13 +55,16 @@ def write_ticket(
 
 
 class FakeChain:
-    """Redeems from a script of outcomes per nonce; counts withdrawals."""
+    """Redeems from a script of outcomes per nonce; counts withdrawals; `used` holds the
+    ticket ids (`DOMAIN`) it redeemed, as the broker's `usedTickets` would."""
 
     def __init__(self, script: dict[int, list[object]]) -> None:
         self.script = script
         self.earned = 0
         self.withdrawals = 0
         self.redeemed: list[int] = []
+        self.used: set[bytes] = set()
+        self.down = False  # `is_ticket_id_redeemed` raises like an unreachable chain
 
     def redeem_ticket(self, ticket, signature, recipient_rand) -> TxReceipt:  # type: ignore[no-untyped-def]
         outcomes = self.script.get(ticket.sender_nonce, [])
@@ -71,7 +74,13 @@ class FakeChain:
                 raise outcome
         self.earned += ticket.face_value
         self.redeemed.append(ticket.sender_nonce)
+        self.used.add(ticket_hash(ticket, DOMAIN))
         return TxReceipt("0x" + "ab" * 32, 1, 80_000)
+
+    def is_ticket_id_redeemed(self, ticket_id: bytes) -> bool:
+        if self.down:
+            raise ChainUnavailable("cannot reach the chain RPC endpoint")
+        return ticket_id in self.used
 
     def earnings(self, recipient: str | None = None) -> int:
         return self.earned

@@ -351,7 +351,7 @@ def rand_params() -> tuple[TicketParams, int]:
 def test_queue_survives_restarts_and_torn_lines(tmp_path: Path, rand_params) -> None:  # type: ignore[no-untyped-def]
     params, rand = rand_params
     path = tmp_path / "tickets.jsonl"
-    q = TicketQueue(path)
+    q = TicketQueue(path, clock=lambda: NOW)
     a, b, c = (winner(n, params, rand) for n in (1, 2, 3))
     for w in (a, b, c):
         q.reserve(w)
@@ -359,9 +359,10 @@ def test_queue_survives_restarts_and_torn_lines(tmp_path: Path, rand_params) -> 
     q.settle(b.ticket_id, "redeemed")
     with path.open("a") as fh:
         fh.write('{"event": "won", "ticket_id": "0x12')  # a crash mid-write
-    again = TicketQueue(path)
+    again = TicketQueue(path, clock=lambda: NOW)
     assert [w.ticket_id for w in again.pending()] == [a.ticket_id, c.ticket_id]
-    assert len(path.read_text().splitlines()) == 2  # compacted on open
+    assert again.settled() == [b]  # kept to check against the chain
+    assert len(path.read_text().splitlines()) == 4  # compacted on open: a, c, b won + done
     assert again.pending_face_value(SENDER.address) == 2 * TOKEN
     assert again.pending_face_value(OTHER.address) == 0
 
@@ -374,6 +375,71 @@ def test_unsaved_winners_are_invisible_to_the_redeemer(tmp_path: Path, rand_para
     assert q.pending() == [] and q.pending_face_value(SENDER.address) == TOKEN
     q.save(w)
     assert q.pending() == [w]
+
+
+def test_redeemed_tickets_are_kept_until_they_expire_at_most_keep_settled(
+    tmp_path: Path,
+    rand_params,  # type: ignore[no-untyped-def]
+) -> None:
+    params, rand = rand_params
+    path = tmp_path / "t.jsonl"
+    now = [float(NOW)]
+    q = TicketQueue(path, keep_settled=2, clock=lambda: now[0])
+    ws = [winner(n, params, rand) for n in (1, 2, 3, 4)]
+    for w in ws:
+        q.reserve(w)
+        q.save(w)
+    q.settle(ws[0].ticket_id, "redeemed")
+    q.settle(ws[1].ticket_id, "failed", "sender underfunded")  # a refusal is not kept
+    q.settle(ws[2].ticket_id, "redeemed")
+    q.settle(ws[3].ticket_id, "redeemed")
+    assert q.settled() == [ws[2], ws[3]]  # the newest two
+    assert TicketQueue(path, keep_settled=2, clock=lambda: now[0]).settled() == [ws[2], ws[3]]
+    now[0] = NOW + 3600  # their expiry: the broker refuses them now, nothing to reconcile
+    assert q.settled() == []
+    assert TicketQueue(path, clock=lambda: now[0]).settled() == []
+    assert path.read_text() == ""  # compacted away
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_reconcile_redeems_again_what_the_chain_lost_exactly_once(
+    tmp_path: Path,
+    rand_params,  # type: ignore[no-untyped-def]
+    caplog,  # type: ignore[no-untyped-def]
+) -> None:
+    params, rand = rand_params
+    path = tmp_path / "t.jsonl"
+    q = TicketQueue(path, clock=lambda: NOW)
+    a, b = winner(1, params, rand), winner(2, params, rand)
+    for w in (a, b):
+        q.reserve(w)
+        q.save(w)
+    chain = FakeChain({})
+    clock = Clock()
+    stats = PaymentStats()
+    r = Redeemer(q, chain, stats, interval_s=1.0, reconcile_interval_s=60.0, clock=clock)
+    assert r.run_once() == 2 and chain.redeemed == [1, 2]
+    chain.used.discard(a.ticket_id)  # the block with a's redemption is lost (chain crash)
+    chain.earned -= TOKEN
+    assert r.run_once() == 0  # reconciling is not due yet
+    clock.now += 60
+    assert r.run_once() == 1  # due: a is found unused, queued again and redeemed
+    assert chain.redeemed == [1, 2, 1] and a.ticket_id in chain.used
+    assert "does not hold the redemption" in caplog.text
+    assert stats.snapshot()["requeued"] == 1
+    assert r.reconcile() == 0 and chain.redeemed == [1, 2, 1]  # once only
+    # a restart reconciles at once, from the kept tickets in the file
+    chain.used.discard(b.ticket_id)
+    r2 = Redeemer(TicketQueue(path, clock=lambda: NOW), chain, interval_s=1.0, clock=clock)
+    assert r2.run_once() == 1 and chain.redeemed == [1, 2, 1, 2]
+    # a chain outage while reconciling: tried again after interval_s, not a full period
+    chain.used.discard(b.ticket_id)
+    chain.down = True
+    clock.now += 60
+    assert r2.run_once() == 0 and "reconciling ticket" in caplog.text
+    chain.down = False
+    clock.now += 1.0
+    assert r2.run_once() == 1 and chain.redeemed == [1, 2, 1, 2, 2]
 
 
 # ---------------------------------------------------------------------------- redeemer

@@ -182,3 +182,52 @@ def test_paid_tickets_are_redeemed_and_withdrawn(
     assert (stats["redeemed"], stats["failed"]) == (3, 1)  # the first found already redeemed
     assert stats["redeemed_face_value"] == 3 * TOKEN and stats["withdrawn"] == 3 * TOKEN
     assert TicketQueue(queue_path).pending() == []
+
+
+def test_a_redemption_lost_with_its_block_is_redeemed_again_once(
+    devnet, deployment_path, node_identity, node_client, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """anvil persists its state every few seconds: a chain crash can drop the block holding a
+    redemption the node's queue already calls done. Reverting to a snapshot is that crash."""
+    if not node_client.get_node(node_client.address).registered:
+        devnet_top_up(node_client, 200 * TOKEN)
+        register(node_client)
+    queue_path = tmp_path / "tickets.jsonl"
+    config = NodeConfig(
+        deployment_path=str(deployment_path),
+        ticket_win_prob=1.0,
+        tickets_path=str(queue_path),
+        auto_withdraw=False,
+    )
+    payments = open_payments(config, node_identity)
+    dep = Deployment.load(deployment_path)
+    sender = ChainClient(dep, devnet.accounts[2].private_key)
+    sender.fund_deposit(2 * TOKEN)
+    desk = payments.desk
+    paid = PaymentTicket.sign(
+        desk.params().ticket(sender.address, 100, int(time.time()) + 3600),
+        desk.domain,
+        devnet.accounts[2].private_key,
+    )
+    assert asyncio.run(desk.check(paid.header_value())) is not None
+    deposit, earned = sender.sender_funds().deposit, node_client.earnings()
+
+    snapshot = devnet.rpc("evm_snapshot")  # the chain's last persisted state
+    redeemer = payments.redeemer
+    assert redeemer is not None and redeemer.run_once() == 1
+    assert node_client.is_ticket_redeemed(paid.ticket) and payments.queue.pending() == []
+    assert devnet.rpc("evm_revert", snapshot)  # the crash: the redemption's block is gone
+    assert not node_client.is_ticket_redeemed(paid.ticket)
+
+    # the node restarts: its queue says done, its first pass checks that against the chain
+    queue = TicketQueue(queue_path)
+    assert queue.pending() == [] and [w.ticket_id for w in queue.settled()] == [
+        paid.ticket_id(desk.domain)
+    ]
+    again = Redeemer(queue, payments.client, auto_withdraw=False)
+    assert again.run_once() == 1 and again.stats.snapshot()["requeued"] == 1
+    assert node_client.is_ticket_redeemed(paid.ticket)
+    assert sender.sender_funds().deposit == deposit - TOKEN  # paid exactly once
+    assert node_client.earnings() == earned + TOKEN
+    assert again.reconcile() == 0 and again.run_once() == 0  # nothing more to do
+    assert node_client.earnings() == earned + TOKEN

@@ -287,7 +287,11 @@ class ChainClient:
         )
 
     def is_ticket_redeemed(self, ticket: Ticket) -> bool:
-        return bool(self._call(self.broker, "usedTickets", self.ticket_hash(ticket)))
+        return self.is_ticket_id_redeemed(self.ticket_hash(ticket))
+
+    def is_ticket_id_redeemed(self, ticket_id: bytes) -> bool:
+        """Whether the broker marks this ticket hash (its EIP-712 digest) used: one call."""
+        return bool(self._call(self.broker, "usedTickets", ticket_id))
 
     def earnings(self, recipient: str | None = None) -> int:
         return int(self._call(self.broker, "earnings", recipient or self.address))

@@ -10,7 +10,11 @@ encapsulated request; for a direct plaintext request, sha256 of its raw body; a 
 joined), the weights hash and the token counts. Signing takes about 0.5 ms (coincurve), so it
 runs inline on the event loop.
 
-With OHTTP keys the node also serves its signed descriptor at `DESCRIPTOR_PATH`.
+With OHTTP keys the node also serves its signed descriptor at `DESCRIPTOR_PATH`; keys loaded
+from a file are aged (`veil.node.rotation`) before the descriptor states them, and the
+gateway's replay memory is then kept in a log beside the key file (`veil.node.replay`).
+
+`/healthz` shows its traffic counters only to direct requests, never through the gateway.
 
 Payments (`veil.node.payments`), when the node has a chain deployment: the node serves its
 ticket params at `TICKET_PARAMS_PATH`; a chat request's `x-veil-ticket` is checked after the
@@ -57,11 +61,12 @@ from veil.identity import ModelEntry, NodeIdentity, request_digest, sign_receipt
 from veil.node.config import NodeConfig
 from veil.node.descriptor import DescriptorIssuer, load_node_identity
 from veil.node.errors import PaymentRefused
-from veil.node.gateway import GatewayConfig, gateway_router
+from veil.node.gateway import GatewayConfig, gateway_router, via_gateway
 from veil.node.keys import NodeKeys
 from veil.node.mpc import NodeParty
 from veil.node.payments import AcceptedTicket, NodePayments, open_payments
-from veil.node.rotation import replay_window_for, rotate_periodically
+from veil.node.replay import replay_log_path
+from veil.node.rotation import age_keys_at_start, replay_window_for, rotate_periodically
 from veil.node.schemas import ChatCompletionRequest, parse_chat_request
 from veil.wire import bhttp
 from veil.wire.chat import SSE_DONE, ChatRequestInvalid, Completion, sse, usage
@@ -214,6 +219,9 @@ class _NodeApp:
             "weights_sha256": self.weights_sha256,
             "context_length": engine.context_length,
         }
+        self.keys_path = Path(config.keys_path) if config.keys_path else None
+        if keys is not None and config.key_rotation_s:  # before the descriptor states them
+            age_keys_at_start(keys, config.key_rotation_s, self.keys_path)
         self.issuer: DescriptorIssuer | None = None
         if keys is not None:
             self.issuer = DescriptorIssuer(
@@ -232,9 +240,8 @@ class _NodeApp:
         """Key rotation, the redeemer and the MPC reaper run while the app serves."""
         rotating = None
         if self.keys is not None and self.config.key_rotation_s:
-            path = Path(self.config.keys_path) if self.config.keys_path else None
             rotating = asyncio.create_task(
-                rotate_periodically(self.keys, self.config.key_rotation_s, path)
+                rotate_periodically(self.keys, self.config.key_rotation_s, self.keys_path)
             )
         if self.payments is not None:
             self.payments.start()
@@ -250,14 +257,21 @@ class _NodeApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await rotating
 
-    async def healthz(self) -> dict[str, Any]:
-        health = {
+    async def healthz(self, request: Request) -> dict[str, Any]:
+        """Liveness and the public model identity; the counters only for a direct request.
+
+        Request, token and payment counts reveal traffic volume: anyone can ask through the
+        OHTTP gateway, so there only the operator's own (direct) requests see them.
+        """
+        health: dict[str, Any] = {
             "status": "ok",
             "model": self.engine.model_id,
             "weights_sha256": self.weights_sha256,
-            "requests": self.engine.stats.requests,
-            "tokens_generated": self.engine.stats.tokens_generated,
         }
+        if via_gateway(request.scope):
+            return health
+        health["requests"] = self.engine.stats.requests
+        health["tokens_generated"] = self.engine.stats.tokens_generated
         if self.payments is not None:
             health["payments"] = self.payments.health()
         return health
@@ -381,6 +395,8 @@ def _gateway_config(config: NodeConfig) -> GatewayConfig:
         max_request_bytes=config.max_body_bytes + 4096,
         bhttp_limits=bhttp.Limits(max_content_bytes=config.max_body_bytes),
         replay_window_s=replay_window_for(config.key_rotation_s or 3600),
+        # keys that outlive the process need a replay memory that does too
+        replay_path=str(replay_log_path(config.keys_path)) if config.keys_path else None,
     )
 
 

@@ -55,6 +55,9 @@ class NodeConfig:
     auto_withdraw: bool = True  # withdraw earnings to the node account after redemptions
     redeem_interval_s: float = 5.0  # redeemer pass period (and first retry delay)
     withdraw_interval_s: float = 60.0  # seconds between earnings withdrawals (transactions)
+    # seconds between checks that redeemed tickets are still redeemed on chain (a chain that
+    # lost blocks lost their redemptions: they are redeemed again); also done at start
+    reconcile_interval_s: float = 60.0
     # MPC party (issue #7): with a link address the node is one of three parties of the mpc mode
     mpc_link: str | None = None  # host:port bound for the SPU links to peer parties; None = off
     mpc_protocol: str = "aby3"  # aby3 (3 parties) | semi2k | cheetah (2 parties)
@@ -92,6 +95,7 @@ class NodeConfig:
             ),
             (self.redeem_interval_s > 0, "redeem_interval_s must be positive"),
             (self.withdraw_interval_s >= 0, "withdraw_interval_s must not be negative"),
+            (self.reconcile_interval_s > 0, "reconcile_interval_s must be positive"),
             (
                 self.mpc_link is None or _host_port(self.mpc_link),
                 "mpc_link must be host:port",

@@ -27,6 +27,11 @@ Replay protection: the gateway remembers (key id, encapsulated key) of every req
 for `replay_window_s`, up to `replay_capacity` entries (the oldest are forgotten first). A replay
 inside the window is refused. Older replays are bounded by key rotation: once a key is rotated
 out twice it can open nothing. Rotate keys at least as often as the window for a full guarantee.
+With `replay_path` the memory is a `veil.node.replay.ReplayLog`: each entry is fsynced before
+its request is served, so replays are refused across restarts too (for keys that persist).
+
+Inner requests are marked in the scope's extensions (`GATEWAY_EXTENSION`, see `via_gateway`);
+a sealed message cannot set it, so the inner app can tell them from direct local requests.
 """
 
 from __future__ import annotations
@@ -34,8 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +50,7 @@ from starlette.responses import Response, StreamingResponse
 
 from veil.identity.receipt import request_digest
 from veil.node.keys import NodeKeys
+from veil.node.replay import ReplayCache, ReplayLog
 from veil.wire import bhttp
 from veil.wire.errors import ReplayedRequest, WireError
 from veil.wire.http import (
@@ -77,11 +81,13 @@ from veil.wire.problem import MEDIA_PROBLEM, problem_body
 
 __all__ = [
     "DEFAULT_ALLOWED_PATHS",
+    "GATEWAY_EXTENSION",
     "REQUEST_DIGEST_HEADER",
     "GatewayConfig",
     "ReplayCache",
     "create_gateway_app",
     "gateway_router",
+    "via_gateway",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +109,8 @@ DEFAULT_ALLOWED_PATHS = frozenset(
 )
 # How the gateway tells the inner app which request it answers (for the receipt).
 REQUEST_DIGEST_HEADER = _DIGEST_HEADER.encode()
+# Scope extension the gateway sets on every inner request: it came sealed, from anyone.
+GATEWAY_EXTENSION = "veil.ohttp_gateway"
 
 # Never passed to the inner app: connection-level, proxy and forwarding fields.
 _DROPPED_REQUEST_FIELDS = frozenset(
@@ -142,35 +150,8 @@ class GatewayConfig:
     max_response_chunk: int = 16 * 1024  # inner body bytes per sealed chunk (the draft's size)
     replay_window_s: float = 600.0  # how long an opened request's encapsulated key is remembered
     replay_capacity: int = 200_000  # entries remembered at most (32-byte keys)
+    replay_path: str | None = None  # replay log file (0600) kept across restarts; None: memory
     keys_max_age_s: int = 60  # Cache-Control max-age of the key list
-
-
-class ReplayCache:
-    """Remembers values for `window_s` seconds, at most `capacity` of them (oldest dropped)."""
-
-    def __init__(
-        self, window_s: float, capacity: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._window, self._capacity, self._clock = window_s, capacity, clock
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def check_and_add(self, value: bytes) -> bool:
-        """True if `value` is new (and now remembered); False for a replay inside the window."""
-        now = self._clock()
-        while self._seen:
-            oldest, seen_at = next(iter(self._seen.items()))
-            if now - seen_at < self._window:
-                break
-            del self._seen[oldest]
-        if value in self._seen:
-            return False
-        self._seen[value] = now
-        if len(self._seen) > self._capacity:
-            self._seen.popitem(last=False)
-        return True
 
 
 def _problem(status: int, problem_type: str, title: str) -> Response:
@@ -215,8 +196,13 @@ def _scope_for(breq: bhttp.Request, state: dict[str, Any], digest: bytes) -> dic
         "client": None,
         "server": None,
         "state": state,
-        "extensions": {REQUEST_DIGEST_EXTENSION: digest},
+        "extensions": {REQUEST_DIGEST_EXTENSION: digest, GATEWAY_EXTENSION: True},
     }
+
+
+def via_gateway(scope: MutableMapping[str, Any]) -> bool:
+    """Whether a request came through the OHTTP gateway (from anyone) rather than directly."""
+    return (scope.get("extensions") or {}).get(GATEWAY_EXTENSION) is True
 
 
 def _response_fields(raw: list[tuple[bytes, bytes]]) -> bhttp.Fields:
@@ -288,7 +274,11 @@ def gateway_router(
     from calling itself); its lifespan `state` is handed to inner calls.
     """
     cfg = config or GatewayConfig()
-    replay = ReplayCache(cfg.replay_window_s, cfg.replay_capacity)
+    replay = (
+        ReplayLog(cfg.replay_path, cfg.replay_window_s, cfg.replay_capacity)
+        if cfg.replay_path
+        else ReplayCache(cfg.replay_window_s, cfg.replay_capacity)
+    )
     router = APIRouter()
 
     @router.get(KEYS_PATH, include_in_schema=False)
@@ -312,13 +302,17 @@ def gateway_router(
                 message, sealer = decapsulate_chunked_request(keys, body)
             else:
                 message, sealer = decapsulate_request(keys, body)
-            if not replay.check_and_add(body[:1] + sealer.enc):
+            seen = body[:1] + sealer.enc
+            if not replay.check_and_add(seen):
                 raise ReplayedRequest("request already seen")
+            await replay.commit(seen)  # durable before anything is served
         except WireError as err:
             log.info("gateway refused a request: %s", err.code)
             return _wire_problem(err)
         except ClientDisconnect:
             return Response(status_code=400)
+        except OSError:  # the replay log cannot be written: refuse rather than risk a replay
+            return _problem(503, PROBLEM_PREFIX + "unavailable", "the gateway cannot take requests")
         state = dict(request.scope.get("state") or {})
         answer = await _answer(inner_app, message, state, cfg, request_digest(body))
         if chunked:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import secrets
 import stat
+import time
 from pathlib import Path
 
 from veil.node.errors import NodeSetupError
@@ -17,27 +20,46 @@ log = logging.getLogger(__name__)
 
 
 class NodeKeys:
-    """The node's current and previous OHTTP key pairs.
+    """The node's current and previous OHTTP key pairs, with when each was made.
 
     Rotation makes a new current key (next key id, modulo 256) and keeps the old one as
-    previous, so requests sealed to the key a client fetched just before still open.
+    previous, so requests sealed to the key a client fetched just before still open. Creation
+    times (unix seconds) are kept, and saved, so rotation follows a key's age rather than how
+    long the process has run (`veil.node.rotation.age_keys`).
     """
 
-    def __init__(self, current: KeyPair, previous: KeyPair | None = None) -> None:
+    def __init__(
+        self,
+        current: KeyPair,
+        previous: KeyPair | None = None,
+        *,
+        created_at: float | None = None,
+        previous_created_at: float | None = None,
+    ) -> None:
         if previous is not None and previous.key_id == current.key_id:
             raise ValueError("current and previous keys need distinct key ids")
+        now = time.time()
         self.current = current
+        self.current_created_at = now if created_at is None else created_at
         self.previous = previous
+        self.previous_created_at: float | None = None
+        if previous is not None:
+            self.previous_created_at = now if previous_created_at is None else previous_created_at
 
     @classmethod
-    def generate(cls, key_id: int = 0) -> NodeKeys:
-        return cls(KeyPair.generate(key_id))
+    def generate(cls, key_id: int = 0, *, now: float | None = None) -> NodeKeys:
+        return cls(KeyPair.generate(key_id), created_at=now)
 
-    def rotate(self) -> KeyPair:
+    def rotate(self, now: float | None = None) -> KeyPair:
         """Make a fresh current key; the current one becomes previous, the previous is dropped."""
         fresh = KeyPair.generate((self.current.key_id + 1) % 256)
-        self.previous, self.current = self.current, fresh
+        self.previous, self.previous_created_at = self.current, self.current_created_at
+        self.current, self.current_created_at = fresh, time.time() if now is None else now
         return fresh
+
+    def drop_previous(self) -> None:
+        """Forget the previous key: requests sealed to it no longer open."""
+        self.previous = self.previous_created_at = None
 
     def get(self, key_id: int, /) -> KeyPair | None:
         for key in (self.current, self.previous):
@@ -54,31 +76,59 @@ class NodeKeys:
         return encode_key_configs(self.configs())
 
     def save(self, path: Path) -> None:
-        """Write both secrets to `path`, readable by the owner only."""
+        """Write both secrets and their creation times to `path`, owner-only, durably."""
+        entries = [(self.current, self.current_created_at)]
+        if self.previous is not None:
+            entries.append((self.previous, self.previous_created_at or 0.0))
         data = {
             "keys": [
-                {"key_id": k.key_id, "secret": k.secret.hex()}
-                for k in (self.current, self.previous)
-                if k is not None
+                {"key_id": k.key_id, "secret": k.secret.hex(), "created_at": round(at, 3)}
+                for k, at in entries
             ]
         }
+        path = Path(path)
         tmp = Path(f"{path}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a tmp file left by a crash keeps its mode otherwise
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)  # never a half-written key file
+        _fsync_dir(path.parent)
 
     @classmethod
     def load(cls, path: Path) -> NodeKeys:
+        """Read a key file; a key saved without `created_at` (older files) counts as old."""
         entries = json.loads(Path(path).read_text())["keys"]
-        pairs = [KeyPair(int(e["key_id"]), bytes.fromhex(e["secret"])) for e in entries]
-        return cls(pairs[0], pairs[1] if len(pairs) > 1 else None)
+        pairs = [
+            (KeyPair(int(e["key_id"]), bytes.fromhex(e["secret"])), float(e.get("created_at", 0)))
+            for e in entries
+        ]
+        (current, created_at), previous = pairs[0], pairs[1] if len(pairs) > 1 else None
+        if previous is None:
+            return cls(current, created_at=created_at)
+        return cls(current, previous[0], created_at=created_at, previous_created_at=previous[1])
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsync'd
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_or_create_keys(path: Path | None) -> NodeKeys:
-    """Load the key file (refused if others can read it), or create it 0600; None: memory only."""
+    """Load the key file (refused if others can read it), or create it 0600; None: memory only.
+
+    A new key starts at a random key id: a client still holding a key config of an earlier
+    run (same id, other key) would get a decryption failure, where a different id gets the
+    RFC 9458 key error that makes it refetch the key list.
+    """
     if path is None:
-        return NodeKeys.generate()
+        return NodeKeys.generate(secrets.randbelow(256))
     if path.exists():
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -88,7 +138,7 @@ def load_or_create_keys(path: Path | None) -> NodeKeys:
         except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise NodeSetupError(f"cannot read OHTTP keys from {path}: {exc}") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = NodeKeys.generate()
+    keys = NodeKeys.generate(secrets.randbelow(256))
     keys.save(path)
     log.info("created OHTTP keys in %s", path)
     return keys

@@ -8,7 +8,8 @@ A request pays with a signed ticket against the node's current offer. The flow:
 2. A winning ticket goes, with its rand, into the `queue.TicketQueue` (a durable file) before
    the model runs.
 3. `redeemer.Redeemer`, a background thread, redeems queued winners on chain and withdraws
-   the earnings to the operator.
+   the earnings to the operator; it also redeems again any winner whose redemption the chain
+   lost (it checks recent redemptions against the broker at start and periodically).
 
 `NodePayments` ties the three together for the API (`create_app(payments=...)`);
 `open_payments` builds it from the node's config and chain deployment. Every name the rest
@@ -159,6 +160,7 @@ def open_payments(config: NodeConfig, identity: NodeIdentity) -> NodePayments:
         auto_withdraw=config.auto_withdraw,
         interval_s=config.redeem_interval_s,
         withdraw_interval_s=config.withdraw_interval_s,
+        reconcile_interval_s=config.reconcile_interval_s,
         on_reveal=desk.revealing,
     )
     return NodePayments(desk, redeemer, client=signer)

@@ -1,8 +1,11 @@
-"""The durable list of winning tickets not yet settled.
+"""The durable list of winning tickets not yet settled, and of recently redeemed ones.
 
 A winning ticket is written (JSON lines, 0600, fsync'd) with its secret rand before the
 model runs for the request it paid, so a crash never loses a winner the node worked for; the
-redeemer settles entries as the broker pays or refuses them.
+redeemer settles entries as the broker pays or refuses them. Redeemed winners are kept a
+while longer (until they expire, at most `keep_settled`): a chain that loses its latest blocks
+(anvil persists its state every few seconds) loses their redemptions too, and the redeemer
+then finds them unused on chain and puts them back (`requeue`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import json
 import logging
 import os
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,21 +76,36 @@ class TicketQueue:
     """Winning tickets not yet settled, kept in a JSON-lines file (None: in memory only).
 
     Lines are `{"event": "won", ...}` (a `WinningTicket`) and `{"event": "done",
-    "ticket_id", "outcome", "reason"}`. Each line is fsync'd before the call returns. On
-    open, and every `compact_every` settled tickets, the file is rewritten atomically with
-    the pending tickets only. A torn last line (a crash mid-write) is skipped with a warning.
-    The file holds secret rands: it is created 0600.
+    "ticket_id", "outcome", "reason"}`; a `won` line for a redeemed ticket puts it back in
+    the queue. Each line is fsync'd before the call returns. On open, and every
+    `compact_every` settled tickets, the file is rewritten atomically with the pending
+    tickets and the redeemed ones still kept (`won` then `done`). A torn last line (a crash
+    mid-write) is skipped with a warning. The file holds secret rands: it is created 0600.
+
+    Redeemed tickets are kept until their expiry passes (`clock`, unix seconds: the broker
+    refuses them after it anyway), the newest `keep_settled` at most.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None, *, compact_every: int = 256) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        *,
+        compact_every: int = 256,
+        keep_settled: int = 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._pending: dict[bytes, WinningTicket] = {}
+        self._settled: OrderedDict[bytes, WinningTicket] = OrderedDict()  # redeemed, kept
         self._unsaved: set[bytes] = set()
         self._compact_every = compact_every
+        self._keep_settled = keep_settled
+        self._clock = clock
         self._settled_since_compact = 0
         if self.path is not None:
             self._load()
+            self._forget_settled()
             self._compact()
 
     def _load(self) -> None:
@@ -104,8 +125,11 @@ class TicketQueue:
                 if obj["event"] == "won":
                     winner = WinningTicket.from_json(obj)
                     self._pending[winner.ticket_id] = winner
+                    self._settled.pop(winner.ticket_id, None)
                 elif obj["event"] == "done":
-                    self._pending.pop(bytes.fromhex(obj["ticket_id"][2:]), None)
+                    done = self._pending.pop(bytes.fromhex(obj["ticket_id"][2:]), None)
+                    if done is not None and obj.get("outcome") == "redeemed":
+                        self._settled[done.ticket_id] = done
                 else:
                     raise ValueError(f"unknown event {obj['event']!r}")
             except (ValueError, KeyError, TypeError, InvalidTicket) as exc:
@@ -120,17 +144,30 @@ class TicketQueue:
         if self._pending:
             log.info("ticket queue %s: %d winning tickets to redeem", self.path, len(self._pending))
 
+    def _forget_settled(self) -> None:
+        """Drop kept redeemed tickets that expired, then the oldest beyond `keep_settled`."""
+        now = self._clock()
+        for ticket_id in [i for i, w in self._settled.items() if w.ticket.expiry <= now]:
+            del self._settled[ticket_id]
+        while len(self._settled) > self._keep_settled:
+            self._settled.popitem(last=False)
+
     def _compact(self) -> None:
-        """Rewrite the file with the pending tickets only (atomic, durable)."""
+        """Rewrite the file with the pending and the kept redeemed tickets (atomic, durable)."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a tmp file left by a crash keeps its mode otherwise
         with os.fdopen(fd, "w") as fh:
             for ticket_id, winner in self._pending.items():
                 if ticket_id not in self._unsaved:
                     fh.write(json.dumps(winner.to_json(), separators=(",", ":")) + "\n")
+            for winner in self._settled.values():
+                fh.write(json.dumps(winner.to_json(), separators=(",", ":")) + "\n")
+                fh.write(json.dumps(_done(winner.ticket_id, "redeemed"), separators=(",", ":")))
+                fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
@@ -185,16 +222,42 @@ class TicketQueue:
             return len(self._pending)
 
     def settle(self, ticket_id: bytes, outcome: str, reason: str = "") -> None:
-        """Mark a winner done (`redeemed` or `failed`), durably."""
+        """Mark a winner done (`redeemed` or `failed`), durably; a redeemed one is kept."""
         with self._lock:
-            self._append(
-                {"event": "done", "ticket_id": "0x" + ticket_id.hex(), "outcome": outcome}
-                | ({"reason": reason} if reason else {})
-            )
-            self._pending.pop(ticket_id, None)
+            self._append(_done(ticket_id, outcome, reason))
+            winner = self._pending.pop(ticket_id, None)
+            if winner is not None and outcome == "redeemed":
+                self._settled[ticket_id] = winner
+                self._forget_settled()
             self._settled_since_compact += 1
             if self._settled_since_compact >= self._compact_every:
                 try:
                     self._compact()
                 except OSError as exc:  # the log is still correct, only longer
                     log.warning("could not compact the ticket queue %s: %s", self.path, exc)
+
+    # --- reconciliation with the chain
+
+    def settled(self) -> list[WinningTicket]:
+        """Redeemed winners kept to check against the chain, oldest first (unexpired only)."""
+        with self._lock:
+            self._forget_settled()
+            return list(self._settled.values())
+
+    def requeue(self, ticket_id: bytes) -> WinningTicket | None:
+        """Put a kept redeemed winner back in the queue, durably (the chain lost its
+        redemption); None if it is not kept. Raises OSError."""
+        with self._lock:
+            winner = self._settled.get(ticket_id)
+            if winner is None:
+                return None
+            self._append(winner.to_json())
+            del self._settled[ticket_id]
+            self._pending[ticket_id] = winner
+            return winner
+
+
+def _done(ticket_id: bytes, outcome: str, reason: str = "") -> dict[str, Any]:
+    return {"event": "done", "ticket_id": "0x" + ticket_id.hex(), "outcome": outcome} | (
+        {"reason": reason} if reason else {}
+    )

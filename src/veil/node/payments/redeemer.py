@@ -4,6 +4,13 @@ A background thread takes saved winners from the `TicketQueue`, redeems them at 
 (revealing their rands, which is why the desk is told first: `on_reveal`), retries transient
 failures with backoff, drops (and counts) tickets the broker refuses for good, and withdraws
 the earnings so the operator's token balance rises.
+
+It also reconciles the queue with the chain, at start and every `reconcile_interval_s`: a
+winner settled as redeemed whose ticket the broker does not mark used (the block holding the
+redemption was lost: a devnet that crashed before persisting it, a reorg) is queued again
+and redeemed again. The broker's `usedTickets` flag is the truth, so this can never pay a
+ticket twice: a second redemption of a ticket the chain holds is refused ("already
+redeemed").
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ class RedeemTarget(Protocol):
 
     def withdraw_earnings(self) -> TxReceipt: ...
 
+    def is_ticket_id_redeemed(self, ticket_id: bytes) -> bool: ...
+
 
 class Redeemer:
     """Redeems queued winners in a background thread; `run_once` is one pass (tests).
@@ -61,6 +70,7 @@ class Redeemer:
         interval_s: float = 5.0,
         max_backoff_s: float = 300.0,
         withdraw_interval_s: float = 60.0,
+        reconcile_interval_s: float = 60.0,
         on_settled: Callable[[WinningTicket], None] | None = None,
         on_reveal: Callable[[bytes], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -74,6 +84,8 @@ class Redeemer:
         self.max_backoff_s = max_backoff_s
         self.withdraw_interval_s = withdraw_interval_s
         self._last_withdraw: float | None = None
+        self.reconcile_interval_s = reconcile_interval_s
+        self._next_reconcile = 0.0  # clock time; at once on the first pass
         self.on_settled = on_settled
         self._clock = clock
         self._retry: dict[bytes, tuple[int, float]] = {}  # ticket id -> (failures, next try)
@@ -120,7 +132,10 @@ class Redeemer:
         return max(0.05, min(self.interval_s, min(soonest) - self._clock()))
 
     def run_once(self) -> int:
-        """Try every due winner once, then withdraw if due. Returns how many settled."""
+        """Reconcile if due, try every due winner once, then withdraw if due. Returns how many
+        settled."""
+        if self._clock() >= self._next_reconcile and not self._stop.is_set():
+            self.reconcile()
         settled = 0
         for winner in self.queue.pending():
             if self._stop.is_set():
@@ -135,6 +150,36 @@ class Redeemer:
             if last is None or self._clock() - last >= self.withdraw_interval_s:
                 self._withdraw()
         return settled
+
+    def reconcile(self) -> int:
+        """Queue again the redeemed winners the chain does not hold. Returns how many.
+
+        On a chain error the rest waits for the next pass (`interval_s`, not a full
+        `reconcile_interval_s`).
+        """
+        self._next_reconcile = self._clock() + self.reconcile_interval_s
+        requeued = 0
+        for winner in self.queue.settled():
+            if self._stop.is_set():
+                break
+            tid = "0x" + winner.ticket_id.hex()
+            try:
+                if self.chain.is_ticket_id_redeemed(winner.ticket_id):
+                    continue
+                self.queue.requeue(winner.ticket_id)
+            except Exception as exc:  # ChainUnavailable, OSError: try again soon
+                self._next_reconcile = self._clock() + self.interval_s
+                log.warning("reconciling ticket %s failed (%s: %s)", tid, type(exc).__name__, exc)
+                break
+            log.warning(
+                "ticket %s was redeemed but the chain does not hold the redemption (a lost "
+                "block?): redeeming it again",
+                tid,
+            )
+            self._retry.pop(winner.ticket_id, None)
+            self.stats.add(requeued=1)
+            requeued += 1
+        return requeued
 
     def _redeem(self, winner: WinningTicket, failures: int) -> bool:
         tid = "0x" + winner.ticket_id.hex()

@@ -18,6 +18,7 @@ class PaymentStats:
     refused: int = 0  # requests refused with a payment error
     redeemed: int = 0  # winners settled on chain (including ones found already redeemed)
     failed: int = 0  # winners the broker refused for good (dropped)
+    requeued: int = 0  # redeemed winners the chain turned out not to hold, queued again
     redeemed_face_value: int = 0  # token base units credited by those redemptions
     withdrawn: int = 0  # token base units withdrawn to the operator
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -36,6 +37,7 @@ class PaymentStats:
                 "refused": self.refused,
                 "redeemed": self.redeemed,
                 "failed": self.failed,
+                "requeued": self.requeued,
                 "redeemed_face_value": self.redeemed_face_value,
                 "withdrawn": self.withdrawn,
             }
