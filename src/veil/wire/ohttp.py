@@ -7,6 +7,7 @@ The API mirrors itself across the two ends:
 * gateway: `decapsulate_request(keys, data)` -> (msg, `ResponseSealer`);
   `decapsulate_chunked_request(keys, data)` -> (msg, `ChunkedResponseSealer`).
 
+Key configurations and key pairs are in `veil.wire.ohttp_keys` (re-exported here).
 HPKE (RFC 9180) comes from pyhpke, HKDF and the AEADs from `cryptography`; this module only
 frames bytes and runs the key schedules the RFCs define. Only DHKEM(X25519, HKDF-SHA256),
 HKDF-SHA256 and AES-128-GCM / ChaCha20-Poly1305 are implemented. Every failure is a
@@ -17,17 +18,13 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import cache
-from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, KEMKeyPair
 from pyhpke import ContextInterface as _HpkeContext
 
@@ -38,6 +35,21 @@ from veil.wire.errors import (
     Truncated,
     UnknownKeyId,
     UnsupportedSuite,
+)
+from veil.wire.ohttp_keys import (
+    AEAD_AES_128_GCM,
+    AEAD_CHACHA20_POLY1305,
+    AEAD_SIZES,
+    DEFAULT_SUITES,
+    KDF_HKDF_SHA256,
+    KEM_X25519_HKDF_SHA256,
+    NENC,
+    KeyConfig,
+    KeyLookup,
+    KeyPair,
+    SymmetricSuite,
+    decode_key_configs,
+    encode_key_configs,
 )
 from veil.wire.varint import encode_varint, peek_varint
 
@@ -81,169 +93,17 @@ MEDIA_KEYS = "application/ohttp-keys"
 KEYS_PATH = "/.well-known/ohttp-keys"
 GATEWAY_PATH = "/gateway"
 
-KEM_X25519_HKDF_SHA256 = 0x0020
-KDF_HKDF_SHA256 = 0x0001
-AEAD_AES_128_GCM = 0x0001
-AEAD_CHACHA20_POLY1305 = 0x0003
-
 _REQUEST_LABEL = b"message/bhttp request"
 _RESPONSE_LABEL = b"message/bhttp response"
 _CHUNKED_REQUEST_LABEL = b"message/bhttp chunked request"
 _CHUNKED_RESPONSE_LABEL = b"message/bhttp chunked response"
 _FINAL_AAD = b"final"
 
-_NENC = {KEM_X25519_HKDF_SHA256: 32}  # encapsulated key (= public key) length per KEM
-_AEAD_SIZES = {AEAD_AES_128_GCM: (16, 12), AEAD_CHACHA20_POLY1305: (32, 12)}  # (Nk, Nn)
 _TAG = 16
 _HEADER = struct.Struct(">BHHH")  # key id, KEM, KDF, AEAD
 
 MAX_CHUNK_PLAINTEXT = 16 * 1024  # what we send per chunk; the draft's must-accept size
 _DEFAULT_MAX_CHUNK = 64 * 1024 + _TAG  # the largest sealed chunk we accept
-
-
-@dataclass(frozen=True)
-class SymmetricSuite:
-    """One (KDF, AEAD) pair a key configuration offers."""
-
-    kdf_id: int
-    aead_id: int
-
-    @property
-    def supported(self) -> bool:
-        return self.kdf_id == KDF_HKDF_SHA256 and self.aead_id in _AEAD_SIZES
-
-
-DEFAULT_SUITES = (
-    SymmetricSuite(KDF_HKDF_SHA256, AEAD_AES_128_GCM),
-    SymmetricSuite(KDF_HKDF_SHA256, AEAD_CHACHA20_POLY1305),
-)
-
-
-@dataclass(frozen=True)
-class KeyConfig:
-    """A gateway's public key configuration (RFC 9458 section 3)."""
-
-    key_id: int
-    kem_id: int
-    public_key: bytes
-    suites: tuple[SymmetricSuite, ...]
-
-    def encode(self) -> bytes:
-        algs = b"".join(struct.pack(">HH", s.kdf_id, s.aead_id) for s in self.suites)
-        return (
-            struct.pack(">BH", self.key_id, self.kem_id)
-            + self.public_key
-            + struct.pack(">H", len(algs))
-            + algs
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> KeyConfig:
-        """One encoded key config, exactly; an unknown KEM is `UnsupportedSuite`."""
-        if len(data) < 3:
-            raise Malformed("key config too short")
-        key_id, kem_id = struct.unpack_from(">BH", data)
-        npk = _NENC.get(kem_id)
-        if npk is None:
-            raise UnsupportedSuite(f"KEM {kem_id:#06x} is not supported")
-        if len(data) < 3 + npk + 2:
-            raise Malformed("key config too short")
-        public_key = bytes(data[3 : 3 + npk])
-        (algs_len,) = struct.unpack_from(">H", data, 3 + npk)
-        algs = data[5 + npk :]
-        if algs_len < 4 or algs_len % 4 or len(algs) != algs_len:
-            raise Malformed("bad symmetric algorithms length in key config")
-        suites = tuple(
-            SymmetricSuite(*struct.unpack_from(">HH", algs, i)) for i in range(0, algs_len, 4)
-        )
-        return cls(key_id, kem_id, public_key, suites)
-
-    def choose_suite(self, preferred: SymmetricSuite | None = None) -> SymmetricSuite:
-        """`preferred` if offered and supported, else the first supported suite offered."""
-        usable = [s for s in self.suites if s.supported]
-        if preferred is not None:
-            if preferred not in usable:
-                raise UnsupportedSuite(f"key config does not offer {preferred}")
-            return preferred
-        if not usable:
-            raise UnsupportedSuite("key config offers no supported KDF/AEAD pair")
-        return usable[0]
-
-
-def encode_key_configs(configs: Iterable[KeyConfig]) -> bytes:
-    """The `application/ohttp-keys` body: each config with a 2-byte length prefix."""
-    out = bytearray()
-    for config in configs:
-        raw = config.encode()
-        out += struct.pack(">H", len(raw)) + raw
-    return bytes(out)
-
-
-def decode_key_configs(data: bytes, *, max_configs: int = 32) -> tuple[KeyConfig, ...]:
-    """The usable configs of an `application/ohttp-keys` body.
-
-    Configs for KEMs or suites this side lacks are skipped (RFC 9458 lets a client ignore
-    them); a body with none left is `UnsupportedSuite`, a broken one `Malformed`.
-    """
-    configs: list[KeyConfig] = []
-    pos = count = 0
-    while pos < len(data):
-        if pos + 2 > len(data):
-            raise Malformed("truncated key config length")
-        (length,) = struct.unpack_from(">H", data, pos)
-        end = pos + 2 + length
-        if length == 0 or end > len(data):
-            raise Malformed("key config length overruns the list")
-        count += 1
-        if count > max_configs:
-            raise MessageTooLarge("too many key configs")
-        try:
-            config = KeyConfig.decode(data[pos + 2 : end])
-        except UnsupportedSuite:
-            config = None
-        if config is not None and any(s.supported for s in config.suites):
-            configs.append(config)
-        pos = end
-    if not configs:
-        raise UnsupportedSuite("no usable key configuration in the list")
-    return tuple(configs)
-
-
-class KeyPair:
-    """A gateway's private key and the public config it publishes."""
-
-    def __init__(
-        self, key_id: int, secret: bytes, suites: tuple[SymmetricSuite, ...] = DEFAULT_SUITES
-    ) -> None:
-        if not 0 <= key_id <= 255:
-            raise ValueError("key id must fit in one byte")
-        private = X25519PrivateKey.from_private_bytes(secret)
-        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.secret = secret
-        self.config = KeyConfig(key_id, KEM_X25519_HKDF_SHA256, public, suites)
-        self._hpke_secret = KEMKey.from_pyca_cryptography_key(private)
-
-    @classmethod
-    def generate(cls, key_id: int, suites: tuple[SymmetricSuite, ...] = DEFAULT_SUITES) -> KeyPair:
-        """A fresh X25519 key pair."""
-        secret = X25519PrivateKey.generate().private_bytes_raw()
-        return cls(key_id, secret, suites)
-
-    @property
-    def key_id(self) -> int:
-        return self.config.key_id
-
-    def __repr__(self) -> str:  # never print the secret
-        return f"KeyPair(key_id={self.key_id})"
-
-
-class KeyLookup(Protocol):
-    """What the gateway needs from a key store: the key pair for a key id, or None.
-
-    A plain `dict[int, KeyPair]` is one.
-    """
-
-    def get(self, key_id: int, /) -> KeyPair | None: ...
 
 
 @cache
@@ -308,7 +168,7 @@ def _receiver(
         raise UnsupportedSuite(
             f"suite {kem_id:#06x}/{kdf_id:#06x}/{aead_id:#06x} not offered by key {key_id}"
         )
-    nenc = _NENC[kem_id]
+    nenc = NENC[kem_id]
     start = _HEADER.size + nenc
     if len(data) < start:
         raise Malformed("encapsulated request shorter than its encapsulated key")
@@ -326,7 +186,7 @@ def _response_key(
     ctx: _HpkeContext, label: bytes, enc: bytes, nonce: bytes, aead_id: int
 ) -> tuple[AESGCM | ChaCha20Poly1305, bytes]:
     """The response AEAD and base nonce (RFC 9458 section 4.4 key schedule)."""
-    nk, nn = _AEAD_SIZES[aead_id]
+    nk, nn = AEAD_SIZES[aead_id]
     secret = ctx.export(label, max(nn, nk))
     salt = enc + nonce
 
@@ -337,7 +197,7 @@ def _response_key(
 
 
 def _nonce_len(aead_id: int) -> int:
-    nk, nn = _AEAD_SIZES[aead_id]
+    nk, nn = AEAD_SIZES[aead_id]
     return max(nk, nn)
 
 
@@ -351,7 +211,7 @@ def is_supported_request(data: bytes) -> bool:
     if len(data) < _HEADER.size:
         return False
     _key_id, kem_id, kdf_id, aead_id = _HEADER.unpack_from(data)
-    nenc = _NENC.get(kem_id)
+    nenc = NENC.get(kem_id)
     if nenc is None or not SymmetricSuite(kdf_id, aead_id).supported:
         return False
     return len(data) >= _HEADER.size + nenc + _TAG
