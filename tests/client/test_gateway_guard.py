@@ -89,3 +89,15 @@ def test_the_api_key_is_required_when_set() -> None:
 def test_bound_address_is_a_host_name_but_wildcards_are_not() -> None:
     assert "192.168.1.20" in host_names_for("192.168.1.20")
     assert host_names_for("0.0.0.0") == host_names_for("127.0.0.1")
+
+
+def test_a_gateway_bound_beyond_loopback_needs_an_api_key() -> None:
+    from typer.testing import CliRunner
+
+    from veil.cli import app
+
+    result = CliRunner().invoke(
+        app, ["gateway", "--relay", "http://127.0.0.1:1", "--host", "0.0.0.0"]
+    )
+    assert result.exit_code == 2
+    assert "--api-key" in result.output

@@ -21,6 +21,14 @@ from typing import Any
 import typer
 
 from veil.commands.service import harden_process
+from veil.wire.http import (
+    ATTESTATION_HEADER,
+    MODE_HEADER,
+    MPC_PROTOCOL_HEADER,
+    NODE_HEADER,
+    NODES_HEADER,
+    RECEIPT_HEADER,
+)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -111,23 +119,26 @@ def open_session(
 
 def gateway_openai(gateway_url: str) -> Any:
     """The unchanged openai SDK pointed at a Veil gateway."""
+    import os
+
     import openai
 
-    return openai.OpenAI(base_url=gateway_url.rstrip("/") + "/v1", api_key="veil", max_retries=0)
+    key = os.environ.get("VEIL_API_KEY") or "veil"  # the gateway's --api-key, if it has one
+    return openai.OpenAI(base_url=gateway_url.rstrip("/") + "/v1", api_key=key, max_retries=0)
 
 
 def answered_line(headers: Any, *, streamed: bool) -> str:
     """Who answered and what was checked, from the gateway's response headers."""
-    if headers.get("x-veil-mode") == "mpc":
-        nodes = headers.get("x-veil-nodes", "unknown nodes").replace(",", ", ")
+    if headers.get(MODE_HEADER) == "mpc":
+        nodes = headers.get(NODES_HEADER, "unknown nodes").replace(",", ", ")
         return (
-            f"computed by MPC parties {nodes} ({headers.get('x-veil-mpc-protocol', '?')}, "
-            f"attestation {headers.get('x-veil-attestation', 'unknown')}): each saw only "
+            f"computed by MPC parties {nodes} ({headers.get(MPC_PROTOCOL_HEADER, '?')}, "
+            f"attestation {headers.get(ATTESTATION_HEADER, 'unknown')}): each saw only "
             "secret shares, never the prompt or the answer; no receipt in this mode"
         )
-    node = headers.get("x-veil-node", "unknown node")
-    attestation = headers.get("x-veil-attestation", "unknown attestation")
-    receipt = headers.get("x-veil-receipt") or ("verified" if streamed else "not reported")
+    node = headers.get(NODE_HEADER, "unknown node")
+    attestation = headers.get(ATTESTATION_HEADER, "unknown attestation")
+    receipt = headers.get(RECEIPT_HEADER) or ("verified" if streamed else "not reported")
     return f"answered by {node} (attestation {attestation}); receipt {receipt}"
 
 
@@ -346,8 +357,17 @@ def gateway(
         help="Keystore of the account that pays nodes (its TicketBroker deposit); an encrypted "
         "one is opened with $VEIL_WALLET_PASSPHRASE. Without it no ticket is sent.",
     ),
-    host: str = typer.Option("127.0.0.1", help="Bind address (keep it local: no auth)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Bind address (keep it local; any other address needs --api-key)."
+    ),
     port: int = typer.Option(8787, help="TCP port."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="VEIL_API_KEY",
+        help="Require `Authorization: Bearer KEY` (the openai SDK's api_key) on every request; "
+        "required when --host is not a loopback address.",
+    ),
     receipts: Path | None = typer.Option(
         None, help="Keep verified receipts in this SQLite store (no prompts or answers)."
     ),
@@ -373,9 +393,16 @@ def gateway(
     from veil.chain import ChainClient, default_deployment_path
     from veil.chain.payment import parse_amount
     from veil.client.gateway import GatewayConfig, create_gateway_app
+    from veil.client.gateway.guard import LOOPBACK_NAMES, host_names_for
     from veil.client.payer import PayerConfig, Wallet
     from veil.errors import VeilError
 
+    if host.strip("[]") not in LOOPBACK_NAMES and not api_key:
+        _err(
+            f"error: --host {host} is not a loopback address: anyone who reaches it would spend "
+            "your wallet; give --api-key (or $VEIL_API_KEY)"
+        )
+        raise typer.Exit(2)
     try:
         limits = PayerConfig(
             max_expected_value=parse_amount(max_price),
@@ -394,9 +421,8 @@ def gateway(
     except VeilError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
-    app = create_gateway_app(
-        chain_client, relay, wallet=payer, receipts=receipts, config=GatewayConfig(payer=limits)
-    )
+    config = GatewayConfig(payer=limits, host_names=host_names_for(host), api_key=api_key)
+    app = create_gateway_app(chain_client, relay, wallet=payer, receipts=receipts, config=config)
     base = f"http://{host}:{port}/v1"
     _err(f"veil gateway on {base} (relay {relay}, chain id {chain_client.deployment.chain_id})")
     if payer is None:
@@ -406,11 +432,10 @@ def gateway(
             f"paying from {payer.address}, at most {max_price} per request on average and "
             f"{max_face_value} per winning ticket"
         )
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        _err("warning: the gateway has no authentication; anyone who reaches it uses your wallet")
+    key_hint = "$VEIL_API_KEY" if api_key else '"unused"'
     _err(
         "use it with the openai SDK:\n"
-        f'  client = openai.OpenAI(base_url="{base}", api_key="unused")\n'
+        f'  client = openai.OpenAI(base_url="{base}", api_key={key_hint})\n'
         '  client.chat.completions.create(model="smollm2-135m-instruct", messages=[...])\n'
         "  (model suffix :anonymous, :tee or :mpc, or header x-veil-mode, picks the privacy "
         "mode)\n"
