@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from netsupport import free_port
+from support.net import ServerThread
 from support.outside_reads import OutsideReads
 
 # Every open() in the test process is checked: nothing outside the repository (tests/data holds
@@ -57,40 +55,6 @@ def engine(loaded_model):  # type: ignore[no-untyped-def]
     eng = Engine(loaded_model, max_batch=8, context_length=2048)
     yield eng
     eng.close()
-
-
-def wait_idle(engine, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not engine.idle:
-        if time.monotonic() > deadline:
-            raise AssertionError("engine still busy")
-        time.sleep(0.01)
-
-
-class ServerThread:
-    """A real uvicorn server on a free loopback port, in a thread of the test process."""
-
-    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="session")

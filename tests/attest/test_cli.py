@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from attest_support import MODEL_HASH, OUTDATED_NOW, TDX_NOW, TESTDATA, dev_descriptor
+from support.attestation import MODEL_HASH, OUTDATED_NOW, TDX_NOW, TESTDATA, dev_descriptor
 from veil.cli import app
 from veil.identity import NodeIdentity, request_digest, sign_receipt
 from veil.node.keys import NodeKeys

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from attest_support import MODEL_HASH, TDX_NOW, TDX_REPORT_DATA, dev_descriptor
+from support.attestation import MODEL_HASH, TDX_NOW, TDX_REPORT_DATA, dev_descriptor
 from veil.attest import (
     NO_HARDWARE_ISOLATION,
     BindingMismatch,

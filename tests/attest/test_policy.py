@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attest_support import (
+from support.attestation import (
     MODEL_HASH,
     OUTDATED_NOW,
     SOFTWARE,
     TDX_NOW,
-    FakeHardwareVerifier,
+    FakeEvidenceVerifier,
     dev_descriptor,
     mutate_body,
     tdx_evidence,
@@ -55,7 +55,7 @@ NOW = TDX_NOW + 60
 DEV = dev_descriptor(IDENTITY, KEYS, now=TDX_NOW)
 MEASURED = b"\x77" * 32
 RELEASES = LocalReleases([Release(MODEL_HASH, MEASURED)])
-FAKE = {"tdx": FakeHardwareVerifier(), "dev": DevVerifier()}
+FAKE = {"tdx": FakeEvidenceVerifier(), "dev": DevVerifier()}
 
 
 def hardware_descriptor(*, measurement: bytes = MEASURED, software: bytes = MEASURED, **kw):
@@ -64,7 +64,7 @@ def hardware_descriptor(*, measurement: bytes = MEASURED, software: bytes = MEAS
     base = with_evidence(IDENTITY, DEV, "tdx", b"-", software=software, **kw)
     if data is None:
         data = expected_report_data(base.descriptor)
-    return with_evidence(IDENTITY, base, "tdx", FakeHardwareVerifier.evidence(data, measurement))
+    return with_evidence(IDENTITY, base, "tdx", FakeEvidenceVerifier.evidence(data, measurement))
 
 
 def rejected(data: bytes, policy: Policy, **kwargs) -> NodeRejected:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attest_support import (
+from support.attestation import (
     OUTDATED_NOW,
     SGX_NOW,
     TDX_LATE,

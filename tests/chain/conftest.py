@@ -12,8 +12,9 @@ from typing import Any
 
 import boa
 import pytest
-from chainkit import Ledger, deploy_ledger, make_account, observable_state
 from eth_account.signers.local import LocalAccount
+
+from support.chain import Ledger, deploy_ledger, make_account, observable_state
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 import boa
 import pytest
-from chainkit import PARAMS, TOKEN
 
+from support.chain import PARAMS, TOKEN
 from veil.chain.tickets import (
     Ticket,
     is_winning,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 import boa
-from chainkit import PARAMS, TOKEN, make_account
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -26,6 +25,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from support.chain import PARAMS, TOKEN, make_account
 from veil.chain.tickets import Ticket, recipient_rand_hash, sign_ticket, ticket_hash
 
 NODES = [make_account(f"inv-node-{i}").address for i in range(3)]

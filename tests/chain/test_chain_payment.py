@@ -5,10 +5,10 @@ import contextlib
 import json
 
 import pytest
-from chainkit import make_account
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.chain import make_account
 from veil.chain.errors import InvalidTicket
 from veil.chain.payment import (
     MAX_HEADER_CHARS,

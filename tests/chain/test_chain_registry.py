@@ -2,7 +2,8 @@
 
 import boa
 import pytest
-from chainkit import DAY, PARAMS, TOKEN, factory
+
+from support.chain import DAY, PARAMS, TOKEN, factory
 
 MIN = PARAMS.min_stake
 ZERO = "0x" + "00" * 20

@@ -2,7 +2,8 @@
 
 import boa
 import pytest
-from chainkit import PARAMS, TOKEN, factory
+
+from support.chain import PARAMS, TOKEN, factory
 
 MIN = PARAMS.min_stake
 VSTAKE = PARAMS.min_validator_stake

@@ -1,8 +1,8 @@
 """veil.chain.tickets: the single Python definition of the EIP-712 ticket."""
 
 import pytest
-from chainkit import make_account
 
+from support.chain import make_account
 from veil.chain.errors import InvalidTicket
 from veil.chain.tickets import (
     MAX_WIN_PROB,

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.client.gateway_support import (
+from support.gateway import (
     ANSWER,
     DOMAIN,
     MODEL,
@@ -24,12 +24,12 @@ from tests.client.gateway_support import (
     TOKEN,
     TOKENS,
     WEIGHTS,
-    FakeChain,
-    PayNode,
-    Recording,
+    FakeChainReader,
+    FakeNodeApi,
+    RecordingApp,
     approve,
 )
-from tests.conftest import ServerThread
+from support.net import ServerThread
 from veil.attest.policy import PrivacyMode
 from veil.chain.payment import TicketParams
 from veil.client.discovery import DiscoveryConfig
@@ -45,10 +45,10 @@ MESSAGES = [{"role": "user", "content": SECRET_PROMPT}]
 
 class Network:
     def __init__(self) -> None:
-        self.chain = FakeChain()
+        self.chain = FakeChainReader()
         approve(self.chain)
-        self.a, self.b = PayNode(), PayNode()
-        self.bad_hash = PayNode()  # registers other weights than it serves
+        self.a, self.b = FakeNodeApi(), FakeNodeApi()
+        self.bad_hash = FakeNodeApi()  # registers other weights than it serves
         self.impostor = NodeIdentity.generate().address  # its relay id leads to node a
         self.servers = [ServerThread(n.app) for n in (self.a, self.b, self.bad_hash)]
         for s in self.servers:
@@ -65,7 +65,7 @@ class Network:
                 Node(self.impostor, self.servers[0].url),
             ]
         )
-        self.relay_app = Recording(
+        self.relay_app = RecordingApp(
             create_relay_app(
                 directory,
                 RelayConfig(rate_per_s=1000, burst=1000, allow_private_endpoints=True),
@@ -124,7 +124,7 @@ def events(text: str) -> list[Any]:
     return out
 
 
-def answering(net: Network) -> PayNode:
+def answering(net: Network) -> FakeNodeApi:
     [node] = [n for n in (net.a, net.b) if n.seen]
     return node
 
@@ -431,7 +431,7 @@ def test_no_log_line_carries_prompt_or_answer(
 
 
 async def test_payer_refuses_params_it_must_not_pay() -> None:
-    node = PayNode()
+    node = FakeNodeApi()
     wallet = Wallet(NodeIdentity.generate().private_key)
     payer = Payer(wallet, "http://relay.test", DOMAIN, chain_now=lambda: 1_000)
     good = node.params()

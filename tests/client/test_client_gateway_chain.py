@@ -18,9 +18,8 @@ import openai
 import pytest
 from eth_account import Account
 
-from netsupport import free_port, wait_ready
-from tests.client.gateway_support import Recording
-from tests.conftest import ServerThread
+from support.gateway import RecordingApp
+from support.net import ServerThread, free_port, wait_ready
 from veil.chain import ChainClient, Devnet, ModelEntry, deploy
 from veil.chain.deployment import TOKEN, Deployment
 from veil.client.gateway import create_gateway_app
@@ -81,7 +80,7 @@ class ChainNetwork:
         directory = StaticNodeDirectory(
             [Node(i.address, s.url) for i, s in zip(self.identities, self.nodes, strict=True)]
         )
-        self.relay_app = Recording(
+        self.relay_app = RecordingApp(
             create_relay_app(directory, RelayConfig(allow_private_endpoints=True))
         )
         self.relay = ServerThread(self.relay_app).__enter__()

@@ -29,9 +29,8 @@ import httpx
 import openai
 import pytest
 
-from netsupport import Tap, until
-from tests.client.gateway_support import TOKEN, FakeChain, Recording, approve
-from tests.conftest import ServerThread
+from support.gateway import TOKEN, FakeChainReader, RecordingApp, approve
+from support.net import ServerThread, Tap, until
 from veil.client.errors import NoPartyQuorum, PartiesBusy
 from veil.client.gateway import GatewayConfig, create_gateway_app
 from veil.client.mpc import choose_parties, mpc_parties
@@ -87,8 +86,8 @@ def _stub_engine() -> Any:
 
 @dataclass
 class Net:
-    chain: FakeChain
-    relay_app: Recording
+    chain: FakeChainReader
+    relay_app: RecordingApp
     relay: ServerThread
     tap: Tap
     parties: list[NodeParty]
@@ -108,7 +107,7 @@ class Net:
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Net]:
-    chain = FakeChain()
+    chain = FakeChainReader()
     approve(chain, NODE_WEIGHTS)
     parties, apps, addresses = [], [], []
     for _ in range(3):
@@ -132,7 +131,7 @@ def net() -> Iterator[Net]:
     directory = StaticNodeDirectory(
         [Node(a, s.url) for a, s in zip([*addresses, bare.address], servers, strict=True)]
     )
-    relay_app = Recording(
+    relay_app = RecordingApp(
         create_relay_app(
             directory,
             RelayConfig(rate_per_s=1000, burst=1000, allow_private_endpoints=True),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from attest_support import MODEL_HASH, TDX_NOW, dev_descriptor
+from support.attestation import MODEL_HASH, TDX_NOW, dev_descriptor
 from veil.attest.policy import Policy, verify_node
 from veil.client import HistoryLocked, ReceiptStoreError
 from veil.client.receipts import ReceiptStore, default_receipts_path, verify_receipt

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from ohttp_support import ANSWER, SECRET_PROMPT, GatewayStandIn, make_inner_app
+from support.ohttp import ANSWER, SECRET_PROMPT, FakeRelay, make_inner_app
 from veil.client import (
     AsyncOhttpTransport,
     GatewayRefused,
@@ -38,11 +38,11 @@ def seen() -> list:
 
 
 @pytest.fixture
-def stand_in(keys: NodeKeys, seen: list) -> GatewayStandIn:
-    return GatewayStandIn(create_gateway_app(make_inner_app(seen), keys))
+def stand_in(keys: NodeKeys, seen: list) -> FakeRelay:
+    return FakeRelay(create_gateway_app(make_inner_app(seen), keys))
 
 
-def sdk(stand_in: GatewayStandIn, **kw) -> openai.OpenAI:
+def sdk(stand_in: FakeRelay, **kw) -> openai.OpenAI:
     transport = OhttpTransport(
         RELAY,
         "node-a",
@@ -64,7 +64,7 @@ def ask(client: openai.OpenAI, stream: bool):
     )
 
 
-def assert_no_plaintext_sent(stand_in: GatewayStandIn) -> None:
+def assert_no_plaintext_sent(stand_in: FakeRelay) -> None:
     for _url, headers, body in stand_in.sent:
         assert SECRET_PROMPT.encode() not in body
         assert b"sk-do-not-send" not in body and "sk-do-not-send" not in str(headers)
@@ -72,7 +72,7 @@ def assert_no_plaintext_sent(stand_in: GatewayStandIn) -> None:
 
 
 @pytest.mark.parametrize("chunked", [True, False])
-def test_openai_sdk_plain_and_streamed(stand_in: GatewayStandIn, seen: list, chunked: bool) -> None:
+def test_openai_sdk_plain_and_streamed(stand_in: FakeRelay, seen: list, chunked: bool) -> None:
     client = sdk(stand_in, chunked=chunked)
     assert ask(client, False).choices[0].message.content == ANSWER
     tokens = [c.choices[0].delta.content for c in ask(client, True) if c.choices[0].delta.content]
@@ -90,7 +90,7 @@ def test_openai_sdk_plain_and_streamed(stand_in: GatewayStandIn, seen: list, chu
         assert entry["client"] is None
 
 
-def test_refetch_and_retry_once_after_rotation(stand_in: GatewayStandIn, keys: NodeKeys) -> None:
+def test_refetch_and_retry_once_after_rotation(stand_in: FakeRelay, keys: NodeKeys) -> None:
     client = sdk(stand_in)
     ask(client, False)
     keys.rotate()
@@ -101,7 +101,7 @@ def test_refetch_and_retry_once_after_rotation(stand_in: GatewayStandIn, keys: N
     assert_no_plaintext_sent(stand_in)
 
 
-def test_unknown_key_twice_raises(stand_in: GatewayStandIn, keys: NodeKeys) -> None:
+def test_unknown_key_twice_raises(stand_in: FakeRelay, keys: NodeKeys) -> None:
     stale = keys.current.config
     transport = OhttpTransport(
         RELAY, "node-a", key_configs=[stale], outer=httpx.MockTransport(stand_in)
@@ -123,7 +123,7 @@ def test_unknown_key_twice_raises(stand_in: GatewayStandIn, keys: NodeKeys) -> N
 def test_tampered_answers_raise_through_the_sdk(
     keys: NodeKeys, seen: list, tamper, chunked: bool
 ) -> None:
-    stand_in = GatewayStandIn(create_gateway_app(make_inner_app(seen), keys), tamper=tamper)
+    stand_in = FakeRelay(create_gateway_app(make_inner_app(seen), keys), tamper=tamper)
     client = sdk(stand_in, chunked=chunked)
     got: list[str] = []
     with pytest.raises(ResponseRefused):  # the SDK passes transport errors through unchanged
@@ -151,7 +151,7 @@ def test_final_chunk_is_checked_when_the_body_is_read_to_its_end(
     (The openai SDK stops reading at `data: [DONE]`, itself inside an authenticated chunk, so
     it never reaches a damaged final chunk; a reader that goes to the end gets the error.)
     """
-    stand_in = GatewayStandIn(create_gateway_app(make_inner_app(seen), keys), tamper=tamper)
+    stand_in = FakeRelay(create_gateway_app(make_inner_app(seen), keys), tamper=tamper)
     transport = OhttpTransport(
         RELAY,
         "node-a",
@@ -197,7 +197,7 @@ def test_bad_key_lists_refused_and_nothing_sent(answer: httpx.Response, error: t
     assert sent == [b""]  # only the key fetch went out
 
 
-def test_key_check_can_refuse(stand_in: GatewayStandIn) -> None:
+def test_key_check_can_refuse(stand_in: FakeRelay) -> None:
     def pin(configs):
         raise KeyConfigError("not the pinned key")
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.conftest import wait_idle
+from support.net import wait_idle
 from veil.engine import ChatMessage, Failed, Finished, SamplingParams, TokenDelta
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attest_support import dev_descriptor, mutate_body
+from support.attestation import dev_descriptor, mutate_body
 from veil.identity import (
     Descriptor,
     DescriptorError,

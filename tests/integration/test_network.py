@@ -16,7 +16,7 @@ import openai
 import pytest
 from rich.console import Console
 
-from netsupport import Tap
+from support.net import Tap
 from veil.chain import ChainClient, Deployment
 from veil.commands.up import VEIL, LocalNetwork, NetworkConfig
 from veil.engine import PACKAGED_MODEL_ID

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from netsupport import Tap, free_port
+from support.net import Tap, free_port
 from veil.client.sdk import private_openai
 from veil.commands.up import Service
 from veil.engine import PACKAGED_MODEL_ID

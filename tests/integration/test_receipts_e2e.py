@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ServerThread
+from support.net import ServerThread
 from veil.client.receipts import ReceiptStore
 from veil.client.session import connect
 from veil.engine import PACKAGED_MODEL_ID

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from netsupport import Tap
+from support.net import Tap
 from veil.commands.up import LocalNetwork, NetworkConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

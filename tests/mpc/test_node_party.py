@@ -22,8 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from netsupport import Tap, until
-from tests.conftest import ServerThread
+from support.net import ServerThread, Tap, until
 from veil.client import OhttpTransport, relay_keys_url
 from veil.client.errors import NodeRejected
 from veil.client.mpc import mpc_parties

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netsupport import Tap, until
+from support.net import Tap, until
 from veil.mpc.channel import recv_frame, send_frame
 from veil.mpc.client import RemoteSession, generate, prefill_prompt
 from veil.mpc.errors import PartyFailure

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netsupport import Tap, until
+from support.net import Tap, until
 from veil.mpc.channel import recv_frame, send_frame, share_blobs
 from veil.mpc.client import RemoteSession, TcpChannel, generate
 from veil.mpc.errors import (

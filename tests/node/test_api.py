@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import wait_idle
+from support.net import wait_idle
 from veil.engine import PACKAGED_MODEL_ID
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from veil.wire import bhttp, ohttp
 from veil.wire.errors import OHTTP_KEY_PROBLEM, PROBLEM_PREFIX
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ohttp_support import ANSWER, ANSWER_TOKENS, make_inner_app
+from support.ohttp import ANSWER, ANSWER_TOKENS, make_inner_app
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
-from paykit import DOMAIN, TOKEN, FakeChain, FakeFunds
 
+from support.payments import DOMAIN, TOKEN, FakeFundsSource, FakeRedeemTarget
 from veil.chain.tickets import win_prob_for
 from veil.identity import NodeIdentity
 from veil.node.api import create_app
@@ -30,9 +30,14 @@ def node() -> tuple[httpx.AsyncClient, NodeKeys]:
     )
     queue = TicketQueue(None)
     desk = TicketDesk(
-        identity.address, DOMAIN, FakeFunds(), queue, face_value=TOKEN, win_prob=win_prob_for(0.5)
+        identity.address,
+        DOMAIN,
+        FakeFundsSource(),
+        queue,
+        face_value=TOKEN,
+        win_prob=win_prob_for(0.5),
     )
-    payments = NodePayments(desk, Redeemer(queue, FakeChain({})))
+    payments = NodePayments(desk, Redeemer(queue, FakeRedeemTarget({})))
     keys = NodeKeys.generate()
     app: Any = create_app(engine, NodeConfig(), keys, identity, payments=payments)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))

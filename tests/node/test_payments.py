@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paykit import DOMAIN, NOW, TOKEN, FakeChain, FakeFunds, account, write_ticket
 
+from support.payments import (
+    DOMAIN,
+    NOW,
+    TOKEN,
+    FakeFundsSource,
+    FakeRedeemTarget,
+    account,
+    write_ticket,
+)
 from veil.chain.errors import (
     ChainUnavailable,
     SenderUnderfunded,
@@ -55,13 +63,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def funds() -> FakeFunds:
-    return FakeFunds({SENDER.address: SenderFunds(10 * TOKEN, 0, 0)})
+def funds() -> FakeFundsSource:
+    return FakeFundsSource({SENDER.address: SenderFunds(10 * TOKEN, 0, 0)})
 
 
 def make_desk(
     clock: Clock,
-    funds: FakeFunds,
+    funds: FakeFundsSource,
     queue: TicketQueue | None = None,
     *,
     win_prob: int = NEVER,
@@ -80,7 +88,7 @@ def make_desk(
 
 
 @pytest.fixture
-def desk(clock: Clock, funds: FakeFunds) -> TicketDesk:
+def desk(clock: Clock, funds: FakeFundsSource) -> TicketDesk:
     return make_desk(clock, funds)
 
 
@@ -131,7 +139,7 @@ async def test_accepts_a_valid_ticket(desk: TicketDesk) -> None:
     assert desk.stats.snapshot()["accepted"] == 1
 
 
-async def test_no_ticket(desk: TicketDesk, clock: Clock, funds: FakeFunds) -> None:
+async def test_no_ticket(desk: TicketDesk, clock: Clock, funds: FakeFundsSource) -> None:
     assert await code_of(desk, None) == "payment_required"
     free = make_desk(clock, funds, free=True)
     assert await free.check(None) is None
@@ -185,7 +193,7 @@ async def test_expiry_bounds(desk: TicketDesk) -> None:
     assert err.code == "ticket_expired"
 
 
-async def test_expected_value_must_meet_the_price(clock: Clock, funds: FakeFunds) -> None:
+async def test_expected_value_must_meet_the_price(clock: Clock, funds: FakeFundsSource) -> None:
     desk = make_desk(clock, funds, win_prob=win_prob_for(0.1))
     p = desk.params()
     cheap = write_ticket(p, SENDER, 1, face_value=TOKEN // 2)
@@ -199,7 +207,9 @@ async def test_expected_value_must_meet_the_price(clock: Clock, funds: FakeFunds
     assert await desk.check(same_value.header_value()) is not None
 
 
-async def test_replay_is_per_rand_sender_and_nonce(desk: TicketDesk, funds: FakeFunds) -> None:
+async def test_replay_is_per_rand_sender_and_nonce(
+    desk: TicketDesk, funds: FakeFundsSource
+) -> None:
     funds.funds[OTHER.address] = SenderFunds(5 * TOKEN, 0, 0)
     p = desk.params()
     first = write_ticket(p, SENDER, 9)
@@ -210,7 +220,7 @@ async def test_replay_is_per_rand_sender_and_nonce(desk: TicketDesk, funds: Fake
     assert await desk.check(write_ticket(p, OTHER, 9).header_value())  # another sender
 
 
-async def test_sender_funds(desk: TicketDesk, funds: FakeFunds, clock: Clock) -> None:
+async def test_sender_funds(desk: TicketDesk, funds: FakeFundsSource, clock: Clock) -> None:
     p = desk.params()
     poor = account(4)
     funds.funds[poor.address] = SenderFunds(TOKEN - 1, 0, 0)
@@ -226,7 +236,7 @@ async def test_sender_funds(desk: TicketDesk, funds: FakeFunds, clock: Clock) ->
 
 
 async def test_funds_are_cached_briefly_and_an_outage_is_a_503(
-    clock: Clock, funds: FakeFunds
+    clock: Clock, funds: FakeFundsSource
 ) -> None:
     desk = make_desk(clock, funds, funds_ttl_s=1e9)
     p = desk.params()
@@ -241,7 +251,7 @@ async def test_funds_are_cached_briefly_and_an_outage_is_a_503(
 
 
 async def test_a_win_is_queued_durably_and_the_rand_retires_when_revealed(
-    tmp_path: Path, clock: Clock, funds: FakeFunds
+    tmp_path: Path, clock: Clock, funds: FakeFundsSource
 ) -> None:
     path = tmp_path / "q" / "tickets.jsonl"
     woken = []
@@ -266,7 +276,7 @@ async def test_a_win_is_queued_durably_and_the_rand_retires_when_revealed(
 
 
 async def test_unredeemed_winners_count_against_the_sender(clock: Clock) -> None:
-    funds = FakeFunds({SENDER.address: SenderFunds(2 * TOKEN, 0, 0)})
+    funds = FakeFundsSource({SENDER.address: SenderFunds(2 * TOKEN, 0, 0)})
     desk = make_desk(clock, funds, win_prob=ALWAYS, funds_ttl_s=1e9)
     assert (await desk.check(write_ticket(desk.params(), SENDER, 1).header_value())).winning
     assert (await desk.check(write_ticket(desk.params(), SENDER, 2).header_value())).winning
@@ -289,7 +299,7 @@ _fuzz = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 @_fuzz
 @given(header=st.text(max_size=3000))
 def test_any_header_text_is_a_402(header: str) -> None:
-    desk = make_desk(Clock(), FakeFunds())
+    desk = make_desk(Clock(), FakeFundsSource())
     err = asyncio.run(refused(desk, header))
     assert err.status == 402 and err.type == "payment_error"
 
@@ -305,7 +315,7 @@ _FIELDS = ("recipient", "sender", "face_value", "win_prob", "sender_nonce")
 @_fuzz
 @given(data=st.data())
 def test_any_ticket_shaped_json_is_a_402(data: st.DataObject) -> None:
-    desk = make_desk(Clock(), FakeFunds())
+    desk = make_desk(Clock(), FakeFundsSource())
     ticket = {
         "recipient": NODE.address,
         "sender": SENDER.address,
@@ -414,7 +424,7 @@ def test_reconcile_redeems_again_what_the_chain_lost_exactly_once(
     for w in (a, b):
         q.reserve(w)
         q.save(w)
-    chain = FakeChain({})
+    chain = FakeRedeemTarget({})
     clock = Clock()
     stats = PaymentStats()
     r = Redeemer(q, chain, stats, interval_s=1.0, reconcile_interval_s=60.0, clock=clock)
@@ -453,7 +463,7 @@ def test_redeemer_outcomes(tmp_path: Path, rand_params, caplog) -> None:  # type
     for w in winners:
         q.reserve(w)
         q.save(w)
-    chain = FakeChain(
+    chain = FakeRedeemTarget(
         {
             2: [TicketReplayed("ticket already redeemed")],
             3: [TicketExpired("ticket expired")],
@@ -500,7 +510,7 @@ def test_redeemer_thread_resumes_pending_and_stops(tmp_path: Path, rand_params) 
         w = winner(n, params, rand)
         q.reserve(w)
         q.save(w)
-    chain = FakeChain({})
+    chain = FakeRedeemTarget({})
     r = Redeemer(TicketQueue(path), chain, interval_s=0.05)  # a restart: read from the file
     r.start()
     try:
@@ -518,7 +528,7 @@ def test_redeemer_thread_resumes_pending_and_stops(tmp_path: Path, rand_params) 
 async def test_node_payments_health_and_wakeup(tmp_path: Path, clock: Clock, funds) -> None:  # type: ignore[no-untyped-def]
     queue = TicketQueue(tmp_path / "t.jsonl")
     desk = make_desk(clock, funds, queue, win_prob=ALWAYS)
-    chain = FakeChain({})
+    chain = FakeRedeemTarget({})
     payments = NodePayments(desk, Redeemer(queue, chain, desk.stats, interval_s=60))
     assert await payments.check(write_ticket(desk.params(), SENDER, 1).header_value())
     health = payments.health()

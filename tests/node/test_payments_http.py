@@ -11,10 +11,10 @@ import time
 
 import httpx
 import pytest
-from paykit import TOKEN, FakeChain, FakeFunds, account
-from paykit import write_ticket as _write
 
-from tests.conftest import ServerThread
+from support.net import ServerThread
+from support.payments import TOKEN, FakeFundsSource, FakeRedeemTarget, account
+from support.payments import write_ticket as _write
 from veil.chain.payment import (
     TICKET_HEADER,
     TICKET_PARAMS_HEADER,
@@ -49,7 +49,7 @@ def node(engine, tmp_path_factory):  # type: ignore[no-untyped-def]
     identity = NodeIdentity.generate()
     keys = NodeKeys.generate()
     queue = TicketQueue(tmp_path_factory.mktemp("pay") / "tickets.jsonl")
-    funds = FakeFunds({SENDER.address: SenderFunds(100 * TOKEN, 0, 0)})
+    funds = FakeFundsSource({SENDER.address: SenderFunds(100 * TOKEN, 0, 0)})
     desk = TicketDesk(
         identity.address,
         _domain(),
@@ -58,7 +58,7 @@ def node(engine, tmp_path_factory):  # type: ignore[no-untyped-def]
         face_value=TOKEN,
         win_prob=win_prob_for(0.5),
     )
-    chain = FakeChain({})
+    chain = FakeRedeemTarget({})
     payments = NodePayments(desk, Redeemer(queue, chain, desk.stats, interval_s=0.05))
     app = create_app(
         engine,
@@ -73,7 +73,7 @@ def node(engine, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 def _domain():  # type: ignore[no-untyped-def]
-    from paykit import DOMAIN
+    from support.payments import DOMAIN
 
     return DOMAIN
 
@@ -132,7 +132,7 @@ def _expiry() -> int:
 
 
 def write_ticket(params, sender, nonce, **kw):  # type: ignore[no-untyped-def]
-    kw.setdefault("expiry", _expiry())  # real time here, not paykit's fixed clock
+    kw.setdefault("expiry", _expiry())  # real time here, not support.payments' fixed clock
     return _write(params, sender, nonce, **kw)
 
 

@@ -1,6 +1,6 @@
 """End to end: client -> relay -> node gateway -> inner app, as separate processes on loopback.
 
-Recording taps sit on both sides of the relay and keep every byte it receives and sends; the
+RecordingApp taps sit on both sides of the relay and keep every byte it receives and sends; the
 relay's and gateway's logs are kept too. The prompt and the answer must appear in none of what
 the relay handles, and the inner app must see no client address and no client header.
 """
@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 
-from netsupport import Tap, free_port, wait_ready
-from ohttp_support import ANSWER, ANSWER_TOKENS, SECRET_PROMPT
+from support.net import Tap, free_port, wait_ready
+from support.ohttp import ANSWER, ANSWER_TOKENS, SECRET_PROMPT
 from veil.client import OhttpTransport, relay_keys_url
 from veil.node.keys import NodeKeys
 
@@ -44,7 +44,7 @@ def test_chat_streams_through_relay_without_exposing_content(tmp_path: Path) -> 
         subprocess.Popen(
             [
                 sys.executable,
-                str(REPO / "tests" / "ohttp_support.py"),
+                str(REPO / "tests" / "support" / "ohttp.py"),
                 "gateway",
                 str(tmp_path / "keys.json"),
                 str(gw_port),

@@ -21,7 +21,7 @@ import httpcore
 import httpx
 import pytest
 
-from netsupport import free_port
+from support.net import free_port
 from veil.client import AsyncOhttpTransport, RelayRefused, relay_keys_url
 from veil.relay.app import RelayConfig, create_relay_app
 from veil.relay.directory import ChainNodeDirectory, Node, StaticNodeDirectory

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ohttp_support import ANSWER, SECRET_PROMPT, make_inner_app
+from support.ohttp import ANSWER, SECRET_PROMPT, make_inner_app
 from veil.client import AsyncOhttpTransport, RelayRefused, relay_keys_url
 from veil.node.gateway import create_gateway_app
 from veil.node.keys import NodeKeys

@@ -19,7 +19,7 @@ from veil.identity import (
 from veil.node.keys import NodeKeys
 
 # Copied from the shared test data; tests/data/README.md names the source.
-TESTDATA = Path(__file__).resolve().parent / "data" / "attestation"
+TESTDATA = Path(__file__).resolve().parents[1] / "data" / "attestation"
 
 TDX_NOW = 1751624163  # README: tdx_quote is UpToDate at this time
 TDX_LATE = 1795314654  # README: CrlExpired
@@ -85,7 +85,7 @@ def mutate_body(signed: SignedDescriptor, **changes: object) -> bytes:
     return json.dumps(obj).encode()
 
 
-class FakeHardwareVerifier:
+class FakeEvidenceVerifier:
     """Test stand-in for a hardware verifier we cannot feed genuine evidence for.
 
     Its evidence is `{"report_data": hex, "measurement": hex}`; it says hardware vouches.

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import httpx
 
-__all__ = ["Tap", "free_port", "until", "wait_ready"]
+__all__ = ["ServerThread", "Tap", "free_port", "until", "wait_idle", "wait_ready"]
 
 
 def free_port() -> int:
@@ -92,3 +92,38 @@ def until(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> b
             return True
         time.sleep(interval)
     return False
+
+
+def wait_idle(engine, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Until the engine has no sequence in flight (AssertionError after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while not engine.idle:
+        if time.monotonic() > deadline:
+            raise AssertionError("engine still busy")
+        time.sleep(0.01)
+
+
+class ServerThread:
+    """A real uvicorn server on a free loopback port, in a thread of the test process."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -22,7 +22,7 @@ def account(seed: int):  # type: ignore[no-untyped-def]
 
 
 @dataclass
-class FakeFunds:
+class FakeFundsSource:
     """`sender_funds` from a dict; `down` makes it raise like an unreachable chain."""
 
     funds: dict[str, SenderFunds] = field(default_factory=dict)
@@ -54,7 +54,7 @@ def write_ticket(
     return PaymentTicket.sign(ticket, domain or params.domain, sender.key)
 
 
-class FakeChain:
+class FakeRedeemTarget:
     """Redeems from a script of outcomes per nonce; counts withdrawals; `used` holds the
     ticket ids (`DOMAIN`) it redeemed, as the broker's `usedTickets` would."""
 

@@ -48,7 +48,7 @@ DOMAIN = TicketDomain(31337, "0x" + "42" * 20)
 
 
 @dataclass
-class FakeChain:
+class FakeChainReader:
     """The registry, release log and broker reads the gateway makes, in memory."""
 
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
@@ -98,7 +98,7 @@ class FakeChain:
         return SenderFunds(deposit=self.deposits.get(sender or "", 0), reserve=0, withdraw_at=0)
 
 
-class PayNode:
+class FakeNodeApi:
     """A node that takes tickets; `knob` picks a failure: `503`, `stale` (its params moved on),
     `insufficient`, `midstream`, `zero_ticket` (receipt names no ticket), `no_params`,
     `dear` (it asks 500 VEIL per request)."""
@@ -228,7 +228,7 @@ class PayNode:
         return app
 
 
-class Recording:
+class RecordingApp:
     """ASGI wrapper that records (method, path) of every HTTP request (the relay's view)."""
 
     def __init__(self, app: Any) -> None:
@@ -241,5 +241,5 @@ class Recording:
         await self.app(scope, receive, send)
 
 
-def approve(chain: FakeChain, weights: bytes = WEIGHTS) -> None:
+def approve(chain: FakeChainReader, weights: bytes = WEIGHTS) -> None:
     chain.releases.add((weights, software_claim()))

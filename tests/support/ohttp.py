@@ -1,7 +1,7 @@
 """Shared test pieces for the OHTTP stack: a small inner OpenAI-like app that streams SSE.
 
-Importable from test dirs through their conftest (which puts `tests/` on sys.path), and
-runnable as a script by the end-to-end test (`python tests/ohttp_support.py gateway ...`).
+Importable as `support.ohttp` (pytest puts `tests/` on sys.path), and
+runnable as a script by the end-to-end test (`python tests/support/ohttp.py gateway ...`).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ if __name__ == "__main__":
         _serve_gateway(*sys.argv[2:5])
 
 
-class GatewayStandIn:
+class FakeRelay:
     """Plays the relay for client tests: routes relay URLs to a gateway app in-process.
 
     Records every request the client sends (url, headers, body) and can tamper with answers.
