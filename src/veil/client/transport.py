@@ -12,7 +12,8 @@ chunk by chunk, so a streamed completion yields tokens as they arrive. Fail-clos
 
 * nothing but sealed bytes (and key-list GETs, which carry no request data) leaves the client;
 * a chunk that fails authentication, or a stream cut before its final chunk, raises
-  `ResponseRefused` / `TruncatedResponse`; a plain (non-chunked) answer is checked whole
+  `ResponseRefused` / `TruncatedResponse` (`RelayBroke` when the relay connection itself
+  broke, which tells a relay failure from the node's); a plain (non-chunked) answer is checked whole
   before any of it is returned;
 * an unknown-key answer (RFC 9458 `ohttp-key` problem) makes the transport refetch the key
   list and retry once, sealing afresh; a second refusal raises `GatewayRefused`.
@@ -36,6 +37,7 @@ import httpx
 from veil.client.errors import (
     GatewayRefused,
     KeyConfigError,
+    RelayBroke,
     RelayRefused,
     RequestNotSendable,
     ResponseRefused,
@@ -348,7 +350,7 @@ class OhttpTransport(httpx.BaseTransport):
             head, content = decoder.split(decoder.close())
         except httpx.HTTPError:
             outer.close()
-            raise TruncatedResponse("connection broke before the answer's head") from None
+            raise RelayBroke("the relay connection broke before the answer's head") from None
         except BaseException:
             outer.close()
             raise
@@ -369,7 +371,7 @@ def _read_capped(pieces: Iterator[bytes], cap: int) -> bytes:
             if len(data) > cap:
                 raise ResponseRefused("answer too large")
     except httpx.HTTPError:
-        raise TruncatedResponse("connection broke during the answer") from None
+        raise RelayBroke("the relay connection broke during the answer") from None
     return bytes(data)
 
 
@@ -392,7 +394,7 @@ class _SyncStream(httpx.SyncByteStream):
             for piece in self._raw:
                 yield from self._decoder.split(self._decoder.feed(piece))[1]
         except httpx.HTTPError:
-            raise TruncatedResponse("connection broke during the answer") from None
+            raise RelayBroke("the relay connection broke during the answer") from None
         yield from self._decoder.split(self._decoder.close())[1]
 
     def close(self) -> None:
@@ -468,7 +470,7 @@ class AsyncOhttpTransport(httpx.AsyncBaseTransport):
                     if len(data) > _MAX_PLAIN_RESPONSE:
                         raise ResponseRefused("answer too large")
             except httpx.HTTPError:
-                raise TruncatedResponse("connection broke during the answer") from None
+                raise RelayBroke("the relay connection broke during the answer") from None
             finally:
                 await outer.aclose()
             whole = _open_whole(opener, bytes(data))
@@ -485,7 +487,7 @@ class AsyncOhttpTransport(httpx.AsyncBaseTransport):
             head, content = decoder.split(decoder.close())
         except httpx.HTTPError:
             await outer.aclose()
-            raise TruncatedResponse("connection broke before the answer's head") from None
+            raise RelayBroke("the relay connection broke before the answer's head") from None
         except BaseException:
             await outer.aclose()
             raise
@@ -517,7 +519,7 @@ class _AsyncStream(httpx.AsyncByteStream):
                 for data in self._decoder.split(self._decoder.feed(piece))[1]:
                     yield data
         except httpx.HTTPError:
-            raise TruncatedResponse("connection broke during the answer") from None
+            raise RelayBroke("the relay connection broke during the answer") from None
         for data in self._decoder.split(self._decoder.close())[1]:
             yield data
 
