@@ -44,6 +44,7 @@ from veil.client.errors import (
     TruncatedResponse,
 )
 from veil.wire import bhttp
+from veil.wire.boundedjson import check_depth
 from veil.wire.errors import (
     OHTTP_KEY_PROBLEM,
     PROBLEM_PREFIX,
@@ -85,6 +86,7 @@ DEFAULT_FORWARDED_HEADERS = frozenset({"content-type", "accept"})
 _FORWARDED_PREFIX = "x-veil-"
 _MAX_KEYS_BYTES = 64 * 1024
 _MAX_PLAIN_RESPONSE = 16 * 1024 * 1024
+_MAX_PROBLEM_BYTES = 64 * 1024  # a problem body is a few hundred bytes
 
 
 def relay_url_for(relay_url: str, node_id: str) -> str:
@@ -178,8 +180,12 @@ def _keys_request(plan: _Plan) -> httpx.Request:
 
 
 def _refusal(status: int, body: bytes) -> tuple[Exception, bool]:
-    """(error to raise, whether a key refetch may help) for a non-success outer answer."""
-    problem_type, detail = parse_problem(body)
+    """(error to raise, whether a key refetch may help) for a non-success outer answer. A
+    body too large or too deep to be a problem is read as none (never given to the recursive
+    decoder: the relay, or what answers in its place, is not trusted with the client's stack)."""
+    problem_type, detail = "", ""
+    if len(body) <= _MAX_PROBLEM_BYTES and check_depth(body):
+        problem_type, detail = parse_problem(body)
     detail = detail or f"HTTP {status}"
     if problem_type.startswith(RELAY_PROBLEM_PREFIX) or not problem_type:
         return RelayRefused(
