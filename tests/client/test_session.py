@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.testclient import TestClient
 
+from support.gateway import deep_json
 from veil.attest.policy import Policy
 from veil.client import NodeRejected, ReceiptRefused
 from veil.client.errors import DescriptorUnavailable
@@ -95,6 +97,12 @@ class FakeNode:
             body = await request.json()
             usage = {"prompt_tokens": 7, "completion_tokens": len(TOKENS), "total_tokens": 12}
             receipt = node._receipt(digest, ANSWER)
+            if node.tamper in ("deep_array", "deep_object"):
+                bomb = deep_json(node.tamper)
+                if not body.get("stream"):
+                    return Response(bomb, media_type="application/json")
+                sse = [b"data: " + bomb + b"\n\n", b"data: [DONE]\n\n"]
+                return StreamingResponse(iter(sse), media_type="text/event-stream")
             if not body.get("stream"):
                 out: dict[str, Any] = {
                     "id": "c1",
@@ -503,3 +511,28 @@ def test_checker_keeps_only_the_latest_receipts(node: FakeNode) -> None:
         ask(client, False)
     assert len(session.receipts) == 2
     assert session.receipts[-1].receipt.request_digest == node.seen_digests[-1]
+
+
+@pytest.mark.parametrize("bomb", ["deep_array", "deep_object"])
+def test_a_deeply_nested_answer_is_malformed_not_a_crash(node: FakeNode, bomb: str) -> None:
+    """A node answering 100,000 levels of nesting, with the recursion limit the Ethereum
+    libraries set: the C decoder would overflow the stack (a segfault); the checker refuses
+    the answer as `malformed` before decoding it, and the session goes on."""
+    session = session_for(node)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        node.tamper = bomb
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        url = "http://node.veil.invalid/v1/chat/completions"
+        with httpx.Client(transport=session.transport()) as http:
+            for stream in (False, True):
+                with pytest.raises(ReceiptRefused) as info:
+                    http.post(url, json={**body, "stream": stream}).read()
+                assert info.value.check == "malformed"
+                assert "nests deeper than" in str(info.value)
+    finally:
+        sys.setrecursionlimit(limit)
+    node.tamper = None
+    assert ask(session.openai(), True) == ANSWER
+    assert len(session.receipts) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import httpx
 import openai
@@ -225,6 +226,27 @@ def test_relay_refusal_is_typed(keys: NodeKeys) -> None:
     with httpx.Client(transport=transport) as http, pytest.raises(RelayRefused) as info:
         http.get(BASE + "/models")
     assert info.value.status == 429
+
+
+def test_a_deeply_nested_refusal_is_a_typed_error_not_a_crash(keys: NodeKeys) -> None:
+    """An error body 100,000 levels deep from whatever answers for the relay is never given
+    to the recursive decoder (the recursion limit here is the Ethereum libraries' 100,000)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bomb = b'{"type":' * 50_000 + b"1" + b"}" * 50_000 + b"[" * 50_000 + b"]" * 50_000
+        return httpx.Response(502, content=bomb, headers={"content-type": "application/json"})
+
+    transport = OhttpTransport(
+        RELAY, "node-a", key_configs=[keys.current.config], outer=httpx.MockTransport(handler)
+    )
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with httpx.Client(transport=transport) as http, pytest.raises(RelayRefused) as info:
+            http.get(BASE + "/models")
+    finally:
+        sys.setrecursionlimit(limit)
+    assert info.value.status == 502 and info.value.problem_type == ""
 
 
 def test_wrong_media_type_answer_refused(keys: NodeKeys) -> None:

@@ -2,13 +2,19 @@
 
 The fake node is the real OHTTP gateway and descriptor issuer in front of a small inner app
 that checks the payment ticket it is sent, signs receipts naming it (as a paying node will)
-and serves its ticket params; knobs make it fail or cheat.
+and serves its ticket params; knobs make it fail or cheat. `SlowNode` is an endpoint a staker
+registers that never answers: a tarpit (accepts TCP, stays silent) or a trickle (an HTTP
+head, then a byte a second, never done).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
+import socket
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -101,7 +107,9 @@ class FakeChainReader:
 class FakeNodeApi:
     """A node that takes tickets; `knob` picks a failure: `503`, `stale` (its params moved on),
     `insufficient`, `midstream`, `zero_ticket` (receipt names no ticket), `no_params`,
-    `dear` (it asks 500 VEIL per request)."""
+    `dear` (it asks 500 VEIL per request), `slow` (a tenth of a second between events),
+    `deep_array` / `deep_object` (its answer nests 100,000 deep: a stack bomb for a decoder
+    that recurses)."""
 
     def __init__(self, model: str = MODEL, weights: bytes = WEIGHTS) -> None:
         self.identity = NodeIdentity.generate()
@@ -172,6 +180,12 @@ class FakeNodeApi:
                 node.identity, digest, ANSWER, node.weights, 9, len(TOKENS), ticket_id
             ).to_json()
             headers = {TICKET_PARAMS_HEADER: node.params().header_value()}
+            if node.knob in ("deep_array", "deep_object"):
+                bomb = deep_json(node.knob)
+                if not body.get("stream"):
+                    return Response(bomb, media_type="application/json", headers=headers)
+                sse = [b"data: " + bomb + b"\n\n", b"data: [DONE]\n\n"]
+                return StreamingResponse(iter(sse), media_type="text/event-stream")
             if not body.get("stream"):
                 return JSONResponse(
                     {
@@ -208,6 +222,8 @@ class FakeNodeApi:
                 for i, token in enumerate(TOKENS):
                     if node.knob == "midstream" and i == 2:
                         raise RuntimeError("the node fell over")
+                    if node.knob == "slow":
+                        await asyncio.sleep(0.1)
                     yield chunk({"content": token})
                 yield chunk({}, "stop", usage=usage, veil_receipt=receipt)
                 yield "data: [DONE]\n\n"
@@ -243,3 +259,58 @@ class RecordingApp:
 
 def approve(chain: FakeChainReader, weights: bytes = WEIGHTS) -> None:
     chain.releases.add((weights, software_claim()))
+
+
+def deep_json(kind: str, depth: int = 100_000) -> bytes:
+    """A JSON document nested `depth` deep (arrays, or objects) inside a chat completion's
+    shape, built as bytes (building it as Python objects would recurse too)."""
+    if kind == "deep_array":
+        inner = b"[" * depth + b"]" * depth
+    else:
+        inner = b'{"a":' * depth + b"1" + b"}" * depth
+    return b'{"choices":[{"index":0,"delta":{},"message":' + inner + b'}],"veil_receipt":{}}'
+
+
+class SlowNode:
+    """A loopback endpoint that never answers: `tarpit` accepts TCP and stays silent;
+    `trickle` reads the request, sends a 200 head (descriptor media type, a megabyte long)
+    and then one byte a second, never finishing."""
+
+    def __init__(self, kind: str) -> None:
+        assert kind in ("tarpit", "trickle")
+        self.kind = kind
+        self.accepted = 0
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._conns.append(conn)
+            if self.kind == "trickle":
+                threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        head = (
+            f"HTTP/1.1 200 OK\r\ncontent-type: {MEDIA_DESCRIPTOR}\r\n"
+            "content-length: 1000000\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(head.encode())
+            while not self._stop.wait(1.0):
+                conn.sendall(b" ")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.close()

@@ -10,25 +10,37 @@
   against the registry: the descriptor's address is the operator's, and the served model's
   weights hash is the one registered on chain.
 
-`eligible(mode, model_id)` returns the usable candidates and, for every other node, why it was
-refused. Which candidate gets a request, and node health (requests in flight, time to first
-byte, down after a failure), belong to the gateway's `Router` (`veil.client.gateway.routing`);
-discovery only asks it, through `down_for`, which nodes to skip without checking them.
-Refusals are cached for `refusal_ttl_s`, so a `tee` request in a network of `dev` nodes does
-not fetch every descriptor again each time. A cached session is verified again (in a worker
-thread, not on the event loop) every `reverify_s`, so rotated OHTTP keys are usually known
-before a request meets them. Nothing here sends a request to a node: only the
-public descriptor fetches go through the relay.
+A node is **checked in the background**, never on a caller's thread: one descriptor fetch (with
+short connect and read deadlines and an overall one, `DiscoveryConfig`) verified under every
+mode at once, in a worker pool. `start(mode, model_id)` sorts the nodes without waiting: a
+cached session is a candidate now, a cached refusal a refusal, anything else starts (or joins)
+its node's check and is *pending*. The caller waits for pending checks as long as it chooses
+(`eligible` here, `veil.client.gateway.common.select` on the event loop), and `settle` counts
+a check not done by then as unavailable for this round; it goes on, and its result is cached
+for the next. So one node that accepts TCP and never answers delays nobody: a request with a
+verified node at hand waits for no check at all, and the listings wait a fraction of a second.
+
+A node whose fetch failed is not checked again for `retry_s`, doubled with each failure in a
+row up to `retry_max_s`, and reset by a success. Policy refusals are cached for
+`refusal_ttl_s`, so a `tee` request in a network of `dev` nodes does not fetch every
+descriptor again each time. A cached session is verified again every `reverify_s`, in the
+background while it stays in use, so rotated OHTTP keys are usually known before a request
+meets them.
+
+Which candidate gets a request, and node health (requests in flight, time to first byte, down
+after a failure), belong to the gateway's `Router` (`veil.client.gateway.routing`); discovery
+only asks it, through `down_for`, which nodes to skip without checking them. Nothing here
+sends a request to a node: only the public descriptor fetches go through the relay.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,9 +49,9 @@ import httpx
 from veil.attest.errors import NodeRejected
 from veil.attest.policy import Policy, PrivacyMode
 from veil.attest.report import StepStatus
-from veil.client.errors import ClientError, DescriptorUnavailable
+from veil.client.errors import DescriptorUnavailable
 from veil.client.receipts import ReceiptStore
-from veil.client.session import VeilSession, connect
+from veil.client.session import VeilSession, fetch_descriptor, open_session
 from veil.errors import VeilError
 from veil.wire.endpoint import is_canonical_endpoint
 
@@ -81,10 +93,35 @@ class DiscoveryConfig:
     max_stale_s: float = 60.0  # a failed re-read keeps the old view this long at most
     refusal_ttl_s: float = 10.0  # a node refused under a mode is not checked again for this
     reverify_s: float = 300.0  # a cached session's descriptor is fetched and verified again
-    down_s: float = 30.0  # the gateway's Router skips a node that failed this long
+    down_s: float = 30.0  # the gateway's Router skips a node that failed a request this long,
+    down_max_s: float = 600.0  # ...doubled for each failure in a row, up to this
     ewma_alpha: float = 0.3  # the Router's weight of the newest time-to-first-byte sample
     max_kept_receipts: int = 64  # verified receipts kept in memory per session
-    verify_workers: int = 4  # descriptor fetches run in parallel
+    verify_workers: int = 8  # node checks (descriptor fetches) in flight at once
+    # Descriptor and ticket-params fetches through the relay: short, separate deadlines, since
+    # these documents are small and a node that accepts TCP and never answers must cost a
+    # background check seconds, not anyone's wait. (A chat request keeps the transport's
+    # own, longer read deadline: generation takes long.)
+    connect_timeout_s: float = 2.0  # to open a connection to the relay
+    read_timeout_s: float = 5.0  # longest silence while an answer is awaited or read
+    write_timeout_s: float = 5.0  # to send the request
+    pool_timeout_s: float = 2.0  # to get a connection from the client's pool
+    fetch_deadline_s: float = 10.0  # one descriptor fetch at most (its bytes may trickle)
+    # How long callers wait for checks in flight; a node not checked by then is unavailable
+    # for this round (its check goes on, and counts for the next):
+    check_deadline_s: float = 3.0  # a chat request with no verified node at hand
+    listing_deadline_s: float = 0.5  # /v1/models and /veil/status, all modes together
+    retry_s: float = 2.0  # a node whose fetch failed is checked again after this,
+    retry_max_s: float = 300.0  # ...doubled for each failure in a row, up to this
+
+    def fetch_timeout(self) -> httpx.Timeout:
+        """The deadlines of descriptor and ticket-params fetches."""
+        return httpx.Timeout(
+            connect=self.connect_timeout_s,
+            read=self.read_timeout_s,
+            write=self.write_timeout_s,
+            pool=self.pool_timeout_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,6 +147,7 @@ class Refusal:
     kind: str  # POLICY or UNAVAILABLE
     reason: str  # one line, for the user
     until: float = 0.0  # monotonic time the refusal is kept until
+    was_eligible: bool = False  # UNAVAILABLE, but it passed the mode's policy when last checked
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "reason": self.reason}
@@ -130,20 +168,61 @@ class Candidate:
 
 @dataclass
 class Selection:
+    """The nodes of one (mode, model) request: candidates, refusals, and checks in flight
+    (`pending`, until `Discovery.settle` makes each a candidate or a refusal)."""
+
     candidates: list[Candidate]
     refusals: dict[str, Refusal]  # operator -> why it is not a candidate
+    mode: PrivacyMode = PrivacyMode.ANONYMOUS
+    model_id: str | None = None
+    pending: dict[str, Future[None]] = field(default_factory=dict)  # operator -> its check
+    nodes: dict[str, tuple[int, NodeInfo]] = field(default_factory=dict)  # view order, record
+    started: dict[str, float] = field(default_factory=dict)  # pending: its check's start
+    unsettled: set[str] = field(default_factory=set)  # unavailable: checks still running
 
     def reasons(self) -> str:
         return "; ".join(f"{op}: {r.reason}" for op, r in self.refusals.items()) or "none"
 
+    def wait_left(self, began: float, wait_s: float, enough: int | None) -> float:
+        """Seconds still worth waiting for the checks in flight (0: none), for a caller that
+        began at `began` (`time.monotonic()`) and waits `wait_s` at most: while fewer than
+        `enough` candidates are at hand (None: until all checks end), and no longer than
+        `wait_s` after the newest of those checks began, so a check that has already run
+        that long is not waited for again by every later caller."""
+        if not self.pending or (enough is not None and len(self.candidates) >= enough):
+            return 0.0
+        newest = max(self.started[op] for op in self.pending)
+        return max(0.0, min(began, newest) + wait_s - time.monotonic())
+
+    def refused_by_policy(self) -> bool:
+        """Whether this is a policy refusal (403) rather than an outage (503).
+
+        True when there is no candidate, some node is refused by the policy or the registry,
+        and no node that is unavailable now passed the policy when last checked. A node whose
+        descriptor was never seen counts neither way (what it would present is unknown), so an
+        unreachable newcomer cannot turn a refusal into a 503; a node that is unreachable but
+        was refused by this policy when last seen counts as refused (`Discovery` reports it as
+        a policy refusal). Nothing known of any node is a 503."""
+        if self.candidates or self.pending:
+            return False
+        refusals = self.refusals.values()
+        return any(r.kind == POLICY for r in refusals) and not any(r.was_eligible for r in refusals)
+
 
 @dataclass
-class _Verified:
-    """What discovery holds of one node: its sessions and refusals per mode."""
+class _Node:
+    """What discovery holds of one node: its sessions and refusals per mode, its check."""
 
     sessions: dict[PrivacyMode, VeilSession] = field(default_factory=dict)
-    verified_at: dict[PrivacyMode, float] = field(default_factory=dict)  # monotonic
-    refusals: dict[PrivacyMode, Refusal] = field(default_factory=dict)
+    refusals: dict[PrivacyMode, Refusal] = field(default_factory=dict)  # kept until `until`
+    passed: set[PrivacyMode] = field(default_factory=set)  # when last checked
+    policy_refused: dict[PrivacyMode, str] = field(default_factory=dict)  # when last checked
+    checked_at: float | None = None  # monotonic time of the last complete check
+    check: Future[None] | None = None  # the check in flight
+    check_started: float = 0.0  # time.monotonic() when it began
+    failures: int = 0  # fetches failed in a row
+    retry_at: float = 0.0  # monotonic: no check before this (backoff after failures)
+    unreachable: str = ""  # why the last fetch failed
 
 
 def registry_reason(info: NodeInfo, min_stake: int) -> str | None:
@@ -186,17 +265,22 @@ class Discovery:
         self.store = store
         self.config = config or DiscoveryConfig()
         self._descriptor_outer = descriptor_outer
+        # One transport (connection pool) for every descriptor fetch: thread-safe, and a new
+        # one per fetch would cost each check a TLS context's CPU.
+        self._fetcher = descriptor_outer or httpx.HTTPTransport()
         self._clock = clock
         self._down_for = down_for
         self._releases = ChainReleases(chain)  # type: ignore[arg-type]
         self._view: ChainView | None = None
         self._chain_lock = threading.Lock()  # one chain read at a time
         self._lock = threading.Lock()  # the caches
-        self._nodes: dict[str, _Verified] = {}
+        self._nodes: dict[str, _Node] = {}
         self._pool = ThreadPoolExecutor(self.config.verify_workers, "veil-verify")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._descriptor_outer is None:
+            self._fetcher.close()
 
     # ------------------------------------------------------------------ chain view
 
@@ -235,18 +319,6 @@ class Discovery:
         log.debug("chain view: %d active node(s)", len(nodes))
         return view
 
-    # ------------------------------------------------------------------ verification
-
-    def policy(self, mode: PrivacyMode) -> Policy:
-        return Policy.for_mode(mode, releases=self._releases)
-
-    def _node(self, operator: str) -> _Verified:
-        with self._lock:
-            return self._node_locked(operator)
-
-    def _node_locked(self, operator: str) -> _Verified:
-        return self._nodes.setdefault(operator, _Verified())
-
     def fresh_view(self) -> ChainView | None:
         """The cached chain view when it is young enough to use as is; else None."""
         view = self._view
@@ -254,27 +326,107 @@ class Discovery:
             return view
         return None
 
-    def eligible_cached(self, mode: PrivacyMode | str, model_id: str | None) -> Selection | None:
-        """`eligible` from what is cached alone (no chain read, no descriptor fetch), so the
-        gateway can decide on the event loop; None when anything needs I/O first."""
-        if self.fresh_view() is None:
-            return None
-        try:
-            return self.eligible(mode, model_id, cached_only=True)
-        except _NotCached:
-            return None
+    # ------------------------------------------------------------------ selection
 
-    def _check(
+    def policy(self, mode: PrivacyMode) -> Policy:
+        return Policy.for_mode(mode, releases=self._releases)
+
+    def _node(self, operator: str) -> _Node:
+        with self._lock:
+            return self._nodes.setdefault(operator, _Node())
+
+    def start(
+        self, mode: PrivacyMode | str, model_id: str | None, view: ChainView | None = None
+    ) -> Selection:
+        """The nodes for `mode` (serving `model_id`, when given) as far as known now, without
+        waiting: checks that are due start in the background and are listed as `pending`.
+        Nodes `down_for` skips count as refused (`unavailable`). Reads the chain only when no
+        `view` is given and the cached one is stale."""
+        mode = PrivacyMode(mode)
+        view = view or self.view()
+        selection = Selection([], {}, mode, model_id)
+        for i, info in enumerate(view.nodes):
+            if model_id is not None and not serves(info, model_id):
+                continue
+            selection.nodes[info.operator] = (i, info)
+            reason = registry_reason(info, view.min_stake)
+            if reason is not None:
+                selection.refusals[info.operator] = Refusal(POLICY, reason)
+                continue
+            down = self._down_for(info.operator) if self._down_for is not None else 0.0
+            if down > 0:
+                why = f"failed recently; skipped for {down:.0f} s more"
+                selection.refusals[info.operator] = self._unavailable(info.operator, mode, why)
+                continue
+            outcome = self._classify(info, mode, model_id, start=True)
+            self._place(
+                selection, info, outcome or self._unavailable(info.operator, mode, "not checked")
+            )
+        return selection
+
+    def settle(self, selection: Selection, *, final: bool = False) -> Selection:
+        """Place the pending nodes whose check has ended; with `final`, the others too, as
+        unavailable for this round (their checks go on, for the next)."""
+        for op, check in list(selection.pending.items()):
+            running = not check.done()
+            if running and not final:
+                continue
+            del selection.pending[op]
+            selection.started.pop(op, None)
+            info = selection.nodes[op][1]
+            outcome = None
+            if not running:
+                outcome = self._classify(info, selection.mode, selection.model_id, start=False)
+            if isinstance(outcome, Future):  # another check of the node began meanwhile
+                running = True
+                if not final:
+                    self._place(selection, info, outcome)
+                    continue
+            if running:
+                why = "not checked yet: its descriptor fetch is still running"
+                outcome = self._unavailable(op, selection.mode, why)
+                selection.unsettled.add(op)
+            elif outcome is None:
+                outcome = self._unavailable(op, selection.mode, "not checked")
+            self._place(selection, info, outcome)
+        if final:
+            selection.candidates.sort(key=lambda c: selection.nodes[c.operator][0])
+        return selection
+
+    def eligible(
         self,
-        info: NodeInfo,
-        mode: PrivacyMode,
+        mode: PrivacyMode | str,
         model_id: str | None,
         *,
-        cached_only: bool = False,
-    ) -> Candidate:
-        """A verified candidate for `info` under `mode` (serving `model_id`), or raise
-        `_Refused`. Uses the cached session or refusal when there is one (with `cached_only`,
-        raises `_NotCached` where it would have to fetch)."""
+        wait_s: float | None = None,
+        enough: int | None = None,
+    ) -> Selection:
+        """`start`, then wait (blocking) for checks in flight, at most `wait_s` (default
+        `check_deadline_s`) and only until `enough` candidates are at hand (None: all)."""
+        selection = self.start(mode, model_id)
+        wait_s = self.config.check_deadline_s if wait_s is None else wait_s
+        began = time.monotonic()
+        while (left := selection.wait_left(began, wait_s, enough)) > 0:
+            wait(list(selection.pending.values()), timeout=left, return_when=FIRST_COMPLETED)
+            self.settle(selection)
+        return self.settle(selection, final=True)
+
+    def _place(
+        self, selection: Selection, info: NodeInfo, outcome: Candidate | Refusal | Future[None]
+    ) -> None:
+        if isinstance(outcome, Candidate):
+            selection.candidates.append(outcome)
+        elif isinstance(outcome, Refusal):
+            selection.refusals[info.operator] = outcome
+        else:
+            selection.pending[info.operator] = outcome
+            selection.started[info.operator] = self._node(info.operator).check_started
+
+    def _classify(
+        self, info: NodeInfo, mode: PrivacyMode, model_id: str | None, *, start: bool
+    ) -> Candidate | Refusal | Future[None] | None:
+        """The node under `mode` from what is cached: a candidate, a refusal, or its check in
+        flight (started here when due and `start`); None when nothing is known or running."""
         node = self._node(info.operator)
         now = self._clock()
         with self._lock:
@@ -283,192 +435,143 @@ class Discovery:
                 del node.refusals[mode]
                 refusal = None
             session = node.sessions.get(mode)
+            stale = node.checked_at is None or now - node.checked_at >= self.config.reverify_s
+            due = (session is None and refusal is None) or (session is not None and stale)
+            if due and start and node.check is None and now >= node.retry_at:
+                with contextlib.suppress(RuntimeError):  # the pool is shut down: closing
+                    node.check = self._pool.submit(self._check_node, info)
+                    node.check_started = time.monotonic()
+            check, retry_at, unreachable = node.check, node.retry_at, node.unreachable
+        if session is not None:  # in use while it is verified again in the background
+            refused = self._match_registry(session, info, model_id)
+            return refused or Candidate(info, session, mode)
         if refusal is not None:
-            raise _Refused(refusal)
-        due = session is not None and now - node.verified_at.get(mode, now) >= (
-            self.config.reverify_s
-        )
-        if cached_only and (session is None or due):
-            raise _NotCached
-        if session is None:
-            session = self._verify(info, mode)
-        elif due:
-            self._reverify(session, node, mode)
-        # The session stays cached either way: the registry is matched again on every call.
-        self._match_registry(session, info, model_id)
-        return Candidate(info, session, mode)
+            return refusal
+        if check is not None:
+            return check
+        if unreachable and now < retry_at:
+            why = f"unreachable ({unreachable}); next check in {retry_at - now:.0f} s"
+            return self._unavailable(info.operator, mode, why)
+        return None
 
-    def _verify(self, info: NodeInfo, mode: PrivacyMode) -> VeilSession:
+    def _unavailable(self, operator: str, mode: PrivacyMode, why: str) -> Refusal:
+        """The refusal of a node that cannot be used now: a policy refusal when it failed
+        this mode's policy when last checked (being unreachable does not change that)."""
+        node = self._node(operator)
+        with self._lock:
+            refused = node.policy_refused.get(mode)
+            passed = mode in node.passed
+        if refused is not None:
+            return Refusal(POLICY, f"{refused} (when last checked; now {why})")
+        return Refusal(UNAVAILABLE, why, was_eligible=passed)
+
+    # ------------------------------------------------------------------ checks (workers)
+
+    def _check_node(self, info: NodeInfo) -> None:
+        """Fetch the node's descriptor once and verify it under every mode (a worker thread)."""
         node = self._node(info.operator)
         try:
-            session = connect(
+            try:
+                data = fetch_descriptor(
+                    self.relay_url,
+                    info.operator,
+                    transport=self._fetcher,
+                    timeout=self.config.fetch_timeout(),
+                    deadline_s=self.config.fetch_deadline_s,
+                )
+            except DescriptorUnavailable as err:
+                self._unreachable(node, info.operator, str(err))
+                return
+            outcomes = {mode: self._verify(info, node, mode, data) for mode in PrivacyMode}
+            with self._lock:
+                for mode, outcome in outcomes.items():
+                    if isinstance(outcome, Refusal):
+                        node.refusals[mode] = outcome
+                        node.sessions.pop(mode, None)
+                        if outcome.kind == POLICY:
+                            node.passed.discard(mode)
+                            node.policy_refused[mode] = outcome.reason
+                    else:
+                        node.sessions[mode] = outcome
+                        node.refusals.pop(mode, None)
+                        node.passed.add(mode)
+                        node.policy_refused.pop(mode, None)
+                node.checked_at = self._clock()
+                node.failures, node.retry_at, node.unreachable = 0, 0.0, ""
+        except Exception:  # never lose a check silently: the node stays unchecked, and says so
+            log.exception("checking node %s failed", info.operator)
+            self._unreachable(node, info.operator, "its check failed")
+        finally:
+            with self._lock:
+                node.check = None
+
+    def _verify(
+        self, info: NodeInfo, node: _Node, mode: PrivacyMode, data: bytes
+    ) -> VeilSession | Refusal:
+        """The node's session under `mode` from its descriptor `data` (a cached session is
+        verified again in place, and must keep its address), or why not."""
+        until = self._clock() + self.config.refusal_ttl_s
+        session = node.sessions.get(mode)
+        try:
+            if session is not None:
+                session.reverify(data)
+                return session
+            session = open_session(
                 self.relay_url,
                 info.operator,
+                data,
                 policy=self.policy(mode),
                 store=self.store,
                 outer=self._descriptor_outer,
+                fetch_timeout=self.config.fetch_timeout(),
             )
         except NodeRejected as err:
-            raise self._refuse(node, mode, POLICY, f"refused at {err.check}: {err}") from None
-        except DescriptorUnavailable as err:
-            raise self._refuse(node, mode, UNAVAILABLE, str(err)) from None
+            return Refusal(POLICY, f"refused at {err.check}: {err}", until)
         except VeilError as err:  # a chain error while checking releases, a key list...
             reason = f"could not be checked: {type(err).__name__}: {err}"
-            raise self._refuse(node, mode, UNAVAILABLE, reason) from None
+            return Refusal(UNAVAILABLE, reason, until, was_eligible=mode in node.passed)
         session.checker.max_kept = self.config.max_kept_receipts
         log.info("node %s verified for %s (%s)", info.operator, mode, session.attestation_kind)
-        with self._lock:
-            node.sessions[mode] = session
-            node.verified_at[mode] = self._clock()
         return session
 
-    def _reverify(self, session: VeilSession, node: _Verified, mode: PrivacyMode) -> None:
-        try:
-            session.reverify()
-        except NodeRejected as err:
-            raise self._refuse(node, mode, POLICY, f"refused at {err.check}: {err}") from None
-        except VeilError as err:
-            reason = f"could not be verified again: {type(err).__name__}: {err}"
-            raise self._refuse(node, mode, UNAVAILABLE, reason) from None
+    def _unreachable(self, node: _Node, operator: str, why: str) -> None:
+        """The node's fetch failed: its sessions go, and it waits out a growing backoff."""
         with self._lock:
-            node.verified_at[mode] = self._clock()
+            node.failures += 1
+            backoff = self.config.retry_s * 2 ** min(node.failures - 1, 32)
+            backoff = min(self.config.retry_max_s, backoff)
+            node.retry_at = self._clock() + backoff
+            node.unreachable = why
+            node.sessions.clear()
+        log.info("node %s not checked (%s); next check in %.0f s", operator, why, backoff)
 
-    def _refuse(self, node: _Verified, mode: PrivacyMode, kind: str, reason: str) -> _Refused:
-        refusal = Refusal(kind, reason, self._clock() + self.config.refusal_ttl_s)
-        with self._lock:
-            node.refusals[mode] = refusal
-            node.sessions.pop(mode, None)
-        return _Refused(refusal)
-
-    def _match_registry(self, session: VeilSession, info: NodeInfo, model_id: str | None) -> None:
-        """The verified descriptor must be the registered operator's, serving what it
-        registered; and `model_id` must be approved in it."""
+    def _match_registry(
+        self, session: VeilSession, info: NodeInfo, model_id: str | None
+    ) -> Refusal | None:
+        """Why the verified descriptor does not match the registry (None: it does): it must
+        be the registered operator's, serving what it registered, and `model_id` must be
+        approved in it."""
         if session.address.lower() != info.operator.lower():
-            raise _Refused(
-                Refusal(POLICY, f"its descriptor names {session.address}, not the operator")
-            )
+            return Refusal(POLICY, f"its descriptor names {session.address}, not the operator")
         approved = {m.model_id: m.weights_hash for m in session.report.approved_models}
         for entry in info.models:
             if model_id is not None and entry.model_id != model_id:
                 continue
             if entry.model_id not in approved:
-                raise _Refused(
-                    Refusal(POLICY, f"{entry.model_id!r} is not an approved release on it")
-                )
+                return Refusal(POLICY, f"{entry.model_id!r} is not an approved release on it")
             if approved[entry.model_id] != entry.weights_hash:
-                raise _Refused(
-                    Refusal(
-                        POLICY,
-                        f"the weights hash it serves for {entry.model_id!r} differs from "
-                        "the registry's",
-                    )
+                return Refusal(
+                    POLICY,
+                    f"the weights hash it serves for {entry.model_id!r} differs from the "
+                    "registry's",
                 )
-
-    def eligible(
-        self, mode: PrivacyMode | str, model_id: str | None, *, cached_only: bool = False
-    ) -> Selection:
-        """The nodes usable for `mode` (serving `model_id`, when given) and why the others
-        are not. Nodes `down_for` skips count as refused (`unavailable`)."""
-        mode = PrivacyMode(mode)
-        view = self.fresh_view() if cached_only else self.view()
-        if view is None:
-            raise _NotCached
-        refusals: dict[str, Refusal] = {}
-        todo: list[NodeInfo] = []
-        for info in view.nodes:
-            if model_id is not None and not serves(info, model_id):
-                continue
-            reason = registry_reason(info, view.min_stake)
-            if reason is not None:
-                refusals[info.operator] = Refusal(POLICY, reason)
-                continue
-            down = self._down_for(info.operator) if self._down_for is not None else 0.0
-            if down > 0:
-                refusals[info.operator] = Refusal(
-                    UNAVAILABLE, f"failed recently; skipped for {down:.0f} s more"
-                )
-                continue
-            todo.append(info)
-        if cached_only:  # inline: nothing here waits on I/O
-            checks = [
-                (info, functools.partial(self._check, info, mode, model_id, cached_only=True))
-                for info in todo
-            ]
-        else:  # in parallel: a check may fetch and verify a descriptor
-            checks = [
-                (info, self._pool.submit(self._check, info, mode, model_id).result) for info in todo
-            ]
-        candidates: list[Candidate] = []
-        for info, result in checks:
-            try:
-                candidates.append(result())
-            except _Refused as refused:
-                refusals[info.operator] = refused.refusal
-        return Selection(candidates, refusals)
+        return None
 
     def drop_session(self, operator: str, mode: PrivacyMode) -> None:
         """Forget a session whose node failed verification again (keys, identity)."""
+        node = self._node(operator)
         with self._lock:
-            self._node_locked(operator).sessions.pop(mode, None)
-
-    # ------------------------------------------------------------------ status
-
-    def status(self, modes: Iterable[PrivacyMode]) -> list[dict[str, Any]]:
-        """Every known node: registry record, verification per mode (or why not). The
-        gateway adds each node's health (`Router.health`)."""
-        view = self.view()
-        selections = {mode: self.eligible(mode, None) for mode in modes}
-        out = []
-        for info in view.nodes:
-            verified: dict[str, Any] = {}
-            for mode, selection in selections.items():
-                found = next((c for c in selection.candidates if c.operator == info.operator), None)
-                if found is not None:
-                    verified[str(mode)] = {
-                        "verified": True,
-                        "attestation": found.session.attestation_kind,
-                        "isolation": found.session.report.isolation,
-                    }
-                else:
-                    refusal = selection.refusals.get(info.operator)
-                    verified[str(mode)] = {
-                        "verified": False,
-                        "reason": refusal.reason if refusal else "not checked",
-                    }
-            party = next(
-                (
-                    c.session.report.descriptor.mpc
-                    for sel in selections.values()
-                    for c in sel.candidates
-                    if c.operator == info.operator and c.session.report.descriptor is not None
-                ),
-                None,
-            )
-            out.append(
-                {
-                    "address": info.operator,
-                    "endpoint": info.endpoint,
-                    "stake": str(info.stake),
-                    "active": info.active,
-                    "models": [
-                        {"id": m.model_id, "weights_sha256": m.weights_hash.hex()}
-                        for m in info.models
-                    ],
-                    "modes": verified,
-                    "mpc_party": None if party is None else party.to_json(),
-                }
-            )
-        return out
-
-
-class _NotCached(Exception):
-    """A cache-only check met something that needs I/O."""
-
-
-class _Refused(ClientError):
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.reason)
-        self.refusal = refusal
+            node.sessions.pop(mode, None)
 
 
 def verification_summary(candidate: Candidate, min_stake: int) -> str:

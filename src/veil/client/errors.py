@@ -8,6 +8,7 @@ VeilError
  │   ├─ GatewayRefused        the node's gateway refused the encapsulated request
  │   ├─ ResponseRefused       the answer failed authentication or is malformed: nothing is shown
  │   │   ├─ TruncatedResponse the answer stopped before its final authenticated chunk
+ │   │   │   └─ RelayBroke    ...because the connection to the relay broke (the node may be fine)
  │   │   └─ ReceiptRefused    the answer's receipt is missing or does not verify (`check`)
  │   ├─ DescriptorUnavailable the node's descriptor could not be fetched (nothing was sent)
  │   ├─ PriceAboveLimit       a node asks more per request than the payer's limits allow
@@ -42,6 +43,7 @@ __all__ = [
     "PriceAboveLimit",
     "ReceiptRefused",
     "ReceiptStoreError",
+    "RelayBroke",
     "RelayRefused",
     "RequestNotSendable",
     "ResponseRefused",
@@ -78,6 +80,13 @@ class ResponseRefused(ClientError):
 
 class TruncatedResponse(ResponseRefused):
     """The answer ended before its final chunk: it was cut in transit or by the node."""
+
+
+class RelayBroke(TruncatedResponse):
+    """The connection to the relay broke or timed out during the answer. A node that fails
+    mid-answer does not look like this: the relay then ends its own answer cleanly and the
+    sealed stream lacks its final chunk (a plain `TruncatedResponse`). So this one is the
+    relay's failure (or the network's), and says nothing against the node."""
 
 
 class ReceiptRefused(ResponseRefused):

@@ -118,7 +118,10 @@ class Payer:
         config: PayerConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        timeout: httpx.Timeout | None = None,
     ) -> None:
+        """`timeout`: of the params fetch through the relay (the gateway passes its short
+        discovery deadlines: a node that never answers must not hold a request long)."""
         self.wallet = wallet
         self.relay_url = relay_url
         self.domain = domain
@@ -130,7 +133,7 @@ class Payer:
         self._misses: dict[str, float] = {}  # node -> monotonic time a fetch may be tried again
         self._http = httpx.AsyncClient(
             transport=outer or httpx.AsyncHTTPTransport(),
-            timeout=httpx.Timeout(10.0, connect=5.0),
+            timeout=timeout or httpx.Timeout(10.0, connect=5.0),
             follow_redirects=False,
         )
 

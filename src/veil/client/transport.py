@@ -12,7 +12,8 @@ chunk by chunk, so a streamed completion yields tokens as they arrive. Fail-clos
 
 * nothing but sealed bytes (and key-list GETs, which carry no request data) leaves the client;
 * a chunk that fails authentication, or a stream cut before its final chunk, raises
-  `ResponseRefused` / `TruncatedResponse`; a plain (non-chunked) answer is checked whole
+  `ResponseRefused` / `TruncatedResponse` (`RelayBroke` when the relay connection itself
+  broke, which tells a relay failure from the node's); a plain (non-chunked) answer is checked whole
   before any of it is returned;
 * an unknown-key answer (RFC 9458 `ohttp-key` problem) makes the transport refetch the key
   list and retry once, sealing afresh; a second refusal raises `GatewayRefused`.
@@ -36,12 +37,14 @@ import httpx
 from veil.attest.errors import KeyConfigError
 from veil.client.errors import (
     GatewayRefused,
+    RelayBroke,
     RelayRefused,
     RequestNotSendable,
     ResponseRefused,
     TruncatedResponse,
 )
 from veil.wire import bhttp
+from veil.wire.boundedjson import check_depth
 from veil.wire.errors import (
     OHTTP_KEY_PROBLEM,
     PROBLEM_PREFIX,
@@ -83,6 +86,7 @@ DEFAULT_FORWARDED_HEADERS = frozenset({"content-type", "accept"})
 _FORWARDED_PREFIX = "x-veil-"
 _MAX_KEYS_BYTES = 64 * 1024
 _MAX_PLAIN_RESPONSE = 16 * 1024 * 1024
+_MAX_PROBLEM_BYTES = 64 * 1024  # a problem body is a few hundred bytes
 
 
 def relay_url_for(relay_url: str, node_id: str) -> str:
@@ -176,8 +180,12 @@ def _keys_request(plan: _Plan) -> httpx.Request:
 
 
 def _refusal(status: int, body: bytes) -> tuple[Exception, bool]:
-    """(error to raise, whether a key refetch may help) for a non-success outer answer."""
-    problem_type, detail = parse_problem(body)
+    """(error to raise, whether a key refetch may help) for a non-success outer answer. A
+    body too large or too deep to be a problem is read as none (never given to the recursive
+    decoder: the relay, or what answers in its place, is not trusted with the client's stack)."""
+    problem_type, detail = "", ""
+    if len(body) <= _MAX_PROBLEM_BYTES and check_depth(body):
+        problem_type, detail = parse_problem(body)
     detail = detail or f"HTTP {status}"
     if problem_type.startswith(RELAY_PROBLEM_PREFIX) or not problem_type:
         return RelayRefused(
@@ -348,7 +356,7 @@ class OhttpTransport(httpx.BaseTransport):
             head, content = decoder.split(decoder.close())
         except httpx.HTTPError:
             outer.close()
-            raise TruncatedResponse("connection broke before the answer's head") from None
+            raise RelayBroke("the relay connection broke before the answer's head") from None
         except BaseException:
             outer.close()
             raise
@@ -369,7 +377,7 @@ def _read_capped(pieces: Iterator[bytes], cap: int) -> bytes:
             if len(data) > cap:
                 raise ResponseRefused("answer too large")
     except httpx.HTTPError:
-        raise TruncatedResponse("connection broke during the answer") from None
+        raise RelayBroke("the relay connection broke during the answer") from None
     return bytes(data)
 
 
@@ -392,7 +400,7 @@ class _SyncStream(httpx.SyncByteStream):
             for piece in self._raw:
                 yield from self._decoder.split(self._decoder.feed(piece))[1]
         except httpx.HTTPError:
-            raise TruncatedResponse("connection broke during the answer") from None
+            raise RelayBroke("the relay connection broke during the answer") from None
         yield from self._decoder.split(self._decoder.close())[1]
 
     def close(self) -> None:
@@ -468,7 +476,7 @@ class AsyncOhttpTransport(httpx.AsyncBaseTransport):
                     if len(data) > _MAX_PLAIN_RESPONSE:
                         raise ResponseRefused("answer too large")
             except httpx.HTTPError:
-                raise TruncatedResponse("connection broke during the answer") from None
+                raise RelayBroke("the relay connection broke during the answer") from None
             finally:
                 await outer.aclose()
             whole = _open_whole(opener, bytes(data))
@@ -485,7 +493,7 @@ class AsyncOhttpTransport(httpx.AsyncBaseTransport):
             head, content = decoder.split(decoder.close())
         except httpx.HTTPError:
             await outer.aclose()
-            raise TruncatedResponse("connection broke before the answer's head") from None
+            raise RelayBroke("the relay connection broke before the answer's head") from None
         except BaseException:
             await outer.aclose()
             raise
@@ -517,7 +525,7 @@ class _AsyncStream(httpx.AsyncByteStream):
                 for data in self._decoder.split(self._decoder.feed(piece))[1]:
                     yield data
         except httpx.HTTPError:
-            raise TruncatedResponse("connection broke during the answer") from None
+            raise RelayBroke("the relay connection broke during the answer") from None
         for data in self._decoder.split(self._decoder.close())[1]:
             yield data
 

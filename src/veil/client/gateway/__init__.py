@@ -9,7 +9,9 @@ For each `POST /v1/chat/completions` (streamed or not) the gateway
 2. reads the registry and release log from the chain (`veil.client.discovery`, cached a few
    seconds) and keeps the nodes that pass the policy of the request's privacy mode: active
    with enough stake, descriptor verified through the relay, the descriptor's address the
-   registered operator's, the served weights hash the registered one and an approved release;
+   registered operator's, the served weights hash the registered one and an approved release.
+   Nodes are checked in the background with short deadlines; a request with a verified node
+   at hand waits for no other node's check, one without waits `check_deadline_s` at most;
 3. picks one (`routing.Router`: fewest requests in flight, then lowest time to first byte);
 4. attaches a payment ticket from the user's wallet inside the sealed request
    (`veil.client.payer`), and requires the node's receipt to name it;
@@ -17,13 +19,19 @@ For each `POST /v1/chat/completions` (streamed or not) the gateway
    arrives; the receipt is verified before `[DONE]` (a refused one ends the stream with an
    error event instead), and a whole answer whose receipt fails is never returned;
 6. fails over to another node when the chosen one fails before the first byte (connection,
-   relay 502/504, node 5xx), marking it down for a while; a failure mid-stream ends the stream
-   with an error event (`node_failed_mid_stream`) and no `[DONE]`, never a silent cut.
+   relay 502/504, node 5xx), marking it down for a while (doubled for each failure in a row);
+   a failure mid-stream ends the stream with an error event (`node_failed_mid_stream`) and no
+   `[DONE]`, never a silent cut. A relay failure (its own refusal, a broken relay connection)
+   marks no node down; mid-stream it ends the stream with `relay_failed_mid_stream`.
 
 Privacy mode: a model suffix (`smollm2-135m-instruct:tee`) or the `x-veil-mode` header;
 default `anonymous`; both given and different is a 400. Nothing is weakened silently: when no
 node satisfies the mode's policy the answer is a 403 `no_node_satisfies_policy` listing every
-node's refusal, and nothing but public descriptor fetches has gone through the relay.
+node's refusal, and nothing but public descriptor fetches has gone through the relay. It is a
+403 when some node is refused by the policy (or registry) and no unavailable node passed the
+policy when last checked; a node never seen (unreachable since the gateway started) counts
+neither way, so it cannot turn the refusal into a 503 (`Selection.refused_by_policy`). When an
+unavailable node did pass the policy, or nothing is known, it is a 503 `no_node_available`.
 
 `mpc` (`smollm2-135m-instruct:mpc`): the gateway itself is the MPC client (`veil.mpc.api`). It
 picks three nodes verified under the `mpc` policy whose signed descriptors state a party for
@@ -47,7 +55,9 @@ ticket was sent) and, for whole answers, `x-veil-receipt: verified`. The body pa
 
 `GET /v1/models` lists the models of nodes eligible now, each also with its mode suffixes
 (`:mpc` where three party nodes would serve it); `GET /veil/status` shows the nodes, their
-verification per mode, the MPC party each states, health, and the wallet.
+verification per mode, the MPC party each states, health, and the wallet. Both answer from
+what is known within `listing_deadline_s` (half a second): a node still being checked is
+listed as such.
 
 No log line carries prompt or answer text.
 

@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from veil.attest.policy import PrivacyMode
-from veil.client.discovery import ChainReader, Discovery, DiscoveryConfig
+from veil.client.discovery import (
+    ChainReader,
+    ChainView,
+    Discovery,
+    DiscoveryConfig,
+    Selection,
+)
 from veil.client.errors import NoPartyQuorum
-from veil.client.gateway.common import GatewayConfig, read_view
+from veil.client.gateway.common import GatewayConfig, read_view, select
 from veil.client.gateway.direct import DirectPath
 from veil.client.gateway.guard import RequestGuard
 from veil.client.gateway.mpc import MpcPath, SourceLoader
@@ -134,7 +140,11 @@ class _Gateway:
         self.chain = chain
         self.relay_url = relay_url
         self.config = config
-        self.router = Router(down_s=config.discovery.down_s, ewma_alpha=config.discovery.ewma_alpha)
+        self.router = Router(
+            down_s=config.discovery.down_s,
+            down_max_s=config.discovery.down_max_s,
+            ewma_alpha=config.discovery.ewma_alpha,
+        )
         self.discovery = Discovery(
             chain,
             relay_url,
@@ -153,6 +163,7 @@ class _Gateway:
                 chain_now=self._chain_now,
                 outer=outer,
                 config=config.payer,
+                timeout=config.discovery.fetch_timeout(),
             )
         self.direct = DirectPath(
             self.discovery, self.router, relay_url=relay_url, payer=self.payer, outer=outer
@@ -186,13 +197,24 @@ class _Gateway:
         payload = json.dumps(body, separators=(",", ":")).encode()
         return await self.direct.chat(payload, bare, mode, stream)
 
+    async def _selections(self) -> tuple[ChainView, dict[PrivacyMode, Selection]]:
+        """Every mode's nodes as far as known within `listing_deadline_s`: the modes share
+        one deadline and one check per node, and a node not checked by then is listed as
+        unavailable (its check goes on)."""
+        view = await read_view(self.discovery)
+        modes = (*_LISTED_MODES, PrivacyMode.MPC)
+        wait_s = self.config.discovery.listing_deadline_s
+        found = await asyncio.gather(
+            *(select(self.discovery, mode, None, wait_s=wait_s, enough=None) for mode in modes)
+        )
+        return view, dict(zip(modes, found, strict=True))
+
     async def models(self) -> dict[str, Any]:
         """Models of the nodes eligible now: the bare id (anonymous) and one id per mode."""
-        await read_view(self.discovery)
+        _view, selections = await self._selections()
         data: dict[str, dict[str, Any]] = {}
         for mode in _LISTED_MODES:
-            selection = await asyncio.to_thread(self.discovery.eligible, mode, None)
-            for candidate in selection.candidates:
+            for candidate in selections[mode].candidates:
                 for entry in candidate.info.models:
                     ids = [f"{entry.model_id}:{mode}"]
                     if mode is PrivacyMode.ANONYMOUS:
@@ -212,7 +234,7 @@ class _Gateway:
                         )
                         if candidate.operator not in item["veil_nodes"]:
                             item["veil_nodes"].append(candidate.operator)
-        selection = await asyncio.to_thread(self.discovery.eligible, PrivacyMode.MPC, None)
+        selection = selections[PrivacyMode.MPC]
         hosted = {p.model_id for c in selection.candidates if (p := party_of(c.session))}
         for model_id in sorted(hosted):
             try:
@@ -238,8 +260,8 @@ class _Gateway:
 
     async def status(self) -> dict[str, Any]:
         """The nodes (registry, verification per mode, MPC party, health) and the wallet."""
-        view = await read_view(self.discovery)
-        nodes = await asyncio.to_thread(self.discovery.status, (*_LISTED_MODES, PrivacyMode.MPC))
+        view, selections = await self._selections()
+        nodes = node_status(view, selections)
         for node in nodes:
             node.update(self.router.health(node["address"]))
         wallet: dict[str, Any] | None = None
@@ -260,6 +282,53 @@ class _Gateway:
             "wallet": wallet,
             "nodes": nodes,
         }
+
+
+def node_status(
+    view: ChainView, selections: Mapping[PrivacyMode, Selection]
+) -> list[dict[str, Any]]:
+    """Every node of `view`: registry record, verification per mode (from the settled
+    `selections`), or why not, and the MPC party it states (`/veil/status` adds health)."""
+    out = []
+    for info in view.nodes:
+        verified: dict[str, Any] = {}
+        for mode, selection in selections.items():
+            found = next((c for c in selection.candidates if c.operator == info.operator), None)
+            if found is not None:
+                verified[str(mode)] = {
+                    "verified": True,
+                    "attestation": found.session.attestation_kind,
+                    "isolation": found.session.report.isolation,
+                }
+            else:
+                refusal = selection.refusals.get(info.operator)
+                verified[str(mode)] = {
+                    "verified": False,
+                    "reason": refusal.reason if refusal else "not checked",
+                }
+        party = next(
+            (
+                c.session.report.descriptor.mpc
+                for sel in selections.values()
+                for c in sel.candidates
+                if c.operator == info.operator and c.session.report.descriptor is not None
+            ),
+            None,
+        )
+        out.append(
+            {
+                "address": info.operator,
+                "endpoint": info.endpoint,
+                "stake": str(info.stake),
+                "active": info.active,
+                "models": [
+                    {"id": m.model_id, "weights_sha256": m.weights_hash.hex()} for m in info.models
+                ],
+                "modes": verified,
+                "mpc_party": None if party is None else party.to_json(),
+            }
+        )
+    return out
 
 
 async def _keep_view_fresh(discovery: Discovery, config: DiscoveryConfig) -> None:

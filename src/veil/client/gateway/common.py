@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from veil.attest.policy import PrivacyMode
@@ -54,10 +55,25 @@ async def read_view(discovery: Discovery) -> ChainView:
         ) from None
 
 
-async def select(discovery: Discovery, mode: PrivacyMode, model_id: str | None) -> Selection:
-    """`Discovery.eligible`, from the cache on the event loop when it can; in a thread when
-    a chain read or a descriptor fetch is due."""
-    selection = discovery.eligible_cached(mode, model_id)
-    if selection is None:
-        selection = await asyncio.to_thread(discovery.eligible, mode, model_id)
-    return selection
+async def select(
+    discovery: Discovery,
+    mode: PrivacyMode,
+    model_id: str | None,
+    *,
+    wait_s: float | None = None,
+    enough: int | None = 1,
+) -> Selection:
+    """The nodes for `mode` and `model_id`: what discovery knows now, then the checks in
+    flight awaited on the event loop (no thread waits) until `enough` candidates are at hand
+    (None: all checks) or `wait_s` (default `check_deadline_s`) has passed. A node still being
+    checked then is unavailable for this request; its check goes on for the next. So a
+    request with a verified node at hand waits for no other node."""
+    view = discovery.fresh_view() or await read_view(discovery)
+    selection = discovery.start(mode, model_id, view)
+    wait_s = discovery.config.check_deadline_s if wait_s is None else wait_s
+    began = time.monotonic()
+    while (left := selection.wait_left(began, wait_s, enough)) > 0:
+        checks = [asyncio.wrap_future(f) for f in selection.pending.values()]
+        await asyncio.wait(checks, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        discovery.settle(selection)
+    return discovery.settle(selection, final=True)

@@ -1,8 +1,17 @@
 """The `anonymous` and `tee` answers: one verified node, paid with a ticket, through the relay.
 
 The request goes sealed (OHTTP) to the node `Router.pick` chooses among the candidates
-discovery verified; a node that fails before the first byte is marked down and the next one is
-tried, so a user sees an answer or one error naming every failure, never a half-tried network.
+discovery verified; it waits for no other node's check once one candidate is at hand. A node
+that fails before the first byte is marked down and the next one is tried, so a user sees an
+answer or one error naming every failure, never a half-tried network.
+
+Only the node's own failures mark it down: a sealed error, a gateway problem, an answer that
+ends before its final chunk while the relay's connection ended cleanly (the relay ends its
+answer when the node's breaks), a bad receipt, or a relay problem that reports the node
+(`urn:veil:relay:*upstream*`). The relay's own refusals and a relay connection that breaks
+(`RelayBroke`, httpx errors) say nothing against the node: the next node is tried, or, mid-
+stream, the stream ends with `relay_failed_mid_stream`, and the node stays up.
+
 A 402 saying the node's ticket params moved on is retried once, with the fresh params it sent.
 The answer is relayed as it arrives; its receipt is checked by the session's transport, and a
 refused receipt or a failure mid-stream becomes an error event instead of `[DONE]`.
@@ -21,7 +30,6 @@ from starlette.responses import Response, StreamingResponse
 
 from veil.attest.policy import PrivacyMode
 from veil.client.discovery import (
-    POLICY,
     Candidate,
     Discovery,
     serves,
@@ -35,6 +43,7 @@ from veil.client.errors import (
     NodeRejected,
     PriceAboveLimit,
     ReceiptRefused,
+    RelayBroke,
     RelayRefused,
     ResponseRefused,
 )
@@ -63,6 +72,7 @@ from veil.wire.http import (
     VERIFICATION_HEADER,
     OpenAIError,
 )
+from veil.wire.problem import RELAY_PROBLEM_PREFIX
 
 __all__ = ["DirectPath"]
 
@@ -77,11 +87,20 @@ _MAX_REFUSAL_BYTES = 64 * 1024
 
 
 class _Failover(Exception):
-    """The node failed before the first byte: try another."""
+    """The attempt failed before the first byte: try another node. `node_failed`: the node
+    is to blame (it is marked down); else the relay is, and the node stays up."""
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, *, node_failed: bool = True) -> None:
         super().__init__(why)
         self.why = why
+        self.node_failed = node_failed
+
+
+def _reports_the_node(err: RelayRefused) -> bool:
+    """Whether a relay refusal reports the node's failure (it could not be reached or did
+    not answer: `upstream-*`, `bad-upstream`) rather than the relay's own."""
+    kind = err.problem_type
+    return kind.startswith(RELAY_PROBLEM_PREFIX) and "upstream" in kind[len(RELAY_PROBLEM_PREFIX) :]
 
 
 class DirectPath:
@@ -138,7 +157,7 @@ class DirectPath:
             )
         selection = await select(self.discovery, mode, model_id)
         if not selection.candidates:
-            if all(r.kind == POLICY for r in selection.refusals.values()):
+            if selection.refused_by_policy():
                 raise OpenAIError(
                     403,
                     f"no node serving {model_id!r} satisfies the {mode} policy; nothing was "
@@ -157,6 +176,10 @@ class DirectPath:
         failures: list[str] = []
         while True:
             candidate = self.router.pick(selection.candidates, exclude=tried)
+            if candidate is None and selection.unsettled:  # wait for the others' checks now
+                selection = await select(self.discovery, mode, model_id, enough=None)
+                selection.unsettled.clear()
+                candidate = self.router.pick(selection.candidates, exclude=tried)
             if candidate is None:
                 raise OpenAIError(
                     503,
@@ -168,7 +191,8 @@ class DirectPath:
             try:
                 return await self._attempt(candidate, payload, stream, view.min_stake)
             except _Failover as failed:
-                self.router.mark_down(candidate.operator, failed.why)
+                if failed.node_failed:
+                    self.router.mark_down(candidate.operator, failed.why)
                 failures.append(f"{candidate.operator}: {failed.why}")
 
     async def _payment(self, operator: str) -> Payment | None:
@@ -233,7 +257,9 @@ class DirectPath:
                     413, "the sealed request is over the relay's limit", code="request_too_large"
                 ) from None
             why = f"relay answered {err.status} ({err.problem_type or 'no type'})"
-            raise _Failover(why) from None
+            raise _Failover(why, node_failed=_reports_the_node(err)) from None
+        except RelayBroke as err:
+            raise _Failover(f"{err}", node_failed=False) from None
         except (KeyConfigError, NodeRejected, DescriptorUnavailable) as err:
             self.discovery.drop_session(op, candidate.mode)
             raise _Failover(f"node no longer verifies: {type(err).__name__}") from None
@@ -295,6 +321,7 @@ class DirectPath:
                 content = await response.aread()  # verified whole by the receipt check
                 await response.aclose()
                 self.router.record_ttfb(op, time.monotonic() - started)
+                self.router.mark_up(op)
                 headers[RECEIPT_HEADER] = "verified"
                 log.info("node %s answered 200 (whole, receipt verified)", op)
                 return Response(
@@ -320,7 +347,8 @@ class DirectPath:
             except (ClientError, httpx.HTTPError) as err:
                 await response.aclose()
                 why = f"the answer broke before its first byte: {type(err).__name__}"
-                raise _Failover(why) from None
+                relay = isinstance(err, RelayBroke | httpx.HTTPError)
+                raise _Failover(why, node_failed=not relay) from None
             self.router.record_ttfb(op, time.monotonic() - started)
             handed_over = True
             return StreamingResponse(
@@ -372,6 +400,7 @@ class DirectPath:
                 yield first
             async for piece in pieces:
                 yield piece
+            self.router.mark_up(op)
             log.info("node %s answered 200 (streamed, receipt verified)", op)
         except ReceiptRefused as err:
             self.router.mark_down(op, f"receipt refused ({err.check})")
@@ -380,7 +409,14 @@ class DirectPath:
                 "do not trust the text above",
                 "receipt_refused",
             )
-        except (VeilError, httpx.HTTPError) as err:
+        except (RelayBroke, httpx.HTTPError) as err:  # the relay's failure, not the node's
+            log.warning("the relay broke mid-stream for node %s (%s)", op, type(err).__name__)
+            yield sse_error(
+                f"the relay connection broke mid-stream ({type(err).__name__}); the answer is "
+                "incomplete",
+                "relay_failed_mid_stream",
+            )
+        except VeilError as err:
             self.router.mark_down(op, f"failed mid-stream ({type(err).__name__})")
             yield sse_error(
                 f"node {op} failed mid-stream ({type(err).__name__}); the answer is incomplete",

@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from veil.attest.policy import PrivacyMode
-from veil.client.discovery import Discovery
+from veil.client.discovery import Discovery, Selection
 from veil.client.errors import NoPartyQuorum, PartiesBusy
 from veil.client.gateway.common import GatewayConfig, read_view, select, sse_error
 from veil.client.gateway.routing import Router
-from veil.client.mpc import PartyChoice, choose_parties, parties_of
+from veil.client.mpc import MPC_WORLD_SIZE, PartyChoice, choose_parties, parties_of
 from veil.errors import VeilError
 from veil.wire.chat import SSE_DONE, ChatCompletionRequest, Completion, Sampling, usage
 from veil.wire.http import (
@@ -93,23 +93,25 @@ class MpcPath:
         max_tokens = self._max_tokens(sampling, req.limit_param)
         if self.discovery.fresh_view() is None:
             await read_view(self.discovery)
-        selection = await select(self.discovery, PrivacyMode.MPC, None)
-        ranked = self.router.rank(selection.candidates)
-        with self._lock:  # choose and claim at once: two requests never share a party
+        # No wait for other nodes' checks once enough candidates are at hand; all of them
+        # only when those are not a quorum for this model.
+        parties = MPC_WORLD_SIZE.get(self.config.mpc_protocol, 3)
+        selection = await select(self.discovery, PrivacyMode.MPC, None, enough=parties)
+        try:
             try:
-                choice = choose_parties(
-                    ranked, model_id, protocol=self.config.mpc_protocol, busy=self._busy
-                )
-            except PartiesBusy as err:
-                raise self._busy_error(str(err)) from None
-            except NoPartyQuorum as err:
-                raise OpenAIError(
-                    503,
-                    f"{err}; nothing was sent. Refusals: {selection.reasons()}",
-                    code="mpc_unavailable",
-                    type_="server_error",
-                ) from None
-            self._busy.update(op.lower() for op in choice.operators)
+                choice = self._claim(selection, model_id)
+            except NoPartyQuorum:
+                if not selection.unsettled:
+                    raise
+                selection = await select(self.discovery, PrivacyMode.MPC, None, enough=None)
+                choice = self._claim(selection, model_id)
+        except NoPartyQuorum as err:
+            raise OpenAIError(
+                503,
+                f"{err}; nothing was sent. Refusals: {selection.reasons()}",
+                code="mpc_unavailable",
+                type_="server_error",
+            ) from None
         for op in choice.operators:
             self.router.started(op)
         run = _MpcRun()
@@ -138,6 +140,20 @@ class MpcPath:
         finally:
             if not handed_over:
                 run.end(chat, lambda: self._release(choice))
+
+    def _claim(self, selection: Selection, model_id: str) -> PartyChoice:
+        """Choose three parties and claim them at once (two requests never share a party);
+        `NoPartyQuorum` when the selection holds none (the 503 is raised by `chat`)."""
+        ranked = self.router.rank(selection.candidates)
+        with self._lock:
+            try:
+                choice = choose_parties(
+                    ranked, model_id, protocol=self.config.mpc_protocol, busy=self._busy
+                )
+            except PartiesBusy as err:
+                raise self._busy_error(str(err)) from None
+            self._busy.update(op.lower() for op in choice.operators)
+        return choice
 
     def _max_tokens(self, sampling: Sampling, param: str) -> int:
         """The completion limit: each token is seconds of secret-shared computation, so it

@@ -3,7 +3,12 @@
 Discovery says which nodes may be used (verified under a mode's policy, matching the
 registry); the `Router` says which of them to try first. It keeps, per operator, the requests
 in flight, an EWMA of the time to the first byte, and a down-until time after a failure, so
-failover skips a node that just failed for `down_s` instead of hammering it.
+failover skips a node that just failed instead of hammering it. The time down doubles with
+each failure in a row (`down_s`, then twice that... up to `down_max_s`) and starts over once
+the node answers: a node that keeps failing costs ever fewer requests a first attempt.
+
+Only the node's own failures count (`mark_down`): a relay that refuses or breaks is not the
+node's doing, and the gateway does not mark the node down for it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class _Health:
     in_flight: int = 0
     ttfb_s: float | None = None  # EWMA of time to first byte
     down_until: float = 0.0  # monotonic
+    failures: int = 0  # failures in a row (the backoff's exponent); 0 once it answers
 
 
 class Router:
@@ -45,10 +51,12 @@ class Router:
         self,
         *,
         down_s: float = 30.0,
+        down_max_s: float = 600.0,
         ewma_alpha: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.down_s = down_s  # a node that failed a request is skipped this long
+        self.down_s = down_s  # a node that failed a request is skipped this long at first
+        self.down_max_s = down_max_s  # ...and at most this long, however often it failed
         self.ewma_alpha = ewma_alpha  # weight of the newest time-to-first-byte sample
         self._clock = clock
         self._lock = threading.Lock()
@@ -98,11 +106,20 @@ class Router:
             a = self.ewma_alpha
             h.ttfb_s = seconds if h.ttfb_s is None else a * seconds + (1 - a) * h.ttfb_s
 
-    def mark_down(self, operator: str, why: str) -> None:
-        """Skip the operator for `down_s`: it failed a request (`why` goes to the log)."""
+    def mark_up(self, operator: str) -> None:
+        """The operator answered a request in full: its backoff starts over."""
         with self._lock:
-            self._of(operator).down_until = self._clock() + self.down_s
-        log.warning("node %s marked down for %.0f s: %s", operator, self.down_s, why)
+            self._of(operator).failures = 0
+
+    def mark_down(self, operator: str, why: str) -> None:
+        """Skip the operator: it failed a request (`why` goes to the log). `down_s` the first
+        time, doubled for each failure in a row, `down_max_s` at most."""
+        with self._lock:
+            h = self._of(operator)
+            h.failures += 1
+            span = min(self.down_max_s, self.down_s * 2 ** min(h.failures - 1, 32))
+            h.down_until = self._clock() + span
+        log.warning("node %s marked down for %.0f s: %s", operator, span, why)
 
     def down_for(self, operator: str) -> float:
         """Seconds the operator is still skipped for (0: it is not down)."""
