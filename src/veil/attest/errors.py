@@ -67,7 +67,8 @@ class AttestError(VeilError):
     ) -> None:
         super().__init__(message)
         self.check = check or self.default_check
-        self.report = report
+        # a verifier's report, or (NodeRejected) the policy's whole VerificationReport
+        self.report: AttestationReport | VerificationReport | None = report
 
 
 class EvidenceMalformed(AttestError):
@@ -127,7 +128,7 @@ class NodeRejected(AttestError):
         cause: VeilError | None = None,
     ) -> None:
         super().__init__(message, check=check)
-        self.report = report  # type: ignore[assignment]  # the policy's report, not a verifier's
+        self.report = report
         self.cause = cause
 
 

@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -299,7 +299,7 @@ class _CheckedSyncStream(httpx.SyncByteStream):
         self._inner, self._check = inner, check
 
     def __iter__(self) -> Iterator[bytes]:
-        for piece in self._inner.stream:
+        for piece in cast(httpx.SyncByteStream, self._inner.stream):
             if out := self._check.feed(piece):
                 yield out
         if out := self._check.finish():

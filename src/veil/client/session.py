@@ -245,7 +245,7 @@ class VeilSession:
         inner = AsyncOhttpTransport(self.relay_url, self.node_id, **kwargs)
         return AsyncReceiptCheckingTransport(inner, self.checker)
 
-    def openai(self):  # type: ignore[no-untyped-def]
+    def openai(self):
         """An `openai.OpenAI` over this session: sealed, key-pinned, receipt-checked."""
         import openai
 
@@ -256,7 +256,7 @@ class VeilSession:
             http_client=httpx.Client(transport=self.transport()),
         )
 
-    def async_openai(self):  # type: ignore[no-untyped-def]
+    def async_openai(self):
         import openai
 
         return openai.AsyncOpenAI(
@@ -333,6 +333,6 @@ def open_session(
     return session
 
 
-def verified_openai(relay_url: str, node_id: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+def verified_openai(relay_url: str, node_id: str, **kwargs: Any):
     """`connect(...)`, then its `openai.OpenAI` client: verified node, checked receipts."""
     return connect(relay_url, node_id, **kwargs).openai()

@@ -171,7 +171,7 @@ def serve(
     run_node(cfg, console)
 
 
-def _evidence_producer(cfg, console):  # type: ignore[no-untyped-def]
+def _evidence_producer(cfg, console):
     """The configured evidence producer; for tdx, one quote is made now as a probe."""
     from veil.attest.errors import EvidenceUnavailable
     from veil.attest.producer import DevProducer, TdxProducer
@@ -187,7 +187,7 @@ def _evidence_producer(cfg, console):  # type: ignore[no-untyped-def]
     return producer
 
 
-def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
+def run_node(cfg, console) -> None:
     """Load, serve, and shut down cleanly (the engine thread stops after uvicorn)."""
     import os
 
@@ -274,7 +274,7 @@ def run_node(cfg, console) -> None:  # type: ignore[no-untyped-def]
         engine.close()
 
 
-def _open_party(cfg, loaded, console):  # type: ignore[no-untyped-def]
+def _open_party(cfg, loaded, console):
     from veil.node.mpc import build_party
 
     logging.getLogger("jax").setLevel(logging.WARNING)
@@ -288,7 +288,7 @@ def _open_party(cfg, loaded, console):  # type: ignore[no-untyped-def]
     return party
 
 
-def _open_chain(cfg, identity, console):  # type: ignore[no-untyped-def]
+def _open_chain(cfg, identity, console):
     from veil.node.onchain import DEVNET_CHAIN_IDS
     from veil.node.payments import open_payments
 
@@ -307,7 +307,7 @@ def _open_chain(cfg, identity, console):  # type: ignore[no-untyped-def]
     return payments
 
 
-def _register(cfg, app, payments, keys, console) -> None:  # type: ignore[no-untyped-def]
+def _register(cfg, app, payments, keys, console) -> None:
     from veil.chain.errors import ChainError
     from veil.chain.types import ModelEntry
     from veil.node.errors import NodeSetupError
@@ -345,7 +345,7 @@ def _register(cfg, app, payments, keys, console) -> None:  # type: ignore[no-unt
     )
 
 
-def _print_offer(payments, console) -> None:  # type: ignore[no-untyped-def]
+def _print_offer(payments, console) -> None:
     from veil.chain.payment import format_veil
 
     desk = payments.desk

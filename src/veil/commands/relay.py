@@ -43,11 +43,17 @@ def serve(
     import uvicorn
 
     from veil.relay.app import RelayConfig, create_relay_app
-    from veil.relay.directory import ChainNodeDirectory, NodeConfigError, load_nodes
+    from veil.relay.directory import (
+        ChainNodeDirectory,
+        NodeConfigError,
+        NodeDirectory,
+        load_nodes,
+    )
 
     if (nodes is None) == (chain is None):
         typer.echo("error: give exactly one of --nodes FILE or --chain DEPLOYMENT", err=True)
         raise typer.Exit(2)
+    directory: NodeDirectory
     if nodes is not None:
         try:
             directory = load_nodes(nodes)

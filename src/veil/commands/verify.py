@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from veil.attest.policy import VerificationReport
     from veil.attest.report import AttestationReport, Step
 
 verify_app = typer.Typer(
@@ -178,7 +179,7 @@ def descriptor(
     except NodeRejected as err:
         if err.report is None:
             raise
-        report, failure = err.report, f"({err.check}): {err}"
+        report, failure = cast("VerificationReport", err.report), f"({err.check}): {err}"
     title = f"node descriptor {file}, {policy.mode} policy, at {at}"
     if report.address:
         title += f"\nnode {report.address}"
