@@ -137,8 +137,8 @@ def test_node_data_files_are_owner_only_even_over_leftovers(tmp_path: Path) -> N
     from veil.node.payments import TicketQueue
 
     keys_path = tmp_path / "ohttp-keys.json"
-    Path(f"{keys_path}.tmp").write_text("{}")
-    os.chmod(f"{keys_path}.tmp", 0o644)
+    (tmp_path / ".ohttp-keys.json.tmp").write_text("{}")
+    os.chmod(tmp_path / ".ohttp-keys.json.tmp", 0o644)
     NodeKeys.generate().save(keys_path)
     queue_path = tmp_path / "tickets.jsonl"
     (tmp_path / ".tickets.jsonl.tmp").write_text("")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import secrets
 import stat
 import time
 from pathlib import Path
 
+from veil.node.durable import write_private
 from veil.node.errors import NodeSetupError
 from veil.wire.ohttp import KeyConfig, KeyPair, encode_key_configs
 
@@ -86,16 +85,7 @@ class NodeKeys:
                 for k, at in entries
             ]
         }
-        path = Path(path)
-        tmp = Path(f"{path}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # a tmp file left by a crash keeps its mode otherwise
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # never a half-written key file
-        _fsync_dir(path.parent)
+        write_private(Path(path), json.dumps(data).encode())  # never a half-written key file
 
     @classmethod
     def load(cls, path: Path) -> NodeKeys:
@@ -109,15 +99,6 @@ class NodeKeys:
         if previous is None:
             return cls(current, created_at=created_at)
         return cls(current, previous[0], created_at=created_at, previous_created_at=previous[1])
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsync'd
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def load_or_create_keys(path: Path | None) -> NodeKeys:

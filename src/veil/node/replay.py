@@ -16,7 +16,6 @@ loop. Only the node's operator can remove the log, and the operator holds the ke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from veil.node.durable import append_private, write_private
 from veil.node.errors import NodeSetupError
 
 __all__ = ["ReplayCache", "ReplayLog", "replay_log_path"]
@@ -128,27 +128,11 @@ class ReplayLog(ReplayCache):
 
     def _rewrite(self, entries: list[tuple[bytes, float]]) -> None:
         """Replace the file with `entries` (atomic, durable, 0600)."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(b"".join(_line(value, at) for value, at in entries))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        write_private(self.path, b"".join(_line(value, at) for value, at in entries))
         self._lines = len(entries)
 
     def _append(self, data: bytes, count: int) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_private(self.path, data)
         self._lines += count
 
     async def commit(self, value: bytes) -> None:
@@ -187,12 +171,3 @@ class ReplayLog(ReplayCache):
 
 def _line(value: bytes, at: float) -> bytes:
     return f"{at:.3f} {value.hex()}\n".encode()
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsync'd
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -10,7 +10,6 @@ then finds them unused on chain and puts them back (`requeue`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from typing import Any
 from veil.chain.errors import InvalidTicket
 from veil.chain.payment import PaymentTicket
 from veil.chain.tickets import Ticket, recipient_rand_hash
+from veil.node.durable import append_private, write_private
 from veil.node.errors import NodeSetupError
 
 __all__ = ["TicketQueue", "WinningTicket"]
@@ -63,13 +63,8 @@ class WinningTicket:
         return cls(payment, rand, bytes.fromhex(obj["ticket_id"][2:]), int(obj["queued_at"]))
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsync'd
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _jsonl(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
 
 
 class TicketQueue:
@@ -156,33 +151,20 @@ class TicketQueue:
         """Rewrite the file with the pending and the kept redeemed tickets (atomic, durable)."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # a tmp file left by a crash keeps its mode otherwise
-        with os.fdopen(fd, "w") as fh:
-            for ticket_id, winner in self._pending.items():
-                if ticket_id not in self._unsaved:
-                    fh.write(json.dumps(winner.to_json(), separators=(",", ":")) + "\n")
-            for winner in self._settled.values():
-                fh.write(json.dumps(winner.to_json(), separators=(",", ":")) + "\n")
-                fh.write(json.dumps(_done(winner.ticket_id, "redeemed"), separators=(",", ":")))
-                fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        lines = [
+            winner.to_json()
+            for ticket_id, winner in self._pending.items()
+            if ticket_id not in self._unsaved
+        ]
+        for winner in self._settled.values():
+            lines += [winner.to_json(), _done(winner.ticket_id, "redeemed")]
+        write_private(self.path, b"".join(_jsonl(obj) for obj in lines))
         self._settled_since_compact = 0
 
     def _append(self, obj: dict[str, Any]) -> None:
         if self.path is None:
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, (json.dumps(obj, separators=(",", ":")) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_private(self.path, _jsonl(obj))
 
     # --- the desk's side
 
