@@ -20,9 +20,10 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# The root package (VeilError, __version__), the error base, and where a local network keeps
-# its state (home.py imports no Veil module): anyone may use them.
-BASE = frozenset({"veil", "errors", "home"})
+# The root package (VeilError, __version__), the error base, where a local network keeps its
+# state, and the lifeline that ties a child process to its parent (home.py and lifeline.py
+# import no Veil module): anyone may use them.
+BASE = frozenset({"veil", "errors", "home", "lifeline"})
 # Formats and identities: the wire formats, then the keys and signed documents built on them.
 BOTTOM = BASE | {"wire", "identity"}
 # What a node runs and what a client checks: beside one another, except that the MPC parties
@@ -35,6 +36,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "veil": frozenset({"errors"}),
     "errors": frozenset(),
     "home": frozenset(),
+    "lifeline": frozenset(),
     "wire": BASE,
     "identity": BASE | {"wire"},
     "engine": BOTTOM,

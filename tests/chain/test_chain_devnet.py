@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import stat
+import time
 
 import pytest
 
@@ -77,3 +79,26 @@ def test_port_in_use_is_reported() -> None:
         busy.listen()
         with pytest.raises(DevnetError, match="anvil failed to start"):
             Devnet(port=busy.getsockname()[1], startup_timeout=5).start()
+
+
+def test_supervised_anvil_restarts_on_its_port_with_its_state(tmp_path) -> None:
+    """As `veil up` runs it: under a lifeline, stderr in a private log; killed, it reports its
+    exit, and a new start comes back on the same port with the state it had written."""
+    log = tmp_path / "logs" / "chain.log"
+    devnet = Devnet(
+        state_path=tmp_path / "state.json", state_interval_s=1, log_path=log, die_with_parent=True
+    )
+    with devnet:
+        assert devnet.returncode is None
+        devnet.advance_time(5000)
+        height = int(devnet.rpc("eth_blockNumber"), 16)
+        assert height >= 1
+        port = devnet.port
+        time.sleep(2.5)  # a state write (every second here)
+        devnet._proc.kill()  # the lifeline, and anvil with it (its parent-death signal)
+        devnet._proc.wait(10)
+        assert devnet.returncode == -signal.SIGKILL and not devnet.running
+        devnet.start()
+        assert devnet.port == port and int(devnet.rpc("eth_blockNumber"), 16) >= height
+    assert devnet.returncode is None  # stopped, not exited
+    assert log.exists() and log.stat().st_mode & 0o777 == 0o600

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from veil import lifeline
 from veil.chain.errors import DevnetError
 
 __all__ = [
@@ -117,7 +118,13 @@ class Devnet:
         startup_timeout: float = 10.0,
         state_path: Path | None = None,
         state_interval_s: int = 5,
+        log_path: Path | None = None,
+        die_with_parent: bool = False,
     ) -> None:
+        """`log_path`: append anvil's stderr there (default: a temporary file, read for the
+        error when anvil fails to start). `die_with_parent`: run anvil under a lifeline
+        (`veil.lifeline`), so it dies with this process even if it is SIGKILLed; start it
+        then from a thread that lives as long as anvil should."""
         self.chain_id = chain_id
         self.port = port
         self.account_count = accounts
@@ -128,6 +135,9 @@ class Devnet:
         # it every `state_interval_s` and on exit.
         self.state_path = state_path
         self.state_interval_s = state_interval_s
+        self.log_path = log_path
+        self.die_with_parent = die_with_parent
+        self._stderr_start = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self.accounts: list[DevnetAccount] = []
@@ -141,6 +151,12 @@ class Devnet:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """anvil's exit status once it has exited on its own; None while it runs, before it
+        starts and after `stop`."""
+        return None if self._proc is None else self._proc.poll()
 
     def start(self) -> Devnet:
         if self.running:
@@ -173,7 +189,7 @@ class Devnet:
                     str(self.state_interval_s),
                 ]
             self._proc = subprocess.Popen(
-                cmd,
+                lifeline.command(cmd) if self.die_with_parent else cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 # a file, not a pipe: a long-running anvil must never block on a full pipe
@@ -234,7 +250,13 @@ class Devnet:
     def _stderr_file(self) -> IO[bytes]:
         if self._stderr is not None:
             self._stderr.close()
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as anvil)
+        if self.log_path is None:
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as anvil)
+        else:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            self._stderr = os.fdopen(fd, "a+b")
+        self._stderr_start = self._stderr.seek(0, os.SEEK_END)
         return self._stderr
 
     def _collect_stderr(self) -> str:
@@ -244,7 +266,7 @@ class Devnet:
             proc.wait()
         if self._stderr is None:
             return ""
-        self._stderr.seek(0)
+        self._stderr.seek(self._stderr_start)
         return self._stderr.read().decode(errors="replace")
 
     def stop(self, timeout: float = 5.0) -> None:

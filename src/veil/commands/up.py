@@ -1,7 +1,8 @@
 """`veil up`: a whole local Veil network under one data directory.
 
-What runs (each service its own process with a log file under `logs/`, so a crash in one is
-visible and Ctrl-C stops them all, gateway first, chain last):
+What runs (each service its own process with a log file under `logs/`; a service that exits
+is restarted by `veil.commands.supervise`, and Ctrl-C stops them all, gateway first, chain
+last; they die with `veil up` even when it is killed):
 
 * the devnet chain (anvil) with Veil's contracts; its state is kept in `chain/state.json`, so a
   second `veil up` finds the same deployment, stakes, deposits and redeemed tickets;
@@ -16,6 +17,10 @@ visible and Ctrl-C stops them all, gateway first, chain last):
 
 Devnet accounts (anvil's public test mnemonic, never for real funds): 0 deploys and governs,
 1 and 2 operate node-a and node-b, 3 is the user's pseudonymous wallet, 4 operates node-c.
+
+The data directory holds keys, receipts and logs: it is made private to the user (directories
+0700, files 0600, also those of an older run), and what `veil up` and its services create
+there is private from the start (umask 077).
 """
 
 from __future__ import annotations
@@ -26,20 +31,26 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 
 from veil.chain.deployment import TOKEN as VEIL  # base units per VEIL
-from veil.home import INFO_FILE, default_data_dir
+from veil.commands.supervise import (
+    ChainService,
+    NetworkFailed,
+    RestartPolicy,
+    Service,
+    Supervisor,
+    raise_in_main_thread,
+)
+from veil.home import INFO_FILE, default_data_dir, make_private, private_umask
 
 __all__ = [
     "MPC_NODE_NAMES",
@@ -67,72 +78,6 @@ def pick_port(preferred: int) -> int:
                 continue
             return s.getsockname()[1]
     raise RuntimeError("no free port")
-
-
-@dataclass
-class Service:
-    """A child process with its log file."""
-
-    name: str
-    args: list[str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "veil", *self.args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
-        )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def kill(self) -> None:
-        """Stop abruptly (SIGKILL), as a crash would."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def ready(self, url: str) -> bool:
-        """Whether `url` answers 200 now; raises, with the log's tail, if the process died."""
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited during startup:\n{self.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(url, timeout=2).status_code == 200
-        return False
-
-    def wait_ready(self, url: str, timeout: float) -> None:
-        """Poll `url` until it answers 200; fail early if the process dies."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready(url):
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not become ready in {timeout:.0f} s")
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 @dataclass(frozen=True)
@@ -194,18 +139,22 @@ class LocalNetwork:
         self.gateway: Service | None = None
         self.relay_url = ""
         self.gateway_url = ""
+        self.supervisor: Supervisor | None = None
 
     # ------------------------------------------------------------------ start
 
     def start(self, console: Console) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with console.status("starting the devnet chain..."):
-            chain = self._start_chain(console)
-        self._prepare_accounts(chain, console)
-        self._start_nodes(console)
-        self._start_relay(console)
-        self._start_gateway(console)
-        self._write_info()
+        """Start every service, in order, each once it can (see `supervise` for what follows).
+        The data directory is made private first; the process umask is 077 meanwhile."""
+        make_private(self.data_dir)
+        with private_umask():
+            with console.status("starting the devnet chain..."):
+                chain = self._start_chain(console)
+            self._prepare_accounts(chain, console)
+            self._start_nodes(console)
+            self._start_relay(console)
+            self._start_gateway(console)
+            self._write_info()
 
     def _start_chain(self, console: Console) -> Any:
         from veil.chain import ChainClient, Deployment, Devnet, deploy
@@ -213,7 +162,10 @@ class LocalNetwork:
 
         s = self.settings
         self.devnet = Devnet(
-            port=pick_port(s.chain_port), state_path=self.data_dir / "chain" / "state.json"
+            port=pick_port(s.chain_port),
+            state_path=self.data_dir / "chain" / "state.json",
+            log_path=self.data_dir / "logs" / "chain.log",
+            die_with_parent=True,
         ).start()
         accounts = self.devnet.accounts
         deployment = None
@@ -319,6 +271,7 @@ class LocalNetwork:
                     *self._party_args(i, name),
                 ],
                 logs / f"{name}.log",
+                health_url=f"{url}/healthz",
             )
         for service in self.nodes.values():
             service.start()
@@ -365,6 +318,8 @@ class LocalNetwork:
     def _start_relay(self, console: Console) -> None:
         port = pick_port(self.settings.relay_port)
         self.relay_url = f"http://127.0.0.1:{port}"
+        first = next(iter(self.node_addresses.values()))
+        ready_url = f"{self.relay_url}/relay/{first}/descriptor"
         self.relay = Service(
             "relay",
             [
@@ -387,11 +342,11 @@ class LocalNetwork:
                 ),
             ],
             self.data_dir / "logs" / "relay.log",
+            health_url=ready_url,
         )
-        first = next(iter(self.node_addresses.values()))
         with console.status("starting the relay..."):
             self.relay.start()
-            self.relay.wait_ready(f"{self.relay_url}/relay/{first}/descriptor", timeout=60)
+            self.relay.wait_ready(ready_url, timeout=60)
         console.print(
             f"[green]✓[/] relay at {self.relay_url}, nodes from the on-chain registry "
             f"(log: {self.relay.log_path})"
@@ -416,6 +371,7 @@ class LocalNetwork:
                 str(self.data_dir / "receipts.sqlite"),
             ],
             self.data_dir / "logs" / "gateway.log",
+            health_url=f"{self.gateway_url}/v1/models",
         )
         with console.status("starting the gateway and verifying the nodes..."):
             self.gateway.start()
@@ -447,20 +403,38 @@ class LocalNetwork:
     # ------------------------------------------------------------------ run / stop
 
     def services(self) -> list[Service]:
+        """The Veil services, in stopping order (gateway first)."""
         return [s for s in (self.gateway, self.relay, *self.nodes.values()) if s is not None]
 
-    def check(self) -> None:
-        """Raise when a service has stopped on its own."""
-        for service in self.services():
-            if not service.alive():
-                raise RuntimeError(f"{service.name} stopped:\n{service.log_tail()}")
+    def supervise(
+        self,
+        report: Callable[[str], None],
+        on_give_up: Callable[[str], None],
+        policy: RestartPolicy | None = None,
+    ) -> Supervisor:
+        """Restart the services that exit from now on (the chain too), from a supervisor
+        thread; `stop` ends it. Call once `start` has returned."""
+        chain = ChainService(self.devnet, self.data_dir / "logs" / "chain.log")
+        self.supervisor = Supervisor(
+            [chain, *self.nodes.values(), *(s for s in (self.relay, self.gateway) if s)],
+            report=report,
+            on_give_up=on_give_up,
+            policy=policy,
+        ).start()
+        return self.supervisor
 
     def stop(self) -> None:
+        """Stop everything, gateway first, chain last (restarts held meanwhile)."""
+        if self.supervisor is not None:
+            self.supervisor.hold()
         for service in self.services():
             service.stop()
         if self.devnet is not None:
             self.devnet.stop()  # anvil writes its state file on exit
             self.devnet = None
+        if self.supervisor is not None:
+            self.supervisor.close()
+            self.supervisor = None
         with contextlib.suppress(OSError):
             (self.data_dir / INFO_FILE).unlink()
 
@@ -505,12 +479,15 @@ def up(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop_on_term)
+    os.umask(0o077)  # what veil up and its services write (keys, receipts, logs) is private
     console = Console()
     net = LocalNetwork(data_dir or default_data_dir(), NetworkConfig(mpc=mpc))
     if interactive is None:
         interactive = sys.stdin.isatty()
+    failed = False
     try:
         net.start(console)
+        net.supervise(console.print, raise_in_main_thread())
         console.print(
             f"\n[bold]Veil is up.[/] State in {net.data_dir}/ (a second `veil up` reuses it).\n"
             f"  OpenAI-compatible API: {net.gateway_url}/v1  (any api key)\n"
@@ -541,16 +518,22 @@ def up(
         if interactive:
             run_gateway_repl(client, DEFAULT_MODEL, history, params)
         if wait:
-            console.print("\nThe network is running; Ctrl-C stops it.")
+            console.print(
+                "\nThe network is running (a service that exits is restarted); Ctrl-C stops it."
+            )
             while True:
-                net.check()
                 time.sleep(1)
     except KeyboardInterrupt:
         console.print("\ninterrupted")
+    except NetworkFailed:
+        failed = True  # the supervisor has said why
     except (RuntimeError, openai.APIError) as exc:
         console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        failed = True
     finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a late give-up must not cut the stop
         with console.status("stopping the network..."):
             net.stop()
         console.print("stopped.")
+    if failed:
+        raise typer.Exit(1)
