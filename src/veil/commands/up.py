@@ -174,7 +174,8 @@ class LocalNetwork:
                 old = Deployment.load(self.deployment_path)
                 moved = dataclasses.replace(old, rpc_url=self.devnet.rpc_url)
                 client = ChainClient(moved)
-                if client.w3.eth.get_code(moved.addresses["TicketBroker"]):
+                broker = client.w3.to_checksum_address(moved.addresses["TicketBroker"])
+                if client.w3.eth.get_code(broker):
                     deployment = moved
         if deployment is None:
             deployment = deploy(
@@ -376,9 +377,26 @@ class LocalNetwork:
         with console.status("starting the gateway and verifying the nodes..."):
             self.gateway.start()
             self.gateway.wait_ready(f"{self.gateway_url}/v1/models", timeout=60)
+            self._wait_for_a_verified_node(timeout=60)
         console.print(
             f"[green]✓[/] gateway (OpenAI-compatible) at {self.gateway_url}/v1 "
             f"(log: {self.gateway.log_path})"
+        )
+
+    def _wait_for_a_verified_node(self, timeout: float) -> None:
+        """Until the gateway lists a model: its listing answers within a short deadline even
+        before any node is verified, so "ready" means a node passed its checks."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                listed = httpx.get(f"{self.gateway_url}/v1/models", timeout=5).json()
+                if isinstance(listed, dict) and listed.get("data"):
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(
+            f"the gateway verified no node in {timeout:.0f} s (log: logs/gateway.log)"
         )
 
     def _write_info(self) -> None:
@@ -475,7 +493,7 @@ def up(
 
     from veil.commands.chat import DEFAULT_MODEL, gateway_openai, gateway_reply, run_gateway_repl
 
-    def _stop_on_term(_signum, _frame):  # type: ignore[no-untyped-def]
+    def _stop_on_term(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop_on_term)
