@@ -35,6 +35,7 @@ from veil.chain.tickets import (
     sign_ticket,
     ticket_hash,
 )
+from veil.wire.boundedjson import check_depth
 from veil.wire.http import (
     MEDIA_TICKET_PARAMS,
     TICKET_HEADER,
@@ -128,6 +129,8 @@ def _unb64(text: str, what: str) -> bytes:
 
 
 def _object(data: bytes | str, fields: tuple[str, ...], what: str) -> dict[str, Any]:
+    if not check_depth(data):  # before json.loads, which recurses once per level
+        raise InvalidTicket(f"{what}: nested too deep")
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -145,7 +148,7 @@ def _object(data: bytes | str, fields: tuple[str, ...], what: str) -> dict[str, 
 
 def _uint(obj: dict[str, Any], key: str, what: str) -> int:
     value = obj[key]
-    if isinstance(value, str) and value.isdigit() and len(value) <= 78:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 78:
         value = int(value)
     if type(value) is not int or not 0 <= value < 2**256:
         raise InvalidTicket(f"{what}.{key}: not a uint256 (decimal string or integer)")
