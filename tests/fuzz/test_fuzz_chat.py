@@ -100,8 +100,9 @@ def test_regression_long_integer_is_a_typed_refusal() -> None:
 
 
 def test_regression_depth_check_is_linear() -> None:
-    """Found while fuzzing: the depth scan's string regex backtracked quadratically over an
-    unterminated string of escaped quotes (120 KB took about a minute; 512 KB, hours)."""
+    """Found while writing these targets: the depth scan's string regex backtracked
+    quadratically over an unterminated string of escaped quotes (120 KB took about a minute;
+    512 KB, hours)."""
     raw = b'{"model":"' + b'\\"' * 60_000
     start = time.perf_counter()
     with pytest.raises(ChatRequestInvalid):

@@ -132,8 +132,8 @@ def test_regression_deep_nesting_is_a_typed_refusal() -> None:
 
 
 def test_regression_unicode_digits_are_refused() -> None:
-    """Found by this target: "²" passes str.isdigit() but not int(), so a superscript digit in
-    a uint field raised a bare ValueError."""
+    """Found while writing this target: "²" passes str.isdigit() but not int(), so a
+    superscript digit in a uint field raised a bare ValueError (and "١٢" was read as 12)."""
     obj = json.loads(
         TicketParams(to_checksum_address("0x" + "11" * 20), 1, 1, bytes(32), 1, 1, "0x" + "22" * 20)
         .encode()
