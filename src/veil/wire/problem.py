@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from veil.wire.boundedjson import check_depth
+
 __all__ = ["MEDIA_PROBLEM", "RELAY_PROBLEM_PREFIX", "parse_problem", "problem_body"]
 
 MEDIA_PROBLEM = "application/problem+json"
@@ -27,6 +29,8 @@ def problem_body(problem_type: str, title: str, status: int, detail: str = "") -
 
 def parse_problem(data: bytes) -> tuple[str, str]:
     """(type, detail-or-title) of a problem body; ("", "") when it is not one."""
+    if not check_depth(data):  # before json.loads, which recurses once per level
+        return "", ""
     try:
         body = json.loads(data)
     except ValueError:
