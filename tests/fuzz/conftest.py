@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 
 from veil.wire.boundedjson import SAFE_RECURSION_LIMIT
 
-CI_EXAMPLES = 60
+CI_EXAMPLES = 40
 _examples = os.environ.get("VEIL_FUZZ_EXAMPLES", "")
 LONG_RUN = _examples.isdigit() and int(_examples) > 0
 
