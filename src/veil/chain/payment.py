@@ -148,7 +148,7 @@ def _object(data: bytes | str, fields: tuple[str, ...], what: str) -> dict[str, 
 
 def _uint(obj: dict[str, Any], key: str, what: str) -> int:
     value = obj[key]
-    if isinstance(value, str) and value.isdigit() and len(value) <= 78:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 78:
         value = int(value)
     if type(value) is not int or not 0 <= value < 2**256:
         raise InvalidTicket(f"{what}.{key}: not a uint256 (decimal string or integer)")

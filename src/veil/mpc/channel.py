@@ -54,15 +54,17 @@ def send_frame(sock: socket.socket, header: dict[str, Any], blobs: Sequence[byte
     sock.sendall(encode_frame(header, blobs))
 
 
+_RECV_PIECE = 1024 * 1024
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
+    """`n` bytes; memory grows with what arrives, not with what the peer announced."""
+    buf = bytearray()
+    while len(buf) < n:
+        piece = sock.recv(min(n - len(buf), _RECV_PIECE))
+        if not piece:
             raise ConnectionError("peer closed the connection")
-        got += k
+        buf += piece
     return bytes(buf)
 
 

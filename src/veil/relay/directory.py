@@ -93,7 +93,7 @@ class StaticNodeDirectory:
 
 
 def valid_node_id(node_id: str) -> bool:
-    return bool(_NODE_ID.match(node_id))
+    return bool(_NODE_ID.fullmatch(node_id))  # `$` alone would let a final newline through
 
 
 def _node(entry: object) -> Node:

@@ -407,6 +407,8 @@ class MessageParser:
                 raise MessageTooLarge("control data over the limit") from None
             self._pos = start
             raise
+        if self._pos - start > self._limits.max_control_bytes:  # whatever the bytes' split
+            raise MessageTooLarge("control data over the limit")
         self._state = _State.HEADERS
         return True
 

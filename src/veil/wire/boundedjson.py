@@ -29,7 +29,9 @@ MAX_JSON_DEPTH = 32
 # CPython's own default: deep enough for every library Veil uses, shallow enough for the C stack.
 SAFE_RECURSION_LIMIT = 1000
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A string, or an unterminated one up to the end: the match never fails once a quote opens,
+# so the scan never backtracks (failing matches from every quote made it quadratic).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 
 

@@ -203,6 +203,8 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
         raise ChatRequestInvalid(
             f"the request body is not valid JSON: {exc.msg} at line {exc.lineno}"
         ) from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise ChatRequestInvalid("the request body has a number too long to read") from None
     if not isinstance(data, dict):
         raise ChatRequestInvalid("the request body must be a JSON object")
     try:

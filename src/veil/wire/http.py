@@ -130,7 +130,7 @@ async def read_capped(request: _Streamed, limit: int) -> bytes:
     """The whole request body, or `MessageTooLarge` as soon as it passes `limit` bytes
     (a declared content-length over the limit is refused before anything is read)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise MessageTooLarge(f"the request body exceeds {limit} bytes")
     body = bytearray()
     async for piece in request.stream():
