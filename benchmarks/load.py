@@ -470,7 +470,8 @@ def report_billing(
         f"{'finished':>8} {'answers':>7} {'unanswered':>10}"
     )
     total_accepted = 0
-    for (name, pid), health in sorted(monitor.health.items(), key=lambda kv: kv[0]):
+    lives = sorted(monitor.health.items(), key=lambda kv: (kv[0][0], kv[0][1] != chaos.pid))
+    for (name, pid), health in lives:
         pay = health.get("payments", {})
         path = net.nodes[name].log_path
         first_life = name == KILLED and pid == chaos.pid
