@@ -304,6 +304,23 @@ def test_stale_ticket_params_are_refreshed_and_retried_once(
     assert paid.ticket.recipient_rand_hash == node.rand_hash
 
 
+@pytest.mark.parametrize(("moves", "status"), [(3, 200), (4, 402)])
+def test_an_offer_that_keeps_moving_is_retried_a_bounded_number_of_times(
+    net: Network, gateway: ServerThread, moves: int, status: int
+) -> None:
+    """Under load each winning ticket retires a node's offer, so a retry can find it moved
+    again; refused tickets are never charged, so the gateway retries up to three times."""
+    assert post(gateway, {"model": MODEL, "messages": MESSAGES}).status_code == 200
+    node = answering(net)
+    other = net.b if node is net.a else net.a
+    other.knob = "503"  # keep the requests on `node`
+    node.knob, node.moves = "moving", moves
+    before = len(node.seen)
+    r = post(gateway, {"model": MODEL, "messages": MESSAGES})
+    assert r.status_code == status, r.text
+    assert len(node.seen) - before == 4  # the first send and three retries, never more
+
+
 def test_other_payment_refusals_pass_through(net: Network, gateway: ServerThread) -> None:
     net.a.knob = net.b.knob = "insufficient"
     r = post(gateway, {"model": MODEL, "messages": MESSAGES})

@@ -116,6 +116,7 @@ class FakeNodeApi:
         self.keys = NodeKeys.generate()
         self.model, self.weights = model, weights
         self.knob: str | None = None
+        self.moves = 0  # knob "moving": how many more requests find the offer moved on
         self.rand_hash = secrets.token_bytes(32)
         self.seen: list[dict[str, Any]] = []
         self.issuer = DescriptorIssuer(
@@ -168,6 +169,10 @@ class FakeNodeApi:
                 return JSONResponse({"error": {"message": "busy", "code": "overloaded"}}, 503)
             if node.knob == "insufficient":
                 return refuse(402, "insufficient_payment")
+            if node.knob == "moving" and node.moves > 0:  # each winner retires its offer
+                node.moves -= 1
+                node.rand_hash = bytes([node.moves + 1]) * 32
+                return refuse(402, "ticket_params_stale")
             if node.knob == "stale" and (
                 ticket is None or ticket.ticket.recipient_rand_hash != node.rand_hash
             ):

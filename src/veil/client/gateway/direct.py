@@ -12,7 +12,7 @@ answer when the node's breaks), a bad receipt, or a relay problem that reports t
 (`RelayBroke`, httpx errors) say nothing against the node: the next node is tried, or, mid-
 stream, the stream ends with `relay_failed_mid_stream`, and the node stays up.
 
-A 402 saying the node's ticket params moved on is retried once, with the fresh params it sent.
+A 402 saying the node's ticket params moved on is retried (up to three times), with the fresh params it sent.
 The answer is relayed as it arrives; its receipt is checked by the session's transport, and a
 refused receipt or a failure mid-stream becomes an error event instead of `[DONE]`.
 """
@@ -82,6 +82,9 @@ log = logging.getLogger(__name__)
 _NODE_CHAT_URL = httpx.URL(INVALID_BASE_URL).join(CHAT_PATH)
 # 402 codes after which the request is sent again once, with fresh params, to the same node.
 _RETRY_PAYMENT = frozenset({"ticket_params_stale"})
+# How often one request is sent again after such a 402. A refused ticket is never charged, and
+# under load a node's offer can move on again (each winner retires it) before the retry lands.
+_PAYMENT_RETRIES = 3
 # A 402's error body is read for its code only; a larger one is passed through unread.
 _MAX_REFUSAL_BYTES = 64 * 1024
 
@@ -285,7 +288,7 @@ class DirectPath:
         self.router.started(op)
         handed_over = False
         try:
-            for paid_retry in (False, True):
+            for attempt in range(1 + _PAYMENT_RETRIES):
                 started = time.monotonic()
                 response = await self._send(candidate, payload, stream, payment)
                 if self.payer is not None:
@@ -294,7 +297,7 @@ class DirectPath:
                         self.payer.update_from_header(
                             op, response.headers.get(TICKET_PARAMS_HEADER)
                         )
-                if response.status_code == 402 and not paid_retry:
+                if response.status_code == 402 and attempt < _PAYMENT_RETRIES:
                     retry = await self._payment_retry(op, response, payment)
                     if retry is not None:
                         payment = retry
@@ -388,7 +391,7 @@ class DirectPath:
         if params is None:
             return None
         await response.aclose()
-        log.info("node %s asked for payment (%s); retrying once with its new params", op, code)
+        log.info("node %s asked for payment (%s); retrying with its new params", op, code)
         return self.payer.pay(params)
 
     async def _relay_stream(
