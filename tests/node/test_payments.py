@@ -366,6 +366,7 @@ def test_queue_survives_restarts_and_torn_lines(tmp_path: Path, rand_params) -> 
     for w in (a, b, c):
         q.reserve(w)
         q.save(w)
+        q.answered(w.ticket_id)
     q.settle(b.ticket_id, "redeemed")
     with path.open("a") as fh:
         fh.write('{"event": "won", "ticket_id": "0x12')  # a crash mid-write
@@ -384,6 +385,8 @@ def test_unsaved_winners_are_invisible_to_the_redeemer(tmp_path: Path, rand_para
     q.reserve(w)
     assert q.pending() == [] and q.pending_face_value(SENDER.address) == TOKEN
     q.save(w)
+    assert q.pending() == []  # saved, awaiting its request's answer
+    q.answered(w.ticket_id)
     assert q.pending() == [w]
 
 
@@ -399,6 +402,7 @@ def test_redeemed_tickets_are_kept_until_they_expire_at_most_keep_settled(
     for w in ws:
         q.reserve(w)
         q.save(w)
+        q.answered(w.ticket_id)
     q.settle(ws[0].ticket_id, "redeemed")
     q.settle(ws[1].ticket_id, "failed", "sender underfunded")  # a refusal is not kept
     q.settle(ws[2].ticket_id, "redeemed")
@@ -424,6 +428,7 @@ def test_reconcile_redeems_again_what_the_chain_lost_exactly_once(
     for w in (a, b):
         q.reserve(w)
         q.save(w)
+        q.answered(w.ticket_id)
     chain = FakeRedeemTarget({})
     clock = Clock()
     stats = PaymentStats()
@@ -463,6 +468,7 @@ def test_redeemer_outcomes(tmp_path: Path, rand_params, caplog) -> None:  # type
     for w in winners:
         q.reserve(w)
         q.save(w)
+        q.answered(w.ticket_id)
     chain = FakeRedeemTarget(
         {
             2: [TicketReplayed("ticket already redeemed")],
@@ -510,6 +516,7 @@ def test_redeemer_thread_resumes_pending_and_stops(tmp_path: Path, rand_params) 
         w = winner(n, params, rand)
         q.reserve(w)
         q.save(w)
+        q.answered(w.ticket_id)
     chain = FakeRedeemTarget({})
     r = Redeemer(TicketQueue(path), chain, interval_s=0.05)  # a restart: read from the file
     r.start()
@@ -530,7 +537,11 @@ async def test_node_payments_health_and_wakeup(tmp_path: Path, clock: Clock, fun
     desk = make_desk(clock, funds, queue, win_prob=ALWAYS)
     chain = FakeRedeemTarget({})
     payments = NodePayments(desk, Redeemer(queue, chain, desk.stats, interval_s=60))
-    assert await payments.check(write_ticket(desk.params(), SENDER, 1).header_value())
+    accepted = await payments.check(write_ticket(desk.params(), SENDER, 1).header_value())
+    assert accepted
+    payments.redeemer.run_once()  # not redeemable before its answer went out
+    assert payments.health()["redeemed"] == 0
+    await payments.answered(accepted)
     health = payments.health()
     assert {k: health[k] for k in ("accepted", "winners", "pending", "redeemed")} == {
         "accepted": 1,

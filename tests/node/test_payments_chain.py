@@ -140,6 +140,7 @@ def test_paid_tickets_are_redeemed_and_withdrawn(
         )
         accepted = await desk.check(paid.header_value())
         assert accepted is not None and accepted.winning
+        await payments.answered(accepted)  # its answer went out: now it may be redeemed
         return paid
 
     paid = [asyncio.run(pay(n)) for n in (1, 2, 3)]
@@ -154,6 +155,7 @@ def test_paid_tickets_are_redeemed_and_withdrawn(
     )
     payments.queue.reserve(WinningTicket(doomed, rand, doomed.ticket_id(domain), 0))
     payments.queue.save(WinningTicket(doomed, rand, doomed.ticket_id(domain), 0))
+    payments.queue.answered(doomed.ticket_id(domain))
 
     balance = node_client.token_balance()
     deposit = sender.sender_funds().deposit
@@ -209,7 +211,9 @@ def test_a_redemption_lost_with_its_block_is_redeemed_again_once(
         desk.domain,
         devnet.accounts[2].private_key,
     )
-    assert asyncio.run(desk.check(paid.header_value())) is not None
+    accepted = asyncio.run(desk.check(paid.header_value()))
+    assert accepted is not None
+    asyncio.run(payments.answered(accepted))
     deposit, earned = sender.sender_funds().deposit, node_client.earnings()
 
     snapshot = devnet.rpc("evm_snapshot")  # the chain's last persisted state

@@ -370,14 +370,15 @@ class _NodeApp:
             len(prompt_ids),
             req.stream,
         )
+        charge = _Charge(self.payments, paid)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _stream(handle, completion, include_usage, started, signer),
+                _stream(handle, completion, include_usage, started, signer, charge),
                 media_type=MEDIA_SSE,
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
-        return await _whole(request, handle, completion, started, signer)
+        return await _whole(request, handle, completion, started, signer, charge)
 
     async def _check_payment(self, request: Request) -> AcceptedTicket | None:
         """The request's ticket, checked; only a valid request gets here (a refused one costs
@@ -494,12 +495,31 @@ def _log_done(completion: Completion, fin: Finished, started: float) -> None:
     )
 
 
+class _Charge:
+    """Whether a request's ticket may be charged: a winner is redeemed only once its answer
+    (the final chunk, with the receipt) went out; a request that ends otherwise is free."""
+
+    def __init__(self, payments: NodePayments | None, paid: AcceptedTicket | None) -> None:
+        self.payments, self.paid, self.done = payments, paid, False
+
+    async def answered(self) -> None:
+        self.done = True
+        if self.payments is not None:
+            await self.payments.answered(self.paid)
+
+    def abandon(self, reason: str) -> None:
+        if not self.done and self.payments is not None:
+            self.done = True
+            self.payments.unanswered(self.paid, reason)
+
+
 async def _stream(
     handle: GenerationHandle,
     completion: Completion,
     include_usage: bool,
     started: float,
     signer: _Signer,
+    charge: _Charge,
 ) -> AsyncIterator[bytes]:
     parts: list[str] = []
     try:
@@ -517,6 +537,7 @@ async def _stream(
                 counts = _usage(event)
                 receipt = signer.receipt("".join(parts), event)
                 yield completion.chunk({}, event.reason, usage=counts, veil_receipt=receipt)
+                await charge.answered()  # the final chunk, with its receipt, was handed on
                 if include_usage:
                     yield completion.usage_chunk(counts)
             else:
@@ -525,6 +546,7 @@ async def _stream(
                 yield sse(err.body())
         yield SSE_DONE
     finally:
+        charge.abandon("the stream ended before its receipt")
         handle.cancel()  # no-op when finished; stops decoding when the client went away
 
 
@@ -534,6 +556,7 @@ async def _whole(
     completion: Completion,
     started: float,
     signer: _Signer,
+    charge: _Charge,
 ) -> Response:
     async def watch_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -552,7 +575,7 @@ async def _whole(
                 if event.reason == "cancelled":
                     return Response(status_code=499)
                 text = "".join(parts)
-                return JSONResponse(
+                answer = JSONResponse(
                     completion.whole(
                         text,
                         event.reason,
@@ -560,9 +583,12 @@ async def _whole(
                         veil_receipt=signer.receipt(text, event),
                     )
                 )
+                await charge.answered()
+                return answer
             else:
                 raise _failure(event)
         raise OpenAIError(500, "the generation ended without a result", type_="server_error")
     finally:
+        charge.abandon("the request ended without an answer")
         watcher.cancel()
         handle.cancel()

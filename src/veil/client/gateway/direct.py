@@ -12,7 +12,8 @@ answer when the node's breaks), a bad receipt, or a relay problem that reports t
 (`RelayBroke`, httpx errors) say nothing against the node: the next node is tried, or, mid-
 stream, the stream ends with `relay_failed_mid_stream`, and the node stays up.
 
-A 402 saying the node's ticket params moved on is retried (up to three times), with the fresh params it sent.
+A 402 saying the node's ticket params moved on is retried (up to three times), with the fresh
+params it sent.
 The answer is relayed as it arrives; its receipt is checked by the session's transport, and a
 refused receipt or a failure mid-stream becomes an error event instead of `[DONE]`.
 """

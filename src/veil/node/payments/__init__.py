@@ -18,6 +18,7 @@ of the node uses is importable from this package.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +84,27 @@ class NodePayments:
 
     async def check(self, header: str | None) -> AcceptedTicket | None:
         return await self.desk.check(header)
+
+    async def answered(self, accepted: AcceptedTicket | None) -> None:
+        """The request paid with `accepted` was answered: a winner becomes redeemable."""
+        if accepted is not None and accepted.winning:
+            try:
+                await asyncio.to_thread(self.queue.answered, accepted.ticket_id)
+            except OSError as exc:  # stays awaiting: dropped at the next start, never charged
+                log.error("cannot record an answered winning ticket: %s", exc)
+                return
+            if self.redeemer is not None:
+                self.redeemer.wake()
+
+    def unanswered(self, accepted: AcceptedTicket | None, reason: str) -> None:
+        """The request paid with `accepted` ended without an answer: no charge for it."""
+        if accepted is not None and accepted.winning:
+            try:
+                self.queue.unanswered(accepted.ticket_id, reason)
+            except OSError as exc:  # stays awaiting: dropped at the next start
+                log.error("cannot drop an unanswered winning ticket: %s", exc)
+            else:
+                self.stats.add(unanswered=1)
 
     def start(self) -> None:
         if self.redeemer is not None:

@@ -94,6 +94,9 @@ class TicketQueue:
         self._pending: dict[bytes, WinningTicket] = {}
         self._settled: OrderedDict[bytes, WinningTicket] = OrderedDict()  # redeemed, kept
         self._unsaved: set[bytes] = set()
+        # saved winners whose request has not been answered yet: not redeemed until it is,
+        # dropped if it never is (a failure, or a crash before the answer went out)
+        self._awaiting: set[bytes] = set()
         self._compact_every = compact_every
         self._keep_settled = keep_settled
         self._clock = clock
@@ -121,6 +124,10 @@ class TicketQueue:
                     winner = WinningTicket.from_json(obj)
                     self._pending[winner.ticket_id] = winner
                     self._settled.pop(winner.ticket_id, None)
+                    if obj.get("awaiting"):
+                        self._awaiting.add(winner.ticket_id)
+                elif obj["event"] == "answered":
+                    self._awaiting.discard(bytes.fromhex(obj["ticket_id"][2:]))
                 elif obj["event"] == "done":
                     done = self._pending.pop(bytes.fromhex(obj["ticket_id"][2:]), None)
                     if done is not None and obj.get("outcome") == "redeemed":
@@ -136,6 +143,15 @@ class TicketQueue:
                     "is incomplete (interrupted write), skipped" if torn else "is invalid, skipped",
                     exc,
                 )
+        if self._awaiting:  # their requests died with the last process: never answered
+            for ticket_id in self._awaiting:
+                self._pending.pop(ticket_id, None)
+            log.warning(
+                "ticket queue %s: %d winning tickets of requests never answered, dropped",
+                self.path,
+                len(self._awaiting),
+            )
+            self._awaiting.clear()
         if self._pending:
             log.info("ticket queue %s: %d winning tickets to redeem", self.path, len(self._pending))
 
@@ -152,7 +168,9 @@ class TicketQueue:
         if self.path is None:
             return
         lines = [
-            winner.to_json()
+            dict(winner.to_json(), awaiting=True)
+            if ticket_id in self._awaiting
+            else winner.to_json()
             for ticket_id, winner in self._pending.items()
             if ticket_id not in self._unsaved
         ]
@@ -175,15 +193,32 @@ class TicketQueue:
             self._unsaved.add(winner.ticket_id)
 
     def save(self, winner: WinningTicket) -> None:
-        """Write the winner durably; from then on the redeemer sees it. Raises OSError."""
+        """Write the winner durably, awaiting its answer (`answered`): only then does the
+        redeemer see it. Raises OSError."""
         with self._lock:
             try:
-                self._append(winner.to_json())
+                self._append(dict(winner.to_json(), awaiting=True))
             except OSError:
                 self._pending.pop(winner.ticket_id, None)
                 self._unsaved.discard(winner.ticket_id)
                 raise
             self._unsaved.discard(winner.ticket_id)
+            self._awaiting.add(winner.ticket_id)
+
+    def answered(self, ticket_id: bytes) -> None:
+        """The winner's request was answered: record it durably; now it may be redeemed."""
+        with self._lock:
+            if ticket_id in self._awaiting:
+                self._append({"event": "answered", "ticket_id": "0x" + ticket_id.hex()})
+                self._awaiting.discard(ticket_id)
+
+    def unanswered(self, ticket_id: bytes, reason: str) -> None:
+        """The winner's request ended without an answer: drop it, never redeem it."""
+        with self._lock:
+            if ticket_id in self._awaiting:
+                self._append(_done(ticket_id, "unanswered", reason))
+                self._awaiting.discard(ticket_id)
+                self._pending.pop(ticket_id, None)
 
     def pending_face_value(self, sender: str) -> int:
         """Face value of `sender`'s winning tickets that are not settled yet."""
@@ -195,9 +230,13 @@ class TicketQueue:
     # --- the redeemer's side
 
     def pending(self) -> list[WinningTicket]:
-        """Saved, unsettled winners, oldest first."""
+        """Saved, unsettled winners whose requests were answered, oldest first."""
         with self._lock:
-            return [w for i, w in self._pending.items() if i not in self._unsaved]
+            return [
+                w
+                for i, w in self._pending.items()
+                if i not in self._unsaved and i not in self._awaiting
+            ]
 
     def __len__(self) -> int:
         with self._lock:

@@ -19,6 +19,7 @@ class PaymentStats:
     redeemed: int = 0  # winners settled on chain (including ones found already redeemed)
     failed: int = 0  # winners the broker refused for good (dropped)
     requeued: int = 0  # redeemed winners the chain turned out not to hold, queued again
+    unanswered: int = 0  # winners whose request ended without an answer (dropped, not charged)
     redeemed_face_value: int = 0  # token base units credited by those redemptions
     withdrawn: int = 0  # token base units withdrawn to the operator
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -38,6 +39,7 @@ class PaymentStats:
                 "redeemed": self.redeemed,
                 "failed": self.failed,
                 "requeued": self.requeued,
+                "unanswered": self.unanswered,
                 "redeemed_face_value": self.redeemed_face_value,
                 "withdrawn": self.withdrawn,
             }
