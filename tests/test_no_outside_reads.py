@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 from support.outside_reads import REPO, OutsideReads
 
 
 def test_sibling_of_the_repository_is_outside() -> None:
-    guard = OutsideReads()
-    shared = REPO.parent / "shared" / "testdata" / "ohttp" / "rfc9458-appendix-a.json"
+    repo = Path("/srv/clones/veil")  # a clone in a folder of its own, under an allowed root
+    guard = OutsideReads(roots=("/srv", "/tmp"), repo=repo)
+    shared = repo.parent / "shared" / "testdata" / "ohttp" / "rfc9458-appendix-a.json"
     assert guard.outside(shared) == str(shared)
-    assert guard.outside(str(REPO / ".." / "shared" / "x")) == str(REPO.parent / "shared" / "x")
+    assert guard.outside(str(repo / ".." / "shared" / "x")) == "/srv/clones/shared/x"
+    assert guard.outside(repo / "tests" / "data" / "x") is None
+    assert guard.outside("/srv/elsewhere/x") is None  # an allowed root, not beside the clone
+
+
+def test_a_clone_right_in_a_temp_root_leaves_its_siblings_to_the_roots() -> None:
+    guard = OutsideReads(roots=("/tmp",), repo=Path("/tmp/veil"))
+    assert guard.outside("/tmp/pytest-of-root/x") is None
+    assert guard.outside("/elsewhere/x") == "/elsewhere/x"
 
 
 def test_repository_temp_and_descriptors_are_inside() -> None:

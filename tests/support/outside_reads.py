@@ -43,11 +43,21 @@ def _allowed_roots() -> tuple[str, ...]:
     return tuple(sorted(os.path.realpath(r) for r in roots if r))
 
 
-class OutsideReads:
-    """Records each opened path that lies under none of the allowed roots."""
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
-    def __init__(self, roots: tuple[str, ...] | None = None) -> None:
+
+class OutsideReads:
+    """Records each opened path that lies beside the repository (what a clone lacks, like
+    `../shared`), or under none of the allowed roots."""
+
+    def __init__(self, roots: tuple[str, ...] | None = None, repo: Path = REPO) -> None:
         self.roots = roots if roots is not None else _allowed_roots()
+        self.repo = os.path.realpath(repo)
+        parent = os.path.dirname(self.repo)
+        # The repository's own folder: where `../shared` would be. Unless that folder is an
+        # allowed root itself (a clone right in /tmp): then its siblings are temp files.
+        self.beside = None if parent in self.roots else parent
         self.seen: list[str] = []
 
     def outside(self, path: object) -> str | None:
@@ -59,6 +69,10 @@ class OutsideReads:
         if not isinstance(path, str | os.PathLike):
             return None
         full = os.path.normpath(os.path.abspath(os.fspath(path)))
+        if _under(full, self.repo):
+            return None
+        if self.beside is not None and _under(full, self.beside):
+            return full
         for root in self.roots:
             if full == root or full.startswith(root.rstrip("/") + "/"):
                 return None
