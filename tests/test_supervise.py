@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from support.processes import descendants
 from veil import lifeline
 from veil.commands.supervise import (
     NetworkFailed,
@@ -321,25 +322,6 @@ def running() -> set[int]:
             if state != "Z":
                 pids.add(int(entry.name))
     return pids
-
-
-def descendants(root: int) -> set[int]:
-    """The processes under `root` (children, grandchildren...), from /proc."""
-    parent_of: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent_of[int(entry.name)] = int(
-                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
-            except (OSError, IndexError, ValueError):
-                continue
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parent_of.items() if ppid in frontier} - found
-        found |= frontier
-    return found
 
 
 def comm(pid: int) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from support.processes import descendants
 from veil import lifeline
 from veil.commands.chat import DEFAULT_MODEL
 
@@ -191,23 +192,4 @@ def alive() -> set[int]:
                     found.add(int(entry.name))
             except (OSError, IndexError):
                 continue
-    return found
-
-
-def descendants(root: int) -> set[int]:
-    """Every process under `root`, from /proc."""
-    parent_of = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent_of[int(entry.name)] = int(
-                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
-            except (OSError, IndexError, ValueError):
-                continue
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {p for p, pp in parent_of.items() if pp in frontier} - found
-        found |= frontier
     return found
