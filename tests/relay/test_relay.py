@@ -243,3 +243,31 @@ async def test_ticket_params_forwarded_bare_and_capped() -> None:
         answers.update(media=MEDIA_TICKET_PARAMS, body=b"x" * (17 * 1024))
         assert (await relay.get("/relay/node-a/ticket-params")).status_code == 502
         assert (await relay.get("/relay/nobody/ticket-params")).status_code == 404
+
+
+@pytest.mark.parametrize("kind", ["tarpit", "trickle"])
+async def test_a_slow_node_costs_a_document_fetch_its_deadline_only(kind: str) -> None:
+    """A node that never answers, or trickles, holds the relay no longer than the fetch
+    deadline (not the long read timeout chat answers get), whoever waits for it."""
+    import time
+
+    from support.gateway import SlowNode
+
+    slow = SlowNode(kind)
+    try:
+        directory = StaticNodeDirectory([Node("slow", slow.url)])
+        config = RelayConfig(allow_private_endpoints=True, read_timeout_s=60, fetch_deadline_s=0.5)
+        app = create_relay_app(directory, config)
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),  # its upstream client, closed at the end
+            httpx.AsyncClient(transport=transport, base_url="http://relay") as relay,
+        ):
+            for path in ("descriptor", "ohttp-keys", "ticket-params"):
+                began = time.monotonic()
+                answer = await relay.get(f"/relay/slow/{path}")
+                assert answer.status_code == 502
+                assert time.monotonic() - began < 5
+        assert slow.accepted == 3
+    finally:
+        slow.close()

@@ -68,6 +68,8 @@ class RelayConfig:
     max_keys_bytes: int = 64 * 1024  # key list size accepted from a node
     max_descriptor_bytes: int = 512 * 1024  # descriptor size accepted from a node (TDX quotes)
     max_ticket_params_bytes: int = 16 * 1024  # ticket params size accepted from a node
+    # A key list, descriptor or ticket offer whole, at most (a node may trickle its bytes):
+    fetch_deadline_s: float = 15.0
     max_answer_bytes: int = 16 * 1024 * 1024  # a whole (not chunked) answer; the client's cap
     # Connect to loopback and private addresses too (never cloud metadata): devnets only.
     allow_private_endpoints: bool = False
@@ -179,7 +181,13 @@ def create_relay_app(
         if isinstance(node, Response):
             return node
         return await fetch_small(
-            _client(), node.keys_url, MEDIA_KEYS, cfg.max_keys_bytes, node_id, is_key_list
+            _client(),
+            node.keys_url,
+            MEDIA_KEYS,
+            cfg.max_keys_bytes,
+            node_id,
+            is_key_list,
+            cfg.fetch_deadline_s,
         )
 
     @app.get("/relay/{node_id}/descriptor")
@@ -188,7 +196,12 @@ def create_relay_app(
         if isinstance(node, Response):
             return node
         return await fetch_small(
-            _client(), node.descriptor_url, MEDIA_DESCRIPTOR, cfg.max_descriptor_bytes, node_id
+            _client(),
+            node.descriptor_url,
+            MEDIA_DESCRIPTOR,
+            cfg.max_descriptor_bytes,
+            node_id,
+            deadline_s=cfg.fetch_deadline_s,
         )
 
     @app.get("/relay/{node_id}/ticket-params")
@@ -203,6 +216,7 @@ def create_relay_app(
             cfg.max_ticket_params_bytes,
             node_id,
             is_ticket_params,
+            cfg.fetch_deadline_s,
         )
 
     return app

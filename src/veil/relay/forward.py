@@ -25,6 +25,7 @@ a node. Clients treat a relay 502 as a node failure and fail over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -189,9 +190,30 @@ async def fetch_small(
     limit: int,
     node_id: str,
     accept: Callable[[bytes], bool] | None = None,
+    deadline_s: float | None = None,
 ) -> Response:
     """GET a small public document from a node (key list, descriptor, ticket offer): 200 with
-    exactly `media`, at most `limit` bytes, taken by `accept`, or the one upstream failure."""
+    exactly `media`, at most `limit` bytes, taken by `accept`, or the one upstream failure.
+
+    `deadline_s` bounds the whole fetch: a node that sends a byte a second never trips a read
+    timeout, and the relay goes on waiting after its caller has given up (a handler is not
+    cancelled when its client leaves), so without it each check of such a node would hold a
+    connection and its buffers for hours."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await _fetch_small(client, url, media, limit, node_id, accept)
+    except TimeoutError:
+        return upstream_failed(node_id, f"no whole answer in {deadline_s} s")
+
+
+async def _fetch_small(
+    client: httpx.AsyncClient,
+    url: str,
+    media: str,
+    limit: int,
+    node_id: str,
+    accept: Callable[[bytes], bool] | None,
+) -> Response:
     try:
         answer = await client.send(
             httpx.Request("GET", url, headers={"accept": media}), stream=True
