@@ -61,6 +61,25 @@ def test_bad_endpoints_are_skipped_and_a_failed_read_keeps_the_list(caplog):
     assert "registry read failed" in caplog.text
 
 
+def test_an_unchanged_entry_is_reused_and_a_bad_one_logged_once(caplog):
+    entries = [(A, "http://127.0.0.1:9001"), (B, "http://127.0.0.1:9002/path")]
+    directory = ChainNodeDirectory(lambda: list(entries))
+    directory.refresh()
+    first = directory.get(A)
+    for _ in range(3):
+        directory.refresh()
+    assert directory.get(A) is first  # the same record: not rebuilt per refresh
+    assert caplog.text.count("skipping registry entry") == 1
+    entries[0] = (A, "http://127.0.0.1:9101")  # a changed endpoint is taken at once
+    entries[1] = (B, "http://127.0.0.1:9102")  # and a fixed one is listed
+    directory.refresh()
+    assert directory.get(A).url == "http://127.0.0.1:9101"
+    assert directory.get(B).url == "http://127.0.0.1:9102"
+    entries.pop()  # gone from the registry: gone from the relay
+    directory.refresh()
+    assert directory.get(B) is None and len(directory) == 1
+
+
 @pytest.mark.integration
 def test_reads_active_nodes_from_a_devnet():
     from veil.chain import ChainClient, Devnet, deploy

@@ -81,12 +81,12 @@ class FakeChainReader:
     def set_stake(self, operator: str, stake: int) -> None:
         self.nodes[operator] = replace(self.nodes[operator], stake=stake)
 
-    def iter_active_operators(self) -> list[tuple[str, int]]:
-        self.reads += 1
-        return [(op, n.stake) for op, n in self.nodes.items() if n.active]
-
     def get_node(self, operator: str) -> NodeInfo:
         return self.nodes[operator]
+
+    def active_nodes(self) -> list[NodeInfo]:
+        self.reads += 1
+        return [n for n in self.nodes.values() if n.active]
 
     def min_stake(self) -> int:
         return self.minimum

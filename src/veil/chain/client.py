@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from web3 import Web3
     from web3.contract import Contract
 
+    from veil.chain.registry import RegistryMirror
+
 __all__ = ["ChainClient"]
 
 _NO_REF = 2**256 - 1
@@ -74,6 +76,8 @@ class ChainClient:
         self.broker = self._contract("TicketBroker")
         self.slasher = self._contract("Slasher")
         self.release_log = self._contract("ReleaseLog")
+        self._mirror: RegistryMirror | None = None
+        self._min_stake: int | None = None
 
     @classmethod
     def from_file(
@@ -216,19 +220,9 @@ class ChainClient:
         return self._transact(self.registry, "withdraw")
 
     def get_node(self, operator: str) -> NodeInfo:
-        r = self._call(self.registry, "getNode", operator)
-        return NodeInfo(
-            operator=r[0],
-            endpoint=r[1],
-            ohttp_keys_hash=bytes(r[2]),
-            attestation_digest=bytes(r[3]),
-            stake=r[4],
-            unbonding=r[5],
-            unbonding_ends_at=r[6],
-            registered=r[7],
-            active=r[8],
-            models=tuple(ModelEntry(m[0], bytes(m[1])) for m in r[9]),
-        )
+        from veil.chain.registry import node_info
+
+        return node_info(self._call(self.registry, "getNode", operator))
 
     def iter_active_operators(self) -> Iterator[tuple[str, int]]:
         """(operator, bonded stake) of every active node, in registration order."""
@@ -238,11 +232,19 @@ class ChainClient:
                 yield str(operator), int(stake)
 
     def active_nodes(self) -> list[NodeInfo]:
-        """Full records of every active node (what client discovery starts from)."""
-        return [self.get_node(op) for op, _stake in self.iter_active_operators()]
+        """Full records of every active node (what client discovery and the relay start
+        from), kept current from the registry's events (`veil.chain.registry`)."""
+        if self._mirror is None:
+            from veil.chain.registry import RegistryMirror
+
+            self._mirror = RegistryMirror(self)
+        return self._mirror.active_nodes()
 
     def min_stake(self) -> int:
-        return int(self._call(self.registry, "minStake"))
+        """The registry's minimum stake (immutable: read once)."""
+        if self._min_stake is None:
+            self._min_stake = int(self._call(self.registry, "minStake"))
+        return self._min_stake
 
     # ------------------------------------------------------------------ ticket broker
 

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -78,8 +78,7 @@ UNAVAILABLE = "unavailable"  # a refusal kind: the node could not be reached or 
 class ChainReader(Protocol):
     """What discovery and payment read from the chain (`veil.chain.ChainClient` has it all)."""
 
-    def iter_active_operators(self) -> Iterable[tuple[str, int]]: ...
-    def get_node(self, operator: str) -> NodeInfo: ...
+    def active_nodes(self) -> Sequence[NodeInfo]: ...
     def min_stake(self) -> int: ...
     def chain_time(self) -> int: ...
     def is_release_approved(self, model_hash: bytes, measurement: bytes) -> bool: ...
@@ -313,7 +312,7 @@ class Discovery:
 
     def _read_view(self) -> ChainView:
         min_stake = self.chain.min_stake()
-        nodes = tuple(self.chain.get_node(op) for op, _stake in self.chain.iter_active_operators())
+        nodes = tuple(self.chain.active_nodes())
         chain_time = self.chain.chain_time()
         view = ChainView(nodes, min_stake, chain_time, self._clock(), time.time())
         log.debug("chain view: %d active node(s)", len(nodes))

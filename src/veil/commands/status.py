@@ -66,7 +66,7 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
         client = ChainClient(Deployment.load(path))
         wallet = _wallet_address(data_dir / "wallet" / "wallet.json")
         payers = list(dict.fromkeys([*senders, *([wallet] if wallet else [])]))
-        operators = [op for op, _stake in client.iter_active_operators()]
+        active = client.active_nodes()
         redeemed = client.redeemed_tickets()
         console.print(
             f"chain {client.deployment.chain_id} at {client.deployment.rpc_url}, block "
@@ -85,8 +85,8 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
             "tickets won",
             title="nodes (registry; amounts in VEIL)",
         )
-        for operator in operators:
-            node = client.get_node(operator)
+        for node in active:
+            operator = node.operator
             won = [t for t in redeemed if t.recipient == operator]
             nodes.add_row(
                 operator,

@@ -146,6 +146,9 @@ class ChainNodeDirectory:
         self._min_gap_s = min_gap_s
         self._clock = clock
         self._nodes: dict[str, Node] = {}
+        # operator -> (registered endpoint, its Node or None when refused): an unchanged
+        # entry is reused, so a refresh of 1,000 nodes checks and logs only what changed.
+        self._seen: dict[str, tuple[str, Node | None]] = {}
         self._last = -float("inf")
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -163,15 +166,20 @@ class ChainNodeDirectory:
                     len(self._nodes),
                 )
                 return
-            nodes = {}
+            seen: dict[str, tuple[str, Node | None]] = {}
             for operator, endpoint in entries:
+                key = operator.lower()
+                known = self._seen.get(key)
+                if known is not None and known[0] == endpoint:
+                    seen[key] = known  # unchanged: neither checked nor logged again
+                    continue
                 try:
-                    node = _node({"id": operator, "url": endpoint})
+                    seen[key] = (endpoint, _node({"id": operator, "url": endpoint}))
                 except NodeConfigError as err:
                     log.warning("relay: skipping registry entry: %s", err)
-                    continue
-                nodes[operator.lower()] = node
-            self._nodes = nodes
+                    seen[key] = (endpoint, None)
+            self._seen = seen
+            self._nodes = {key: node for key, (_e, node) in seen.items() if node is not None}
 
     def get(self, node_id: str, /) -> Node | None:
         node = self._nodes.get(node_id.lower())
