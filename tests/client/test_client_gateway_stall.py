@@ -307,3 +307,65 @@ def test_descriptor_fetches_have_short_deadlines(nets: Nets) -> None:
         took = time.perf_counter() - started
         assert took < 4.0, (slow.kind, took)
         assert expected in str(info.value)
+
+
+class CrowdRelay(Relay):
+    """The good node's descriptor; every other operator's fetch times out (counted by node)."""
+
+    def __init__(self, node: FakeNodeApi) -> None:
+        super().__init__(node)
+        self.by_node: dict[str, int] = {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.node.address.lower() in str(request.url).lower():
+            return super().__call__(request)
+        self.fetches += 1
+        op = next(p for p in request.url.path.split("/") if p.startswith("0x"))
+        self.by_node[op.lower()] = self.by_node.get(op.lower(), 0) + 1
+        raise httpx.ConnectTimeout("no answer", request=request)
+
+
+def test_a_request_with_a_verified_node_at_hand_looks_at_no_other_node() -> None:
+    """1,000 registered nodes that never answer: once the good node is verified, a request
+    asks about it alone; the sweep over the rest, which starts their due checks, runs in the
+    background at most every `sweep_s` (scale: issue 17)."""
+    node, clock = FakeNodeApi(), Clock()
+    relay = CrowdRelay(node)
+    chain = FakeChainReader()
+    approve(chain)
+    for i in range(1000):
+        chain.register(f"0x{i + 1:040x}", [(MODEL, WEIGHTS)], 200 * TOKEN)
+    chain.register(node.address, [(MODEL, WEIGHTS)], 200 * TOKEN)
+    asked: list[str] = []
+    discovery = Discovery(
+        chain,
+        "http://relay.test",
+        descriptor_outer=httpx.MockTransport(relay),
+        config=DiscoveryConfig(view_ttl_s=1e9, retry_s=60.0, sweep_s=2.0),
+        clock=clock,
+        down_for=lambda op: asked.append(op) or 0.0,
+    )
+    try:
+        # the first request knows no node: it sweeps them all, and every check starts
+        assert discovery.eligible(PrivacyMode.ANONYMOUS, MODEL, enough=1).candidates
+        assert until(lambda: relay.fetches == 1001, 30)
+        asked.clear()
+        selection = discovery.start(PrivacyMode.ANONYMOUS, MODEL, enough=1)
+        assert [c.operator for c in selection.candidates] == [node.address]
+        assert asked == [node.address] and not selection.refusals and not selection.pending
+        # a newcomer registers; the next request past sweep_s still looks only at the good
+        # node, and the background sweep starts the newcomer's check
+        newcomer = f"0x{5000:040x}"
+        chain.register(newcomer, [(MODEL, WEIGHTS)], 200 * TOKEN)
+        view = discovery.view(force=True)
+        clock.now += 3.0
+        asked.clear()
+        selection = discovery.start(PrivacyMode.ANONYMOUS, MODEL, view, enough=1)
+        assert [c.operator for c in selection.candidates] == [node.address]
+        assert until(lambda: relay.by_node.get(newcomer) == 1, 10)
+        assert until(lambda: len(asked) >= 1002, 10)  # the sweep asked about every node
+        # without `enough` (listings, errors) every node is placed, none silently left out
+        full = discovery.start(PrivacyMode.ANONYMOUS, MODEL, view)
+        assert len(full.candidates) + len(full.refusals) + len(full.pending) == 1002
+    finally:
+        discovery.close()

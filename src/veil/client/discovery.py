@@ -112,6 +112,10 @@ class DiscoveryConfig:
     listing_deadline_s: float = 0.5  # /v1/models and /veil/status, all modes together
     retry_s: float = 2.0  # a node whose fetch failed is checked again after this,
     retry_max_s: float = 300.0  # ...doubled for each failure in a row, up to this
+    # A request that has enough verified nodes at hand looks only at those; the sweep over
+    # every node (which starts the checks that are due) then runs in the background, at most
+    # this often per (mode, model), so 1,000 registered nodes cost a request no time.
+    sweep_s: float = 2.0
 
     def fetch_timeout(self) -> httpx.Timeout:
         """The deadlines of descriptor and ticket-params fetches."""
@@ -222,6 +226,16 @@ class _Node:
     failures: int = 0  # fetches failed in a row
     retry_at: float = 0.0  # monotonic: no check before this (backoff after failures)
     unreachable: str = ""  # why the last fetch failed
+    # while in backoff: (seconds left, the refusal saying so), per mode
+    waiting: dict[PrivacyMode, tuple[int, Refusal]] = field(default_factory=dict)
+
+
+@dataclass
+class _Serving:
+    """A view's nodes for one model: those the registry allows, and those it refuses."""
+
+    nodes: dict[str, tuple[int, NodeInfo]]  # operator -> (view index, record)
+    refused: dict[str, tuple[int, NodeInfo, Refusal]]
 
 
 def registry_reason(info: NodeInfo, min_stake: int) -> str | None:
@@ -275,9 +289,14 @@ class Discovery:
         self._lock = threading.Lock()  # the caches
         self._nodes: dict[str, _Node] = {}
         self._pool = ThreadPoolExecutor(self.config.verify_workers, "veil-verify")
+        # Per chain view: the nodes serving a model, in view order, and registry refusals.
+        self._serving_of: tuple[ChainView | None, dict[str | None, _Serving]] = (None, {})
+        self._sweeper = ThreadPoolExecutor(1, "veil-sweep")
+        self._swept: dict[tuple[PrivacyMode, str | None], float] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sweeper.shutdown(wait=False, cancel_futures=True)
         if self._descriptor_outer is None:
             self._fetcher.close()
 
@@ -334,34 +353,100 @@ class Discovery:
         with self._lock:
             return self._nodes.setdefault(operator, _Node())
 
+    def _serving(self, view: ChainView, model_id: str | None) -> _Serving:
+        """The view's nodes serving `model_id` (None: all), read once per view."""
+        cached_view, per_model = self._serving_of
+        if cached_view is not view:
+            per_model = {}
+            self._serving_of = (view, per_model)
+        serving = per_model.get(model_id)
+        if serving is None:
+            serving = _Serving({}, {})
+            for i, info in enumerate(view.nodes):
+                if model_id is not None and not serves(info, model_id):
+                    continue
+                reason = registry_reason(info, view.min_stake)
+                if reason is not None:
+                    serving.refused[info.operator] = (i, info, Refusal(POLICY, reason))
+                else:
+                    serving.nodes[info.operator] = (i, info)
+            per_model[model_id] = serving
+        return serving
+
     def start(
-        self, mode: PrivacyMode | str, model_id: str | None, view: ChainView | None = None
+        self,
+        mode: PrivacyMode | str,
+        model_id: str | None,
+        view: ChainView | None = None,
+        *,
+        enough: int | None = None,
     ) -> Selection:
         """The nodes for `mode` (serving `model_id`, when given) as far as known now, without
         waiting: checks that are due start in the background and are listed as `pending`.
         Nodes `down_for` skips count as refused (`unavailable`). Reads the chain only when no
-        `view` is given and the cached one is stale."""
+        `view` is given and the cached one is stale.
+
+        With `enough`, when at least that many verified nodes are at hand, only they are
+        looked at (no refusals are listed); the sweep over all nodes then runs in the
+        background if it has not run for `sweep_s`."""
         mode = PrivacyMode(mode)
         view = view or self.view()
+        serving = self._serving(view, model_id)
+        if enough is not None:
+            selection = self._verified_only(mode, model_id, serving, enough)
+            if selection is not None:
+                key = (mode, model_id)
+                if self._clock() - self._swept.get(key, -float("inf")) >= self.config.sweep_s:
+                    self._swept[key] = self._clock()
+                    with contextlib.suppress(RuntimeError):  # shut down: closing
+                        self._sweeper.submit(self._sweep, mode, model_id, view)
+                return selection
+        return self._sweep(mode, model_id, view)
+
+    def _sweep(self, mode: PrivacyMode, model_id: str | None, view: ChainView) -> Selection:
+        """Every node serving `model_id`: candidates, refusals and checks started."""
+        self._swept[(mode, model_id)] = self._clock()
+        serving = self._serving(view, model_id)
         selection = Selection([], {}, mode, model_id)
-        for i, info in enumerate(view.nodes):
-            if model_id is not None and not serves(info, model_id):
-                continue
-            selection.nodes[info.operator] = (i, info)
-            reason = registry_reason(info, view.min_stake)
-            if reason is not None:
-                selection.refusals[info.operator] = Refusal(POLICY, reason)
-                continue
-            down = self._down_for(info.operator) if self._down_for is not None else 0.0
-            if down > 0:
-                why = f"failed recently; skipped for {down:.0f} s more"
-                selection.refusals[info.operator] = self._unavailable(info.operator, mode, why)
-                continue
-            outcome = self._classify(info, mode, model_id, start=True)
-            self._place(
-                selection, info, outcome or self._unavailable(info.operator, mode, "not checked")
-            )
+        for op, (i, info, refusal) in serving.refused.items():
+            selection.nodes[op] = (i, info)
+            selection.refusals[op] = refusal
+        for i, info in serving.nodes.values():
+            self._consider(selection, i, info)
         return selection
+
+    def _verified_only(
+        self, mode: PrivacyMode, model_id: str | None, serving: _Serving, enough: int
+    ) -> Selection | None:
+        """A selection of the verified nodes alone, or None when fewer than `enough`."""
+        with self._lock:
+            verified = [op for op, node in self._nodes.items() if mode in node.sessions]
+        verified = [op for op in verified if op in serving.nodes]
+        if len(verified) < enough:
+            return None
+        selection = Selection([], {}, mode, model_id)
+        for op in verified:
+            i, info = serving.nodes[op]
+            self._consider(selection, i, info)
+        if len(selection.candidates) < enough:
+            return None
+        return selection
+
+    def _consider(self, selection: Selection, i: int, info: NodeInfo) -> None:
+        selection.nodes[info.operator] = (i, info)
+        down = self._down_for(info.operator) if self._down_for is not None else 0.0
+        if down > 0:
+            why = f"failed recently; skipped for {down:.0f} s more"
+            selection.refusals[info.operator] = self._unavailable(
+                info.operator, selection.mode, why
+            )
+            return
+        outcome = self._classify(info, selection.mode, selection.model_id, start=True)
+        self._place(
+            selection,
+            info,
+            outcome or self._unavailable(info.operator, selection.mode, "not checked"),
+        )
 
     def settle(self, selection: Selection, *, final: bool = False) -> Selection:
         """Place the pending nodes whose check has ended; with `final`, the others too, as
@@ -402,7 +487,7 @@ class Discovery:
     ) -> Selection:
         """`start`, then wait (blocking) for checks in flight, at most `wait_s` (default
         `check_deadline_s`) and only until `enough` candidates are at hand (None: all)."""
-        selection = self.start(mode, model_id)
+        selection = self.start(mode, model_id, enough=enough)
         wait_s = self.config.check_deadline_s if wait_s is None else wait_s
         began = time.monotonic()
         while (left := selection.wait_left(began, wait_s, enough)) > 0:
@@ -449,8 +534,12 @@ class Discovery:
         if check is not None:
             return check
         if unreachable and now < retry_at:
-            why = f"unreachable ({unreachable}); next check in {retry_at - now:.0f} s"
-            return self._unavailable(info.operator, mode, why)
+            left = round(retry_at - now)
+            waiting = node.waiting.get(mode)
+            if waiting is None or waiting[0] != left:  # made once a second, not per request
+                why = f"unreachable ({unreachable}); next check in {left} s"
+                waiting = node.waiting[mode] = (left, self._unavailable(info.operator, mode, why))
+            return waiting[1]
         return None
 
     def _unavailable(self, operator: str, mode: PrivacyMode, why: str) -> Refusal:
@@ -497,6 +586,7 @@ class Discovery:
                         node.policy_refused.pop(mode, None)
                 node.checked_at = self._clock()
                 node.failures, node.retry_at, node.unreachable = 0, 0.0, ""
+                node.waiting.clear()
         except Exception:  # never lose a check silently: the node stays unchecked, and says so
             log.exception("checking node %s failed", info.operator)
             self._unreachable(node, info.operator, "its check failed")
@@ -542,6 +632,7 @@ class Discovery:
             node.retry_at = self._clock() + backoff
             node.unreachable = why
             node.sessions.clear()
+            node.waiting.clear()
         log.info("node %s not checked (%s); next check in %.0f s", operator, why, backoff)
 
     def _match_registry(

@@ -69,7 +69,7 @@ async def select(
     checked then is unavailable for this request; its check goes on for the next. So a
     request with a verified node at hand waits for no other node."""
     view = discovery.fresh_view() or await read_view(discovery)
-    selection = discovery.start(mode, model_id, view)
+    selection = discovery.start(mode, model_id, view, enough=enough)
     wait_s = discovery.config.check_deadline_s if wait_s is None else wait_s
     began = time.monotonic()
     while (left := selection.wait_left(began, wait_s, enough)) > 0:
