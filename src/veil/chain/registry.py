@@ -125,7 +125,7 @@ class RegistryMirror:
                 self._records.pop(key, None)
         self._block = head
 
-    def _read_nodes(self, operators: list[str], block: int) -> list[NodeInfo]:
+    def _read_nodes(self, operators: Sequence[str], block: int) -> list[NodeInfo]:
         results = self._batch([("getNode", [op]) for op in operators], block)
         return [node_info(result[0]) for result in results]
 
@@ -149,8 +149,9 @@ class RegistryMirror:
                 )
                 for f, a in chunk
             ]
+            provider: Any = self._client.w3.provider  # an HTTPProvider: it batches
             answers = self._client._read(
-                "eth_call", lambda r=requests: self._client.w3.provider.make_batch_request(r)
+                "eth_call", lambda r=requests: provider.make_batch_request(r)
             )
             if not isinstance(answers, list) or len(answers) != len(chunk):
                 raise ChainUnavailable(f"the chain RPC refused a batch of {len(chunk)} calls")
