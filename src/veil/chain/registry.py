@@ -140,6 +140,7 @@ class RegistryMirror:
 
         out: list[Any] = []
         tag = hex(block)
+        provider: Any = self._client.w3.provider  # an HTTPProvider: it batches
         for i in range(0, len(calls), self._batch_size):
             chunk = calls[i : i + self._batch_size]
             requests = [
@@ -149,7 +150,6 @@ class RegistryMirror:
                 )
                 for f, a in chunk
             ]
-            provider: Any = self._client.w3.provider  # an HTTPProvider: it batches
             answers = self._client._read(
                 "eth_call", lambda r=requests: provider.make_batch_request(r)
             )
