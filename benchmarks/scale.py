@@ -272,6 +272,8 @@ async def first_token(client: httpx.AsyncClient, url: str, prompt: str) -> float
 
 
 async def measure(net: LocalNetwork, name: str, requests: int) -> Phase:
+    """`requests` chats one at a time (a fifth of a second apart), then as many listings:
+    a listing sweeps every node, so it is timed on its own, not between the chats."""
     phase = Phase(name)
     pids = {s.name: s.proc.pid for s in (net.relay, net.gateway) if s and s.proc}
     async with httpx.AsyncClient() as client:
@@ -280,13 +282,15 @@ async def measure(net: LocalNetwork, name: str, requests: int) -> Phase:
                 phase.ttft.append(await first_token(client, net.gateway_url, f"Say {i}."))
             except (httpx.HTTPError, RuntimeError) as err:
                 phase.errors.append(str(err)[:120])
+            for pname, pid in pids.items():
+                phase.rss.setdefault(pname, []).append(rss_mb(pid))
+            await asyncio.sleep(0.2)
+        for _ in range(requests):
             t0 = time.perf_counter()
             r = await client.get(net.gateway_url + MODELS_PATH, timeout=30)
             phase.models.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 phase.errors.append(f"/v1/models {r.status_code}")
-            for pname, pid in pids.items():
-                phase.rss.setdefault(pname, []).append(rss_mb(pid))
     return phase
 
 

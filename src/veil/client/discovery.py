@@ -356,21 +356,33 @@ class Discovery:
     def _serving(self, view: ChainView, model_id: str | None) -> _Serving:
         """The view's nodes serving `model_id` (None: all), read once per view."""
         cached_view, per_model = self._serving_of
+        previous = per_model.get(model_id)
         if cached_view is not view:
             per_model = {}
             self._serving_of = (view, per_model)
-        serving = per_model.get(model_id)
-        if serving is None:
-            serving = _Serving({}, {})
-            for i, info in enumerate(view.nodes):
-                if model_id is not None and not serves(info, model_id):
-                    continue
-                reason = registry_reason(info, view.min_stake)
-                if reason is not None:
-                    serving.refused[info.operator] = (i, info, Refusal(POLICY, reason))
-                else:
-                    serving.nodes[info.operator] = (i, info)
-            per_model[model_id] = serving
+        elif previous is not None:
+            return previous
+        serving = _Serving({}, {})
+        for i, info in enumerate(view.nodes):
+            op = info.operator
+            # a record the chain client kept unchanged keeps its verdict (the endpoint check
+            # is the costly part at 1,000 nodes)
+            old_ok = previous.nodes.get(op) if previous else None
+            old_refused = previous.refused.get(op) if previous else None
+            if old_ok is not None and old_ok[1] is info:
+                serving.nodes[op] = (i, info)
+                continue
+            if old_refused is not None and old_refused[1] is info:
+                serving.refused[op] = (i, info, old_refused[2])
+                continue
+            if model_id is not None and not serves(info, model_id):
+                continue
+            reason = registry_reason(info, view.min_stake)
+            if reason is not None:
+                serving.refused[op] = (i, info, Refusal(POLICY, reason))
+            else:
+                serving.nodes[op] = (i, info)
+        per_model[model_id] = serving
         return serving
 
     def start(
