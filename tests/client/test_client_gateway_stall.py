@@ -240,7 +240,9 @@ def discovery_of(node: FakeNodeApi, relay: Relay, clock: Clock) -> Discovery:
         chain,
         "http://relay.test",
         descriptor_outer=httpx.MockTransport(relay),
-        config=DiscoveryConfig(view_ttl_s=1e9, reverify_s=60.0, retry_s=2.0, retry_max_s=5.0),
+        config=DiscoveryConfig(
+            view_ttl_s=1e9, reverify_s=60.0, retry_s=2.0, retry_max_s=5.0, retry_jitter=0.0
+        ),
         clock=clock,
     )
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -112,6 +113,7 @@ class DiscoveryConfig:
     listing_deadline_s: float = 0.5  # /v1/models and /veil/status, all modes together
     retry_s: float = 2.0  # a node whose fetch failed is checked again after this,
     retry_max_s: float = 300.0  # ...doubled for each failure in a row, up to this
+    retry_jitter: float = 0.25  # ...less a random fraction up to this
     # A request that has enough verified nodes at hand looks only at those; the sweep over
     # every node (which starts the checks that are due) then runs in the background, at most
     # this often per (mode, model), so 1,000 registered nodes cost a request no time.
@@ -641,6 +643,8 @@ class Discovery:
             node.failures += 1
             backoff = self.config.retry_s * 2 ** min(node.failures - 1, 32)
             backoff = min(self.config.retry_max_s, backoff)
+            # spread out: 1,000 nodes that failed together are not all checked again together
+            backoff *= 1 - self.config.retry_jitter * random.random()
             node.retry_at = self._clock() + backoff
             node.unreachable = why
             node.sessions.clear()
