@@ -1,0 +1,100 @@
+"""What the explorer page shows: the registry as the gateway verified it, plus the chain's
+release log, payments and earnings.
+
+Every list read from the chain is cut to a bound (newest kept) and every string cut to a
+length before it is returned, so a registry or log stuffed with entries cannot make the page,
+or the gateway, hold more than a screenful. A read that fails is reported per section (its
+error's type), and the rest is still shown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from veil.errors import VeilError
+
+__all__ = ["MAX_ROWS", "explorer_snapshot"]
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 200  # per section: the newest entries
+_MAX_NOTE = 200  # characters of a release note
+
+
+def _section(read: Callable[[], Any], what: str) -> tuple[Any, str | None]:
+    """(value, None), or (None, error type) when `read` fails or the chain lacks it."""
+    try:
+        return read(), None
+    except AttributeError:
+        return None, "not available from this chain reader"
+    except (VeilError, ValueError, OSError) as err:
+        log.info("explorer: reading %s failed: %s", what, type(err).__name__)
+        return None, type(err).__name__
+
+
+def explorer_snapshot(
+    chain: Any, nodes: list[dict[str, Any]], wallet: str | None
+) -> dict[str, Any]:
+    """The explorer's JSON (blocking: call it in a thread). `nodes`: `/veil/status`'s."""
+    errors: dict[str, str] = {}
+    rows = []
+    for node in nodes[:MAX_ROWS]:
+        earned, err = _section(lambda op=node["address"]: chain.earnings(op), "earnings")
+        if err:
+            errors["earnings"] = err
+        rows.append({**node, "earnings": None if earned is None else str(earned)})
+    releases, err = _section(chain.releases if hasattr(chain, "releases") else _missing, "log")
+    if err:
+        errors["releases"] = err
+    release_rows = [
+        {
+            "index": r.index,
+            "action": r.action.name.lower(),
+            "model_hash": "0x" + r.model_hash.hex(),
+            "measurement": "0x" + r.measurement.hex(),
+            "ref": r.ref,
+            "note": r.note[:_MAX_NOTE],
+            "published_at": r.published_at,
+            "in_force": r.in_force,
+        }
+        for r in (releases or [])[-MAX_ROWS:]
+    ]
+    redeemed, err = _section(
+        chain.redeemed_tickets if hasattr(chain, "redeemed_tickets") else _missing, "tickets"
+    )
+    if err:
+        errors["redeemed"] = err
+    ticket_rows = [
+        {
+            "sender": t.sender,
+            "recipient": t.recipient,
+            "ticket_hash": "0x" + t.ticket_hash.hex(),
+            "face_value": str(t.face_value),
+            "block": t.block_number,
+            "tx_hash": t.tx_hash,
+        }
+        for t in (redeemed or [])[-MAX_ROWS:]
+    ]
+    payers = sorted({t["sender"] for t in ticket_rows} | ({wallet} if wallet else set()))
+    deposits = []
+    for payer in payers[:MAX_ROWS]:
+        funds, err = _section(lambda p=payer: chain.sender_funds(p), "deposits")
+        if err:
+            errors["deposits"] = err
+            continue
+        deposits.append(
+            {"payer": payer, "deposit": str(funds.deposit), "reserve": str(funds.reserve)}
+        )
+    return {
+        "nodes": rows,
+        "releases": release_rows,
+        "deposits": deposits,
+        "redeemed": ticket_rows,
+        "errors": errors,
+    }
+
+
+def _missing() -> Any:
+    raise AttributeError("not available")
