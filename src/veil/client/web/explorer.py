@@ -41,11 +41,12 @@ def explorer_snapshot(
     errors: dict[str, str] = {}
     rows = []
     for node in nodes[:MAX_ROWS]:
-        earned, err = _section(lambda op=node["address"]: chain.earnings(op), "earnings")
+        earnings = _method(chain, "earnings")
+        earned, err = _section(lambda op=node["address"]: earnings(op), "earnings")
         if err:
             errors["earnings"] = err
         rows.append({**node, "earnings": None if earned is None else str(earned)})
-    releases, err = _section(chain.releases if hasattr(chain, "releases") else _missing, "log")
+    releases, err = _section(_method(chain, "releases"), "release log")
     if err:
         errors["releases"] = err
     release_rows = [
@@ -61,9 +62,7 @@ def explorer_snapshot(
         }
         for r in (releases or [])[-MAX_ROWS:]
     ]
-    redeemed, err = _section(
-        chain.redeemed_tickets if hasattr(chain, "redeemed_tickets") else _missing, "tickets"
-    )
+    redeemed, err = _section(_method(chain, "redeemed_tickets"), "redeemed tickets")
     if err:
         errors["redeemed"] = err
     ticket_rows = [
@@ -96,5 +95,13 @@ def explorer_snapshot(
     }
 
 
-def _missing() -> Any:
-    raise AttributeError("not available")
+def _method(chain: Any, name: str) -> Callable[[], Any]:
+    """`chain.name`, or a reader that says this chain reader has no such read."""
+    found = getattr(chain, name, None)
+    if callable(found):
+        return found
+
+    def missing(*_: Any) -> Any:
+        raise AttributeError(name)
+
+    return missing
