@@ -67,6 +67,7 @@ async function loadModels() {
     const chosen = select.value;
     select.replaceChildren(...ids.map((id) => { const o = el("option", null, id); o.value = id; return o; }));
     if (ids.includes(chosen)) select.value = chosen;
+    if (!ids.length) setTimeout(loadModels, 2000);  // nodes still being verified
   } catch (err) { handle(err); }
 }
 
