@@ -78,7 +78,9 @@ def test_delete_removes_the_text_from_the_file(tmp_path: Path) -> None:
 def test_bad_conversations_are_refused_and_nothing_is_stored(
     tmp_path: Path, body: object, why: str
 ) -> None:
-    history = ChatHistory(tmp_path / "chat.sqlite", HistoryLimits(max_messages=10, max_text_chars=100))
+    history = ChatHistory(
+        tmp_path / "chat.sqlite", HistoryLimits(max_messages=10, max_text_chars=100)
+    )
     with pytest.raises(HistoryInvalid, match=why):
         history.save(body)
     assert history.list() == []

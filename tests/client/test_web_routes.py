@@ -82,8 +82,11 @@ def test_bad_history_input_gets_typed_errors_and_the_gateway_keeps_serving(
     cases = [
         (b"{not json", 400, "invalid_json"),
         (b"[" * 10_000 + b"]" * 10_000, 400, "invalid_request"),
-        (json.dumps({"messages": [{"role": "root", "content": "x"}]}).encode(), 400,
-         "invalid_conversation"),
+        (
+            json.dumps({"messages": [{"role": "root", "content": "x"}]}).encode(),
+            400,
+            "invalid_conversation",
+        ),
         (b" " * (MAX_HISTORY_BODY + 1), 413, "request_too_large"),
     ]
     for body, status, code in cases:

@@ -183,7 +183,13 @@ class FakeNodeApi:
                 ticket_id = ticket.ticket_id(DOMAIN)
             usage = {"prompt_tokens": 9, "completion_tokens": len(node.tokens), "total_tokens": 14}
             receipt = sign_receipt(
-                node.identity, digest, "".join(node.tokens), node.weights, 9, len(node.tokens), ticket_id
+                node.identity,
+                digest,
+                "".join(node.tokens),
+                node.weights,
+                9,
+                len(node.tokens),
+                ticket_id,
             ).to_json()
             headers = {TICKET_PARAMS_HEADER: node.params().header_value()}
             if node.knob in ("deep_array", "deep_object"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from veil.errors import VeilError
@@ -40,9 +41,9 @@ def explorer_snapshot(
     """The explorer's JSON (blocking: call it in a thread). `nodes`: `/veil/status`'s."""
     errors: dict[str, str] = {}
     rows = []
+    earnings = _method(chain, "earnings")
     for node in nodes[:MAX_ROWS]:
-        earnings = _method(chain, "earnings")
-        earned, err = _section(lambda op=node["address"]: earnings(op), "earnings")
+        earned, err = _section(partial(earnings, node["address"]), "earnings")
         if err:
             errors["earnings"] = err
         rows.append({**node, "earnings": None if earned is None else str(earned)})
@@ -79,7 +80,7 @@ def explorer_snapshot(
     payers = sorted({t["sender"] for t in ticket_rows} | ({wallet} if wallet else set()))
     deposits = []
     for payer in payers[:MAX_ROWS]:
-        funds, err = _section(lambda p=payer: chain.sender_funds(p), "deposits")
+        funds, err = _section(partial(_method(chain, "sender_funds"), payer), "deposits")
         if err:
             errors["deposits"] = err
             continue
@@ -95,7 +96,7 @@ def explorer_snapshot(
     }
 
 
-def _method(chain: Any, name: str) -> Callable[[], Any]:
+def _method(chain: Any, name: str) -> Callable[..., Any]:
     """`chain.name`, or a reader that says this chain reader has no such read."""
     found = getattr(chain, name, None)
     if callable(found):

@@ -165,8 +165,7 @@ class ChatHistory:
                 "SELECT id, title, updated, body FROM conversations ORDER BY updated DESC"
             ).fetchall()
         return [
-            {"id": r[0], "title": r[1], "updated": r[2], "messages": json.loads(r[3])}
-            for r in rows
+            {"id": r[0], "title": r[1], "updated": r[2], "messages": json.loads(r[3])} for r in rows
         ]
 
     def delete(self, conv_id: str) -> bool:
