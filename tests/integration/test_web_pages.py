@@ -6,6 +6,7 @@ real model and devnet chain: test_web_real_network.py.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,8 +163,9 @@ def test_tee_is_refused_with_the_gateways_reason(net: Net, browser: Browser) -> 
 
 
 def test_history_survives_a_reload_and_delete_removes_it_from_disk(
-    net: Net, browser: Browser
+    net: Net, browser: Browser, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     page = open_chat(net, browser)
     page.click("#new-chat")
     ask(page, PROMPT)
@@ -183,6 +185,34 @@ def test_history_survives_a_reload_and_delete_removes_it_from_disk(
     page.reload()
     page.wait_for_selector("body[data-ready='1']")
     assert PROMPT not in page.locator("body").inner_text()
+    page.close()
+    assert caplog.records and PROMPT not in caplog.text and "".join(TOKENS) not in caplog.text
+
+
+def test_stop_marks_the_answer_incomplete_and_regenerate_asks_again(
+    net: Net, browser: Browser
+) -> None:
+    for node in (net.a, net.b):
+        node.knob = "slow"
+        node.tokens = [f" word{i}" for i in range(40)]
+    page = open_chat(net, browser)
+    page.click("#new-chat")
+    page.fill("#prompt", "a long answer please")
+    page.click("#send")
+    assert until(lambda: "word2" in _answer_text(page), timeout=20)
+    page.click("#stop")
+    page.wait_for_selector("#send:not([disabled])")
+    answer = page.locator("article.assistant").last
+    assert "incomplete: stopped" in answer.locator(".incomplete").inner_text()
+    assert "word39" not in _answer_text(page)
+    for node in (net.a, net.b):
+        node.knob = None
+    answer.locator("button.regenerate").click()
+    page.wait_for_selector("#send:not([disabled])")
+    assert page.locator("article.assistant").count() == 1
+    assert "word39" in _answer_text(page)
+    verdict = page.locator("article.assistant details").get_attribute("data-verdict")
+    assert verdict == "Receipt verified"
     page.close()
 
 

@@ -5,6 +5,7 @@ chain, two nodes running the real model, the relay and the gateway, as `veil up`
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROMPT = "In one sentence, why is the sky blue?"
 README_SHOT = Path(__file__).resolve().parents[2] / "docs" / "web-chat.png"
+# Set to refresh the README's screenshots in docs/ (else they go to test-artifacts/ only).
+UPDATE_SHOTS = os.environ.get("WEB_README_SHOTS") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,8 @@ def _chat(net: LocalNetwork, browser: Browser) -> None:
     assert any(address in text for address in net.node_addresses.values())
     assert re.search(r"Ticket paid\s+0x[0-9a-f]{64}", text)
     shot = browser.screenshot(page, "chat-real-network.png")
-    shutil.copyfile(shot, README_SHOT)
+    if UPDATE_SHOTS:
+        shutil.copyfile(shot, README_SHOT)
 
     page.select_option("#mode", "tee")
     page.fill("#prompt", PROMPT)
@@ -90,9 +94,7 @@ def _explorer(net: LocalNetwork, browser: Browser) -> None:
     assert "approve" in page.locator("#releases").inner_text()
     # the winning ticket (win_prob 1) is redeemed by the node shortly after the answer
     assert until(lambda: page.locator("#redeemed tbody tr td.hash").count() > 0, timeout=60)
-    browser.screenshot(page, "explorer-real-network.png")
-    shutil.copyfile(
-        browser.screenshot(page, "explorer-real-network.png"),
-        README_SHOT.with_name("web-explorer.png"),
-    )
+    shot = browser.screenshot(page, "explorer-real-network.png")
+    if UPDATE_SHOTS:
+        shutil.copyfile(shot, README_SHOT.with_name("web-explorer.png"))
     page.close()

@@ -281,9 +281,9 @@ async function answer(conversation) {
     }
   }
   state.abort = null;
-  setBusy(false);
   rerenderLast();
-  await persist(conversation);
+  await persist(conversation);  // saved before the page takes the next prompt
+  setBusy(false);
   return true;
 }
 
