@@ -27,7 +27,7 @@ from veil.identity import NodeIdentity
 from veil.relay.app import RelayConfig, create_relay_app
 from veil.relay.directory import Node, StaticNodeDirectory
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROMPT = "saffron-heron-3310: tell me a private thing"
 
