@@ -134,3 +134,15 @@ def test_a_gateway_without_history_says_so(tmp_path: Path) -> None:
     with ServerThread(app) as server:
         r = httpx.get(server.url + "/veil/history")
         assert r.status_code == 404 and r.json()["error"]["code"] == "history_off"
+
+
+def test_every_static_file_is_served_and_packaged() -> None:
+    import tomllib
+
+    from veil.client.web import pages
+
+    folder = Path(pages.__file__).parent / "static"
+    on_disk = {p.name for p in folder.iterdir()}
+    assert on_disk == set(pages._ASSETS)  # nothing stray, nothing missing
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert "client/web/static/*" in pyproject["tool"]["setuptools"]["package-data"]["veil"]

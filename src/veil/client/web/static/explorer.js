@@ -67,7 +67,8 @@ function attestation(node) {
 function health(node) {
   if (!node.active) return "inactive";
   if (node.down_for_s) return `down (${Math.round(node.down_for_s)} s)`;
-  return "up";
+  const ttfb = node.ttfb_ms === null || node.ttfb_ms === undefined ? "" : `, first byte ${node.ttfb_ms} ms`;
+  return `up (${node.in_flight || 0} in flight${ttfb})`;
 }
 
 async function refresh() {
@@ -76,7 +77,7 @@ async function refresh() {
     fill("nodes", data.nodes, (n) => [
       copyable(n.address), cell(n.endpoint),
       cell(n.models.map((m) => m.id).join(", ")), cell(veil(n.stake)), cell(attestation(n)),
-      cell(n.mpc_party ? `rank ${n.mpc_party.rank} (${n.mpc_party.protocol || "mpc"})` : "no"),
+      cell(n.mpc_party ? `${n.mpc_party.protocol} party for ${n.mpc_party.model}` : "no"),
       cell(health(n)), cell(veil(n.earnings)),
     ]);
     fill("releases", data.releases, (r) => [
