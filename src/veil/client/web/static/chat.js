@@ -16,8 +16,19 @@ function el(tag, cls, text) {
   return node;
 }
 
+// A random (version 4) UUID; randomUUID exists only in secure contexts (a gateway reached by
+// a non-loopback http address is not one), getRandomValues everywhere.
+function uuid4() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 function newConversation() {
-  return { id: crypto.randomUUID(), title: "", messages: [] };
+  return { id: uuid4(), title: "", messages: [] };
 }
 
 // -- the banner: gateway down (retrying), or an API key needed
