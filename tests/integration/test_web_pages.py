@@ -6,6 +6,7 @@ real model and devnet chain: test_web_real_network.py.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,6 +187,20 @@ def test_history_survives_a_reload_and_delete_removes_it_from_disk(
     assert PROMPT not in page.locator("body").inner_text()
     page.close()
     assert caplog.records and PROMPT not in caplog.text and "".join(TOKENS) not in caplog.text
+
+
+def test_export_downloads_every_conversation_as_json(net: Net, browser: Browser) -> None:
+    page = open_chat(net, browser)
+    page.click("#new-chat")
+    ask(page, "export me")
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert download.value.suggested_filename == "veil-chat-history.json"
+    asked = [c for c in exported["conversations"] if c["messages"][0]["content"] == "export me"]
+    assert len(asked) == 1
+    assert asked[0]["messages"][1]["meta"]["receipt"] == "verified"
+    page.close()
 
 
 def test_stop_marks_the_answer_incomplete_and_regenerate_asks_again(
