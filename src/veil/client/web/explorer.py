@@ -1,9 +1,10 @@
 """What the explorer page shows: the registry as the gateway verified it, plus the chain's
 release log, payments and earnings.
 
-Every list read from the chain is cut to a bound (newest kept) and every string cut to a
-length before it is returned, so a registry or log stuffed with entries cannot make the page,
-or the gateway, hold more than a screenful. A read that fails is reported per section (its
+Every list read from the chain is bounded where it is read (the newest `MAX_ROWS` release
+entries; tickets redeemed in the last `TICKET_BLOCKS` blocks) and cut to `MAX_ROWS` rows, and
+release notes are cut to a length, so a registry or log stuffed with entries cannot make the
+page, or the gateway, hold more than a screenful. A read that fails is reported per section (its
 error's type), and the rest is still shown.
 """
 
@@ -21,6 +22,7 @@ __all__ = ["MAX_ROWS", "explorer_snapshot"]
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 200  # per section: the newest entries
+TICKET_BLOCKS = 50_000  # redeemed tickets are looked for in this many latest blocks
 _MAX_NOTE = 200  # characters of a release note
 
 
@@ -47,7 +49,7 @@ def explorer_snapshot(
         if err:
             errors["earnings"] = err
         rows.append({**node, "earnings": None if earned is None else str(earned)})
-    releases, err = _section(_method(chain, "releases"), "release log")
+    releases, err = _section(partial(_method(chain, "releases"), last=MAX_ROWS), "release log")
     if err:
         errors["releases"] = err
     release_rows = [
@@ -63,7 +65,11 @@ def explorer_snapshot(
         }
         for r in (releases or [])[-MAX_ROWS:]
     ]
-    redeemed, err = _section(_method(chain, "redeemed_tickets"), "redeemed tickets")
+    recent, err = _section(_method(chain, "block_number"), "block number")
+    since = None if recent is None else max(0, int(recent) - TICKET_BLOCKS)
+    redeemed, err = _section(
+        partial(_method(chain, "redeemed_tickets"), from_block=since), "redeemed tickets"
+    )
     if err:
         errors["redeemed"] = err
     ticket_rows = [
