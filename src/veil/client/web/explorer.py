@@ -108,7 +108,7 @@ def _method(chain: Any, name: str) -> Callable[..., Any]:
     if callable(found):
         return found
 
-    def missing(*_: Any) -> Any:
+    def missing(*_: Any, **__: Any) -> Any:
         raise AttributeError(name)
 
     return missing
