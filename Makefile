@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml requirements.lock package.json package-lock.json
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@echo "==> installing pinned Node.js tools (anvil)"
 	npm install --no-audit --no-fund --loglevel=error
+	@echo "==> installing Debian's chromium for the web app's browser tests (when missing)"
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
 	touch $(STAMP)
 
 setup: $(STAMP)

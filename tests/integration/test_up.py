@@ -60,6 +60,8 @@ def test_veil_up_runs_the_network_and_reuses_its_state(tmp_path: Path) -> None:
     assert len(answer) > 3
     assert re.search(r"answered by 0x[0-9a-fA-F]{40} \(attestation dev", first)
     assert "stopped." in first
+    open_this = [line for line in first.splitlines() if "open this" in line]
+    assert open_this and re.search(r"open this: http://127\.0\.0\.1:\d+/ ", open_this[0])
     nodes = sorted(set(re.findall(r"node-[ab] (0x[0-9a-fA-F]{40})", first)))
     assert len(nodes) == 2
     for name in ("node-a", "node-b"):

@@ -109,7 +109,7 @@ class FakeNodeApi:
     `insufficient`, `midstream`, `zero_ticket` (receipt names no ticket), `no_params`,
     `dear` (it asks 500 VEIL per request), `slow` (a tenth of a second between events),
     `deep_array` / `deep_object` (its answer nests 100,000 deep: a stack bomb for a decoder
-    that recurses)."""
+    that recurses). `tokens`: the answer it streams (and signs)."""
 
     def __init__(self, model: str = MODEL, weights: bytes = WEIGHTS) -> None:
         self.identity = NodeIdentity.generate()
@@ -119,6 +119,7 @@ class FakeNodeApi:
         self.moves = 0  # knob "moving": how many more requests find the offer moved on
         self.rand_hash = secrets.token_bytes(32)
         self.seen: list[dict[str, Any]] = []
+        self.tokens = list(TOKENS)
         self.issuer = DescriptorIssuer(
             self.identity, self.keys, endpoint="fake", models=[ModelEntry(model, weights)]
         )
@@ -180,9 +181,15 @@ class FakeNodeApi:
             ticket_id = None
             if ticket is not None and node.knob != "zero_ticket":
                 ticket_id = ticket.ticket_id(DOMAIN)
-            usage = {"prompt_tokens": 9, "completion_tokens": len(TOKENS), "total_tokens": 14}
+            usage = {"prompt_tokens": 9, "completion_tokens": len(node.tokens), "total_tokens": 14}
             receipt = sign_receipt(
-                node.identity, digest, ANSWER, node.weights, 9, len(TOKENS), ticket_id
+                node.identity,
+                digest,
+                "".join(node.tokens),
+                node.weights,
+                9,
+                len(node.tokens),
+                ticket_id,
             ).to_json()
             headers = {TICKET_PARAMS_HEADER: node.params().header_value()}
             if node.knob in ("deep_array", "deep_object"):
@@ -201,7 +208,7 @@ class FakeNodeApi:
                         "choices": [
                             {
                                 "index": 0,
-                                "message": {"role": "assistant", "content": ANSWER},
+                                "message": {"role": "assistant", "content": "".join(node.tokens)},
                                 "finish_reason": "stop",
                             }
                         ],
@@ -224,7 +231,7 @@ class FakeNodeApi:
 
             async def events() -> Any:
                 yield chunk({"role": "assistant", "content": ""})
-                for i, token in enumerate(TOKENS):
+                for i, token in enumerate(node.tokens):
                     if node.knob == "midstream" and i == 2:
                         raise RuntimeError("the node fell over")
                     if node.knob == "slow":

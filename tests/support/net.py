@@ -106,10 +106,11 @@ def wait_idle(engine, timeout: float = 30.0) -> None:  # type: ignore[no-untyped
 class ServerThread:
     """A real uvicorn server on a free loopback port, in a thread of the test process."""
 
-    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, port: int | None = None) -> None:  # type: ignore[no-untyped-def]
+        """`port`: a given one (a restart on the same address), else a free one."""
         import uvicorn
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)

@@ -310,9 +310,14 @@ class ChainClient:
         return self._transact(self.broker, "openEarnings")
 
     def redeemed_tickets(
-        self, *, sender: str | None = None, recipient: str | None = None
+        self,
+        *,
+        sender: str | None = None,
+        recipient: str | None = None,
+        from_block: int | None = None,
     ) -> list[RedeemedTicket]:
-        """Winning tickets paid since deployment (optionally of one sender or recipient)."""
+        """Winning tickets paid since deployment, or since `from_block` when later
+        (optionally of one sender or recipient)."""
         filters: dict[str, Any] = {}
         if sender is not None:
             filters["sender"] = sender
@@ -322,7 +327,8 @@ class ChainClient:
         logs = self._read(
             "WinningTicketRedeemed logs",
             lambda: event.get_logs(
-                from_block=self.deployment.block_number, argument_filters=filters or None
+                from_block=max(self.deployment.block_number, from_block or 0),
+                argument_filters=filters or None,
             ),
         )
         return [
@@ -432,7 +438,12 @@ class ChainClient:
             in_force=bool(self._call(self.release_log, "isInForce", index)),
         )
 
-    def releases(self) -> list[ReleaseEntry]:
-        """The whole log, oldest first."""
-        count = int(self._call(self.release_log, "entryCount"))
-        return [self.release(i) for i in range(count)]
+    def release_count(self) -> int:
+        """How many entries the release log holds."""
+        return int(self._call(self.release_log, "entryCount"))
+
+    def releases(self, last: int | None = None) -> list[ReleaseEntry]:
+        """The whole log (or its newest `last` entries), oldest first."""
+        count = self.release_count()
+        first = 0 if last is None else max(0, count - last)
+        return [self.release(i) for i in range(first, count)]

@@ -371,6 +371,13 @@ def gateway(
     receipts: Path | None = typer.Option(
         None, help="Keep verified receipts in this SQLite store (no prompts or answers)."
     ),
+    history: Path | None = typer.Option(
+        None,
+        "--history",
+        help="Keep the chat page's conversations in this private SQLite file (only on this "
+        "machine; the page can delete them for good and export them). Without it the page "
+        "keeps none.",
+    ),
     max_price: str = typer.Option(
         "1VEIL",
         "--max-price",
@@ -422,7 +429,9 @@ def gateway(
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
     config = GatewayConfig(payer=limits, host_names=host_names_for(host), api_key=api_key)
-    app = create_gateway_app(chain_client, relay, wallet=payer, receipts=receipts, config=config)
+    app = create_gateway_app(
+        chain_client, relay, wallet=payer, receipts=receipts, config=config, history=history
+    )
     base = f"http://{host}:{port}/v1"
     _err(f"veil gateway on {base} (relay {relay}, chain id {chain_client.deployment.chain_id})")
     if payer is None:
@@ -439,7 +448,8 @@ def gateway(
         '  client.chat.completions.create(model="smollm2-135m-instruct", messages=[...])\n'
         "  (model suffix :anonymous, :tee or :mpc, or header x-veil-mode, picks the privacy "
         "mode)\n"
-        f"status: http://{host}:{port}/veil/status; Ctrl-C stops"
+        f"status: http://{host}:{port}/veil/status; chat page: http://{host}:{port}/ "
+        f"(explorer: /explorer); Ctrl-C stops"
     )
     harden_process()
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly on Ctrl-C

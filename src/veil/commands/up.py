@@ -370,6 +370,8 @@ class LocalNetwork:
                 str(port),
                 "--receipts",
                 str(self.data_dir / "receipts.sqlite"),
+                "--history",
+                str(self.data_dir / "chat-history.sqlite"),
             ],
             self.data_dir / "logs" / "gateway.log",
             health_url=f"{self.gateway_url}/v1/models",
@@ -508,6 +510,8 @@ def up(
         net.supervise(console.print, raise_in_main_thread())
         console.print(
             f"\n[bold]Veil is up.[/] State in {net.data_dir}/ (a second `veil up` reuses it).\n"
+            f"  open this: {net.gateway_url}/  (private chat in your browser; explorer at "
+            f"{net.gateway_url}/explorer)\n"
             f"  OpenAI-compatible API: {net.gateway_url}/v1  (any api key)\n"
             f'    e.g. OpenAI(base_url="{net.gateway_url}/v1", api_key="veil")\n'
             f"  chat:   veil chat          status: veil status\n"

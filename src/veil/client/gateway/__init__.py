@@ -59,6 +59,10 @@ verification per mode, the MPC party each states, health, and the wallet. Both a
 what is known within `listing_deadline_s` (half a second): a node still being checked is
 listed as such.
 
+The web app (`veil.client.web`): the chat page at `/`, the explorer at `/explorer` (its data at
+`GET /veil/explorer`), and the chat history at `/veil/history` (only with `history=`), all
+behind the same guard.
+
 No log line carries prompt or answer text.
 
 Layout: `app` (the FastAPI app, request checks, listing), `direct` (the `anonymous` and `tee`

@@ -36,6 +36,7 @@ from veil.client.gateway.routing import Router
 from veil.client.mpc import choose_parties, party_of
 from veil.client.payer import Payer, Wallet
 from veil.client.receipts import ReceiptStore
+from veil.client.web import ChatHistory, add_web_routes
 from veil.errors import VeilError
 from veil.wire.boundedjson import MAX_JSON_DEPTH, check_depth
 from veil.wire.chat import ChatRequestInvalid, parse_chat_request
@@ -351,6 +352,7 @@ def create_gateway_app(
     descriptor_outer: httpx.BaseTransport | None = None,
     config: GatewayConfig | None = None,
     mpc_source: SourceLoader | None = None,
+    history: Path | None = None,
 ) -> FastAPI:
     """The gateway app.
 
@@ -360,9 +362,11 @@ def create_gateway_app(
     `outer` / `descriptor_outer`: the async / sync transports that reach the relay (tests).
     `mpc_source`: model id -> `veil.mpc.source.ModelSource` for `:mpc` requests (default:
     `source_for_model`, the packaged model; called once per model, in a thread).
+    `history`: the chat page's conversation store (a private SQLite file; None: no history).
     """
     cfg = config or GatewayConfig()
     holder: dict[str, _Gateway] = {}
+    stores: dict[str, ChatHistory] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -378,6 +382,9 @@ def create_gateway_app(
             mpc_source=mpc_source,
         )
         holder["gateway"] = gateway
+        chats = ChatHistory(history) if history is not None else None
+        if chats is not None:
+            stores["history"] = chats
         keeper = asyncio.create_task(_keep_view_fresh(gateway.discovery, cfg.discovery))
         try:
             yield
@@ -386,9 +393,12 @@ def create_gateway_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             await gateway.aclose()
+            if chats is not None:
+                chats.close()
             if isinstance(receipts, Path) and store is not None:
                 store.close()
             holder.clear()
+            stores.clear()
 
     app = FastAPI(
         title="Veil gateway", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan
@@ -434,6 +444,13 @@ def create_gateway_app(
     @app.get("/veil/status")
     async def status() -> dict[str, Any]:
         return await gateway().status()
+
+    add_web_routes(
+        app,
+        status=lambda: gateway().status(),
+        chain=lambda: chain,
+        history=lambda: stores.get("history"),
+    )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -12,7 +12,8 @@ treat the gateway as same-origin. So every request must:
 * carry `content-type: application/json` on every POST, which a page cannot send cross-origin
   without a preflight the gateway never grants (it has no CORS);
 * carry `Authorization: Bearer <key>` when the gateway has an API key (required whenever it is
-  bound to an address other than loopback).
+  bound to an address other than loopback). The web app's pages and assets, which hold no
+  data, are the exception (`veil.client.web.is_public_asset`): the page asks for the key.
 
 Refusals are OpenAI-style errors; nothing is read from the body before the checks pass.
 """
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from veil.client.web.routes import is_public_asset
 from veil.wire.http import MEDIA_JSON, error_body
 
 __all__ = ["LOOPBACK_NAMES", "RequestGuard", "host_names_for"]
@@ -98,7 +100,8 @@ class RequestGuard:
                 return 403, "cross-origin requests are refused", "cross_origin"
         if headers.get("sec-fetch-site", "").lower() == "cross-site":
             return 403, "cross-origin requests are refused", "cross_origin"
-        if self.api_key is not None:
+        public = is_public_asset(str(scope.get("method")), str(scope.get("path")))
+        if self.api_key is not None and not public:
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 token.strip().encode(), self.api_key
