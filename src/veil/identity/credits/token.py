@@ -8,6 +8,8 @@ flow on top of `blindrsa`. Parsers take hostile bytes: exact lengths, no trailin
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -23,15 +25,19 @@ __all__ = [
     "TOKEN_LEN",
     "TOKEN_REQUEST_LEN",
     "TOKEN_TYPE_BLIND_RSA",
+    "VEIL_ISSUER_NAME",
     "IssuanceState",
     "Token",
     "TokenChallenge",
     "TokenRequest",
     "begin_issuance",
     "decode_public_key",
+    "decode_token_header",
     "encode_public_key",
+    "encode_token_header",
     "finish_issuance",
     "issue",
+    "node_challenge",
     "token_key_id",
     "verify_token",
 ]
@@ -247,3 +253,40 @@ def finish_issuance(encoded_key: bytes, state: IssuanceState, response: bytes) -
 def verify_token(key: rsa.RSAPublicKey, token: Token) -> None:
     """RFC 9578 6.4: RSASSA-PSS-VERIFY of the authenticator over the token input."""
     blindrsa.verify(key, token.authenticator_input(), token.authenticator, VARIANT)
+
+
+VEIL_ISSUER_NAME = b"veil-node"
+
+
+def node_challenge(node_address: str) -> TokenChallenge:
+    """The one challenge every Veil token for a node is bound to: that node, no context.
+
+    An empty redemption_context makes tokens cross-context, so a client can buy them ahead of
+    use (RFC 9577 2.1.1); origin_info names the node, so a token for one node fails at another.
+    """
+    return TokenChallenge(VEIL_ISSUER_NAME, b"", node_address.lower().encode("ascii"))
+
+
+def encode_token_header(tokens: list[Token]) -> str:
+    """An `x-veil-tokens` value: encoded tokens, base64url without padding, comma-joined."""
+    return ",".join(base64.urlsafe_b64encode(t.encode()).rstrip(b"=").decode() for t in tokens)
+
+
+def decode_token_header(value: str, limit: int) -> list[Token]:
+    """Parse an `x-veil-tokens` value, its size bounded before any decoding."""
+    encoded_len = -(-TOKEN_LEN * 4 // 3)
+    if not value.isascii() or len(value) > limit * (encoded_len + 2):
+        raise CreditMalformed("the token header is too long", check="tokens")
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) > limit:
+        raise CreditMalformed(f"at most {limit} tokens", check="tokens")
+    tokens = []
+    for part in parts:
+        if len(part) != encoded_len:
+            raise CreditMalformed("a token has the wrong length", check="tokens")
+        try:
+            raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        except (binascii.Error, ValueError):
+            raise CreditMalformed("a token is not base64url", check="tokens") from None
+        tokens.append(Token.decode(raw))
+    return tokens
