@@ -18,7 +18,7 @@ from veil.chain.payment import TICKET_PARAMS_HEADER, TicketParams
 from veil.chain.tickets import win_prob_for
 from veil.chain.types import SenderFunds
 from veil.engine import PACKAGED_MODEL_ID
-from veil.identity import NodeIdentity, Receipt
+from veil.identity import NodeIdentity, Receipt, load_descriptor
 from veil.identity.credits.errors import CreditMalformed
 from veil.identity.credits.token import (
     Token,
@@ -31,9 +31,11 @@ from veil.identity.credits.token import (
 )
 from veil.identity.receipt import ZERO_TICKET
 from veil.node.config import NodeConfig
+from veil.node.keys import NodeKeys
 from veil.node.payments import NodePayments, Redeemer, TicketDesk, TicketQueue
 from veil.wire.http import (
     CREDITS_PATH,
+    DESCRIPTOR_PATH,
     MEDIA_TOKEN_REQUEST,
     TICKET_HEADER,
     TOKEN_KEYS_PATH,
@@ -89,7 +91,7 @@ def node(engine, tmp_path_factory):  # type: ignore[no-untyped-def]
         default_max_tokens=2,
         credits_path=str(tmp_path_factory.mktemp("credits")),
     )
-    app = create_app(engine, config, None, identity, payments=payments)
+    app = create_app(engine, config, NodeKeys.generate(), identity, payments=payments)
     recorder = Recorder(app)
     with ServerThread(recorder) as server:
         server.identity, server.recorder, server.desk = identity, recorder, desk
@@ -147,6 +149,13 @@ def test_keys_are_listed_and_a_bought_batch_verifies(node) -> None:  # type: ign
     for token in tokens:
         verify_token(public, token)
     assert len({t.nonce for t in tokens}) == 4
+
+
+def test_the_signed_descriptor_commits_the_token_keys(node) -> None:  # type: ignore[no-untyped-def]
+    keys = httpx.get(node.url + TOKEN_KEYS_PATH).json()["keys"]
+    signed = load_descriptor(httpx.get(node.url + DESCRIPTOR_PATH).content, int(time.time()))
+    assert signed.signer() == node.identity.address
+    assert signed.descriptor.token_keys == tuple(bytes.fromhex(k["key_id"]) for k in keys)
 
 
 def test_a_batch_whose_ticket_fails_is_refused_and_nothing_is_issued(node) -> None:  # type: ignore[no-untyped-def]

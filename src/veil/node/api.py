@@ -245,6 +245,7 @@ class _NodeApp:
                 producer=producer,
                 lifetime_s=config.descriptor_lifetime_s,
                 mpc=None if party is None else party.descriptor_entry(engine.model_id),
+                token_keys=None if credits is None else credits.key_ids,
             )
             self.issuer.current()  # issue at start: a producer that cannot make evidence fails
 

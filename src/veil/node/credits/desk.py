@@ -74,6 +74,10 @@ class TokenDesk:
         self.issued = 0
         self.redeemed = 0
 
+    def key_ids(self) -> tuple[bytes, ...]:
+        """The ids of the keys accepted now, newest first: what the descriptor commits to."""
+        return tuple(k.key_id for k in self.keyring.accepting())
+
     def key_list(self) -> list[dict[str, object]]:
         """The commitments of the keys accepted now (newest first)."""
         return [k.commitment() for k in self.keyring.accepting()]
