@@ -1,0 +1,20 @@
+"""Anonymous credits, the client's side: the durable token wallet and buying from a node."""
+
+from veil.client.credits.buyer import (
+    OfferedKey,
+    PurchaseFailed,
+    TokenKeyNotCommitted,
+    buy_tokens,
+    offered_key,
+)
+from veil.client.credits.wallet import TokenWallet, WalletToken
+
+__all__ = [
+    "OfferedKey",
+    "PurchaseFailed",
+    "TokenKeyNotCommitted",
+    "TokenWallet",
+    "WalletToken",
+    "buy_tokens",
+    "offered_key",
+]
