@@ -55,12 +55,14 @@ from veil.wire import bhttp
 from veil.wire.errors import ReplayedRequest, WireError
 from veil.wire.http import (
     CHAT_PATH,
+    CREDITS_PATH,
     DESCRIPTOR_PATH,
     MODELS_PATH,
     MPC_PATH,
     PROBLEM_PREFIX,
     REQUEST_DIGEST_EXTENSION,
     TICKET_PARAMS_PATH,
+    TOKEN_KEYS_PATH,
     read_capped,
 )
 from veil.wire.http import REQUEST_DIGEST_HEADER as _DIGEST_HEADER
@@ -105,6 +107,8 @@ DEFAULT_ALLOWED_PATHS = frozenset(
         DESCRIPTOR_PATH,
         TICKET_PARAMS_PATH,
         MPC_PATH,  # MPC control frames (404 `mpc_unavailable` on a node without a party)
+        TOKEN_KEYS_PATH,  # anonymous credits: the token keys, and buying a batch
+        CREDITS_PATH,
     }
 )
 # How the gateway tells the inner app which request it answers (for the receipt).

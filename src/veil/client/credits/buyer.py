@@ -28,11 +28,20 @@ from veil.identity.credits.token import (
 )
 from veil.wire import boundedjson
 from veil.wire.errors import WireError
-from veil.wire.http import CREDITS_PATH, MEDIA_TOKEN_REQUEST, TICKET_HEADER, TOKEN_KEYS_PATH
+from veil.wire.http import (
+    CREDITS_PATH,
+    INVALID_BASE_URL,
+    MEDIA_TOKEN_REQUEST,
+    TICKET_HEADER,
+    TOKEN_KEYS_PATH,
+)
 
 __all__ = ["OfferedKey", "PurchaseFailed", "TokenKeyNotCommitted", "buy_tokens", "offered_key"]
 
 _MAX_KEYS_BYTES = 16 * 1024
+# Sealed requests name the node by an `.invalid` host (never contacted); it reads the path only.
+_KEYS_URL = httpx.URL(INVALID_BASE_URL).join(TOKEN_KEYS_PATH)
+_CREDITS_URL = httpx.URL(INVALID_BASE_URL).join(CREDITS_PATH)
 
 
 class PurchaseFailed(ClientError):
@@ -80,7 +89,7 @@ async def buy_tokens(
     wallet: TokenWallet,
 ) -> int:
     """Buy `count` tokens from `node` with one ticket worth `count` requests; returns count."""
-    answer = await http.get(TOKEN_KEYS_PATH)
+    answer = await http.get(_KEYS_URL)
     if answer.status_code != 200:
         raise PurchaseFailed(f"the node's token key list: HTTP {answer.status_code}")
     key = offered_key(answer.content, committed)
@@ -90,7 +99,7 @@ async def buy_tokens(
     except CreditError as exc:
         raise PurchaseFailed(f"cannot blind for this key: {exc}") from None
     answer = await http.post(
-        CREDITS_PATH,
+        _CREDITS_URL,
         content=b"".join(request.encode() for request, _ in pending),
         headers={"content-type": MEDIA_TOKEN_REQUEST, TICKET_HEADER: ticket_for(count)},
     )
