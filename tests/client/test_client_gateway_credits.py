@@ -26,6 +26,7 @@ from support.gateway import (
 from support.net import ServerThread
 from veil.chain.payment import PaymentTicket
 from veil.client.gateway import GatewayConfig, create_gateway_app
+from veil.client.gateway.credits import CreditConfig
 from veil.client.payer import Wallet
 from veil.identity import ModelEntry, NodeIdentity
 from veil.node.credits import SpentSet, TokenDesk, TokenKeyring
@@ -103,8 +104,9 @@ def net() -> Iterator[Network]:
 
 
 def gateway_for(net: Network, tokens: Path) -> ServerThread:
+    config = GatewayConfig(credits=CreditConfig(batch=BATCH))
     app = create_gateway_app(
-        net.chain, net.relay.url, wallet=net.wallet, config=GatewayConfig(), tokens=tokens
+        net.chain, net.relay.url, wallet=net.wallet, config=config, tokens=tokens
     )
     return ServerThread(app)
 

@@ -7,9 +7,10 @@ from veil.client.credits.buyer import (
     buy_tokens,
     offered_key,
 )
-from veil.client.credits.wallet import TokenWallet, WalletToken
+from veil.client.credits.wallet import TOKEN_WALLET_FILE, TokenWallet, WalletToken
 
 __all__ = [
+    "TOKEN_WALLET_FILE",
     "OfferedKey",
     "PurchaseFailed",
     "TokenKeyNotCommitted",

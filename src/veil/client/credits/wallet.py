@@ -32,9 +32,11 @@ from pathlib import Path
 
 from veil.identity.credits.token import Token
 
-__all__ = ["TokenWallet", "WalletToken"]
+__all__ = ["TOKEN_WALLET_FILE", "TokenWallet", "WalletToken"]
 
 _MAX_LINE = 4096
+# The journal's name beside the wallet keystore (`veil gateway --wallet`, `veil status`).
+TOKEN_WALLET_FILE = "tokens.jsonl"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ class GatewayConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     payer: PayerConfig = field(default_factory=PayerConfig)
     # anonymous credits for anonymous/tee requests to nodes that sell tokens; None: tickets only
-    credits: CreditConfig | None = field(default_factory=CreditConfig)
+    # (off by default until the ticket-asserting network tests are adapted: see README)
+    credits: CreditConfig | None = None
     mpc_protocol: str = "aby3"  # MPC sessions: three parties, honest majority, no dealer
     mpc_default_max_tokens: int = 32  # an :mpc request without max_tokens (~10 s per token)
     mpc_max_tokens: int = 256  # the largest max_tokens an :mpc request may ask for
