@@ -133,6 +133,8 @@ def test_requests_carry_tokens_bought_in_one_batch(net: Network, tmp_path: Path)
     assert len(net.node.seen) == 3
     for seen in net.node.seen:
         assert seen["ticket"] is None and TICKET_HEADER not in seen["headers"]
+        sent = " ".join(seen["headers"].values())
+        assert purchase.header_value() not in sent and purchase.signature.hex() not in sent
         net.node.desk._redeem(seen["headers"][TOKENS_HEADER])  # valid, each spent once here
     assert status["wallet"]["tokens"] == {net.node.address.lower(): BATCH - 3}
     # the wallet outlives the gateway: a new one spends the same tokens
