@@ -143,3 +143,18 @@ def test_purchase_batches_are_checked(desk: TokenDesk) -> None:
         with pytest.raises(PaymentRefused) as info:
             desk.check_batch([request.encode()])
         assert info.value.code == "token_key_stale"
+
+
+def test_config_checks_the_credit_and_shaping_settings() -> None:
+    from veil.node.config import NodeConfig, NodeConfigError
+
+    assert NodeConfig().stream_shaping == "off" and NodeConfig().token_price == 1
+    for bad in (
+        {"token_epoch_s": 10},
+        {"token_grace_s": 90_000},
+        {"token_price": 0},
+        {"token_batch_max": 0},
+        {"stream_shaping": "constant-rate"},
+    ):
+        with pytest.raises(NodeConfigError):
+            NodeConfig(**bad)  # type: ignore[arg-type]

@@ -99,7 +99,9 @@ from veil.wire.http import (
     read_capped,
 )
 
-__all__ = ["create_app", "open_credits"]
+__all__ = ["STREAM_PAD_BYTES", "create_app", "open_credits"]
+
+STREAM_PAD_BYTES = 256  # `pad` stream shaping: a token's SSE event (~200 bytes) fits one bucket
 
 log = logging.getLogger("veil.node")
 
@@ -449,6 +451,7 @@ def _gateway_config(config: NodeConfig) -> GatewayConfig:
         replay_window_s=replay_window_for(config.key_rotation_s or 3600),
         # keys that outlive the process need a replay memory that does too
         replay_path=str(replay_log_path(config.keys_path)) if config.keys_path else None,
+        stream_pad_bytes=STREAM_PAD_BYTES if config.stream_shaping == "pad" else None,
     )
 
 

@@ -73,6 +73,8 @@ class NodeConfig:
     token_grace_s: int = 3_600  # the previous epoch's tokens are still accepted this long
     token_price: int = 1  # tokens one chat request costs (1 token = one ticket price)
     token_batch_max: int = 64  # tokens one purchase may ask for
+    # streamed answers through the gateway: "off", or "pad" (sealed chunks padded to buckets)
+    stream_shaping: str = "off"
 
     def __post_init__(self) -> None:
         checks = [
@@ -115,6 +117,7 @@ class NodeConfig:
             ),
             (1 <= self.token_price <= 64, "token_price must be 1..64"),
             (1 <= self.token_batch_max <= 1024, "token_batch_max must be 1..1024"),
+            (self.stream_shaping in ("off", "pad"), "stream_shaping must be off or pad"),
         ]
         for ok, message in checks:
             if not ok:
