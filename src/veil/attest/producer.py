@@ -126,6 +126,7 @@ def issue_descriptor(
     lifetime_s: int = 24 * 3600,
     now: int | None = None,
     mpc: MpcParty | None = None,
+    token_keys: Sequence[bytes] = (),
 ) -> SignedDescriptor:
     """A signed descriptor whose evidence binds its own address, keys, models and issue time
     (and that states the MPC party the node hosts, when `mpc` is given)."""
@@ -144,5 +145,6 @@ def issue_descriptor(
         issued_at=issued_at,
         expires_at=issued_at + lifetime_s,
         mpc=mpc,
+        token_keys=tuple(token_keys),
     )
     return descriptor.sign(identity)

@@ -389,6 +389,13 @@ def gateway(
         "--max-face-value",
         help="Sign no ticket that would pay more than this if it won.",
     ),
+    tokens: bool = typer.Option(
+        False,
+        "--tokens/--no-tokens",
+        help="Pay anonymous/tee requests with anonymous credits (RFC 9578 tokens) where the "
+        "node sells them: bought with the wallet in batches of 16 at random times, kept in "
+        "tokens.jsonl beside the wallet keystore, so a node cannot link requests to it.",
+    ),
 ) -> None:
     """Serve an OpenAI-compatible API on this machine: every request goes to a node verified
     from the chain, sealed through the relay, paid with a ticket, its receipt checked."""
@@ -399,7 +406,9 @@ def gateway(
 
     from veil.chain import ChainClient, default_deployment_path
     from veil.chain.payment import parse_amount
+    from veil.client.credits import TOKEN_WALLET_FILE
     from veil.client.gateway import GatewayConfig, create_gateway_app
+    from veil.client.gateway.credits import CreditConfig
     from veil.client.gateway.guard import LOOPBACK_NAMES, host_names_for
     from veil.client.payer import PayerConfig, Wallet
     from veil.errors import VeilError
@@ -428,9 +437,18 @@ def gateway(
     except VeilError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(1) from None
-    config = GatewayConfig(payer=limits, host_names=host_names_for(host), api_key=api_key)
+    config = GatewayConfig(
+        payer=limits,
+        host_names=host_names_for(host),
+        api_key=api_key,
+        credits=CreditConfig() if tokens else None,
+    )
+    # anonymous credits: tokens bought with the wallet are kept beside its keystore
+    token_wallet = None if wallet is None else wallet.parent / TOKEN_WALLET_FILE
     app = create_gateway_app(
-        chain_client, relay, wallet=payer, receipts=receipts, config=config, history=history
+        chain_client, relay, wallet=payer, receipts=receipts, config=config,
+        history=history,
+        tokens=token_wallet,
     )
     base = f"http://{host}:{port}/v1"
     _err(f"veil gateway on {base} (relay {relay}, chain id {chain_client.deployment.chain_id})")

@@ -127,6 +127,12 @@ def serve(
         "parties; created on first start, key 0600). Default: <identity>-mpc-link beside the "
         "--identity keystore, else a fresh pair for this run.",
     ),
+    stream_shaping: str | None = typer.Option(
+        None,
+        "--stream-shaping",
+        help="Streamed answers through the OHTTP gateway: off (default) or pad (each sealed "
+        "chunk padded to a multiple of 256 bytes, so its size says nothing of the text).",
+    ),
 ) -> None:
     """Load the model and serve the node API and its OHTTP gateway until Ctrl-C."""
     from rich.console import Console
@@ -164,6 +170,7 @@ def serve(
             mpc_link_timeout_s=mpc_link_timeout,
             mpc_cert_dir=str(mpc_cert_dir) if mpc_cert_dir else None,
             attestation=attestation,
+            stream_shaping=stream_shaping,
         )
     except NodeConfigError as exc:
         console.print(f"[red]error:[/] {exc}")

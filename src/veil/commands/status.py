@@ -136,6 +136,14 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
                 _veil(sum(t.face_value for t in paid)),
             )
         console.print(funds)
+        from veil.client.credits import TOKEN_WALLET_FILE, TokenWallet
+
+        tokens_path = data_dir / "wallet" / TOKEN_WALLET_FILE
+        if tokens_path.exists():  # the gateway's anonymous credits, read without changing them
+            tokens = Table("node", "tokens", title=f"token balance ({tokens_path})")
+            for node_address, count in sorted(TokenWallet(tokens_path).balance().items()):
+                tokens.add_row(node_address, str(count))
+            console.print(tokens)
         console.print(
             f"redeemed tickets: {len(redeemed)}, "
             f"{_veil(sum(t.face_value for t in redeemed))} VEIL in all"

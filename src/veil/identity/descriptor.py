@@ -18,6 +18,7 @@ The body has exactly these fields:
 | `evidence` | `{"kind", "data"}` (data base64) | attestation evidence, verified per kind |
 | `issued_at`, `expires_at` | integers, UNIX s | validity window |
 | `mpc` (optional) | `{"protocol", "model", "weights_sha256"}` | the MPC party the node hosts |
+| `token_keys` (optional) | list of 0x hex (32 bytes) | RFC 9578 token key ids, newest first |
 
 `mpc` is present only on a node that is also a party of the `mpc` mode (`veil node serve
 --mpc-link`): `protocol` is the SPU protocol it runs (e.g. `aby3`), `model` the model id whose
@@ -27,6 +28,10 @@ without a party omits the field, so descriptors from before it existed parse and
 unchanged. The field is covered by the signature like every other; it is not part of the
 evidence's report data (`veil.identity.binding`): the `mpc` mode rests on the parties not
 colluding, not on hardware.
+
+`token_keys` commits the node to its anonymous-credit keys (`veil.node.credits`): a client
+refuses a token key whose id is not listed, so a node cannot tag users with per-user keys.
+A node that sells no tokens omits the field.
 
 The signature is EIP-191 `personal_sign` over `keccak256(canonical_json(body))`; that digest
 (`Descriptor.digest()`) is also what a registry can store on chain. Parsing re-encodes the body
@@ -99,7 +104,8 @@ _BODY_FIELDS = frozenset(
         "expires_at",
     }
 )
-_OPTIONAL_FIELDS = frozenset({"mpc"})
+_OPTIONAL_FIELDS = frozenset({"mpc", "token_keys"})
+MAX_TOKEN_KEYS = 4
 _MPC_FIELDS = frozenset({"protocol", "model", "weights_sha256"})
 
 
@@ -165,6 +171,7 @@ class Descriptor:
     issued_at: int
     expires_at: int
     mpc: MpcParty | None = None  # the MPC party the node hosts; None: it hosts none
+    token_keys: tuple[bytes, ...] = ()  # RFC 9578 token_key_ids, newest first; (): sells none
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -183,6 +190,8 @@ class Descriptor:
         }
         if self.mpc is not None:
             body["mpc"] = self.mpc.to_json()
+        if self.token_keys:
+            body["token_keys"] = [hex0x(k) for k in self.token_keys]
         return body
 
     def body(self) -> bytes:
@@ -269,6 +278,7 @@ class Descriptor:
         expires_at = get_int(obj, "expires_at", err, check="descriptor.expires_at", hi=2**40)
         _check(expires_at > issued_at, "expires before it is issued", "descriptor.expires_at")
         mpc = MpcParty.from_json(obj["mpc"]) if "mpc" in obj else None
+        token_keys = _token_keys(obj["token_keys"]) if "token_keys" in obj else ()
         return cls(
             address=address,
             endpoint=endpoint,
@@ -279,7 +289,16 @@ class Descriptor:
             issued_at=issued_at,
             expires_at=expires_at,
             mpc=mpc,
+            token_keys=token_keys,
         )
+
+
+def _token_keys(value: Any) -> tuple[bytes, ...]:
+    where = "descriptor.token_keys"
+    _check(isinstance(value, list) and 1 <= len(value) <= MAX_TOKEN_KEYS, "1-4 key ids", where)
+    keys = tuple(get_hex({"k": k}, "k", DescriptorMalformed, check=where, length=32) for k in value)
+    _check(len(set(keys)) == len(keys), "key ids repeat", where)
+    return keys
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,11 @@ request is parsed and validated and before the engine starts (refusals are 402
 every chat answer, errors included, carries the current params in `x-veil-ticket-params`.
 Without a deployment there are no payment checks.
 
+Credits (`veil.node.credits`), when the node takes payments: `POST CREDITS_PATH` sells a
+batch of RFC 9578 tokens (concatenated TokenRequests in, concatenated blind signatures out)
+for one ticket worth the batch; `TOKEN_KEYS_PATH` lists the accepted token keys; a chat
+request may pay with `x-veil-tokens` instead of a ticket (its receipt then names no ticket).
+
 MPC (`veil.node.mpc`): with a `party` the node is one party of the `mpc` mode and
 `POST /v1/mpc` takes one control frame and answers one (runs go off the event loop); without
 one that route answers 404 `mpc_unavailable`. Frames are never logged.
@@ -58,7 +63,9 @@ from veil.engine import (
     TokenDelta,
 )
 from veil.identity import ModelEntry, NodeIdentity, request_digest, sign_receipt
+from veil.identity.credits.token import TOKEN_REQUEST_LEN
 from veil.node.config import NodeConfig
+from veil.node.credits import SpentSet, TokenDesk, TokenKeyring
 from veil.node.descriptor import DescriptorIssuer, load_node_identity
 from veil.node.errors import PaymentRefused
 from veil.node.gateway import GatewayConfig, gateway_router, via_gateway
@@ -73,22 +80,28 @@ from veil.wire.chat import SSE_DONE, ChatRequestInvalid, Completion, sse, usage
 from veil.wire.errors import MessageTooLarge
 from veil.wire.http import (
     CHAT_PATH,
+    CREDITS_PATH,
     DESCRIPTOR_PATH,
     MEDIA_DESCRIPTOR,
     MEDIA_MPC,
     MEDIA_SSE,
     MEDIA_TICKET_PARAMS,
+    MEDIA_TOKEN_RESPONSE,
     MODELS_PATH,
     MPC_PATH,
     REQUEST_DIGEST_EXTENSION,
     TICKET_HEADER,
     TICKET_PARAMS_PATH,
+    TOKEN_KEYS_PATH,
+    TOKENS_HEADER,
     OpenAIError,
     error_body,
     read_capped,
 )
 
-__all__ = ["create_app"]
+__all__ = ["STREAM_PAD_BYTES", "create_app", "open_credits"]
+
+STREAM_PAD_BYTES = 256  # `pad` stream shaping: a token's SSE event (~200 bytes) fits one bucket
 
 log = logging.getLogger("veil.node")
 
@@ -207,9 +220,11 @@ class _NodeApp:
         producer: EvidenceProducer | None,
         payments: NodePayments | None,
         party: NodeParty | None,
+        credits: TokenDesk | None = None,
     ) -> None:
         self.engine, self.config, self.identity = engine, config, identity
         self.keys, self.payments, self.party = keys, payments, party
+        self.credits = credits
         self.weights_sha256 = engine.loaded.weights_sha256
         self.model_info = {
             "id": engine.model_id,
@@ -232,6 +247,7 @@ class _NodeApp:
                 producer=producer,
                 lifetime_s=config.descriptor_lifetime_s,
                 mpc=None if party is None else party.descriptor_entry(engine.model_id),
+                token_keys=None if credits is None else credits.key_ids,
             )
             self.issuer.current()  # issue at start: a producer that cannot make evidence fails
 
@@ -294,6 +310,39 @@ class _NodeApp:
             media_type=MEDIA_TICKET_PARAMS,
             headers={"cache-control": "no-store"},
         )
+
+    async def token_keys(self) -> Response:
+        """Routed only when the node sells tokens: the keys whose tokens it accepts now."""
+        assert self.credits is not None
+        keys = await asyncio.to_thread(self.credits.key_list)  # may create this epoch's key
+        return JSONResponse({"keys": keys}, headers={"cache-control": "no-store"})
+
+    async def buy_credits(self, request: Request) -> Response:
+        """Sell a batch of tokens for one ticket worth the batch (checked before signing)."""
+        assert self.credits is not None and self.payments is not None
+        credits, payments = self.credits, self.payments
+        try:
+            body = await read_capped(request, credits.max_batch * TOKEN_REQUEST_LEN)
+        except MessageTooLarge as err:
+            raise OpenAIError(413, str(err), code="request_too_large") from None
+        try:
+            batch = credits.parse_batch(body)
+            await asyncio.to_thread(credits.check_batch, batch)
+            paid = await payments.check(request.headers.get(TICKET_HEADER), units=len(batch))
+        except PaymentRefused as err:
+            raise _payment_error(err) from None
+        try:
+            key, sigs = await asyncio.to_thread(credits.issue, batch)
+        except PaymentRefused as err:
+            payments.unanswered(paid, "the token batch was not issued")
+            raise _payment_error(err) from None
+        await payments.answered(paid)
+        log.info("sold %d tokens of epoch %d", len(batch), key.epoch)
+        response = Response(
+            sigs, media_type=MEDIA_TOKEN_RESPONSE, headers={"cache-control": "no-store"}
+        )
+        response.headers.update(payments.params_header())
+        return response
 
     async def descriptor(self) -> Response:
         """Routed only when the node has OHTTP keys (and so an issuer)."""
@@ -385,7 +434,11 @@ class _NodeApp:
         no ticket)."""
         if self.payments is None:
             return None
+        tokens = request.headers.get(TOKENS_HEADER)
         try:
+            if tokens is not None and self.credits is not None:
+                await self.credits.redeem(tokens)  # spent (fsynced) before the engine runs
+                return None
             return await self.payments.check(request.headers.get(TICKET_HEADER))
         except PaymentRefused as err:
             raise _payment_error(err) from None
@@ -398,6 +451,7 @@ def _gateway_config(config: NodeConfig) -> GatewayConfig:
         replay_window_s=replay_window_for(config.key_rotation_s or 3600),
         # keys that outlive the process need a replay memory that does too
         replay_path=str(replay_log_path(config.keys_path)) if config.keys_path else None,
+        stream_pad_bytes=STREAM_PAD_BYTES if config.stream_shaping == "pad" else None,
     )
 
 
@@ -435,6 +489,7 @@ def create_app(
     producer: EvidenceProducer | None = None,
     payments: NodePayments | None = None,
     party: NodeParty | None = None,
+    credits: TokenDesk | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine`; with `keys`, also the OHTTP gateway in front of it
     and the signed descriptor.
@@ -456,8 +511,17 @@ def create_app(
         identity = load_node_identity(None if path is None else Path(path))
     if payments is None and config.deployment_path:
         payments = open_payments(config, identity)
+    if credits is None and payments is not None:
+        credits = open_credits(config, identity)
     node = _NodeApp(
-        engine, config, identity, keys=keys, producer=producer, payments=payments, party=party
+        engine,
+        config,
+        identity,
+        keys=keys,
+        producer=producer,
+        payments=payments,
+        party=party,
+        credits=credits,
     )
     app = FastAPI(
         title="Veil node", docs_url=None, redoc_url=None, openapi_url=None, lifespan=node.lifespan
@@ -466,6 +530,7 @@ def create_app(
     app.state.config = config
     app.state.identity = identity
     app.state.payments = payments
+    app.state.credits = credits
     app.add_exception_handler(OpenAIError, _openai_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -475,6 +540,9 @@ def create_app(
     app.add_api_route(MODELS_PATH + "/{model_id}", node.model, methods=["GET"])
     if payments is not None:
         app.add_api_route(TICKET_PARAMS_PATH, node.ticket_params, methods=["GET"])
+    if payments is not None and credits is not None:
+        app.add_api_route(TOKEN_KEYS_PATH, node.token_keys, methods=["GET"])
+        app.add_api_route(CREDITS_PATH, node.buy_credits, methods=["POST"])
     app.add_api_route(MPC_PATH, node.mpc, methods=["POST"])
     app.add_api_route(CHAT_PATH, node.chat_completions, methods=["POST"])
     if keys is not None:
@@ -482,6 +550,26 @@ def create_app(
         app.add_api_route(DESCRIPTOR_PATH, node.descriptor, methods=["GET"])
         app.include_router(gateway_router(app, keys, _gateway_config(config)))
     return app
+
+
+def open_credits(config: NodeConfig, identity: NodeIdentity) -> TokenDesk:
+    """The token desk from `config`: keys and spent sets in `credits_path`, else `credits/`
+    beside the identity keystore, else in memory (tokens then die with the process)."""
+    if config.credits_path:
+        directory: Path | None = Path(config.credits_path)
+    elif config.identity_path:
+        directory = Path(config.identity_path).parent / "credits"
+    else:
+        directory = None
+        log.warning("token keys and spent tokens are in memory only (no --identity)")
+    keyring = TokenKeyring(directory, epoch_s=config.token_epoch_s, grace_s=config.token_grace_s)
+    return TokenDesk(
+        identity.address,
+        keyring,
+        SpentSet(directory),
+        price_tokens=config.token_price,
+        max_batch=config.token_batch_max,
+    )
 
 
 def _log_done(completion: Completion, fin: Finished, started: float) -> None:

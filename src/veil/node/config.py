@@ -67,6 +67,14 @@ class NodeConfig:
     # the party's link certificate + key (mutual TLS between parties; made on first start, key
     # 0600); None = beside the identity keystore (<stem>-mpc-link/), else fresh for each run
     mpc_cert_dir: str | None = None
+    # anonymous credits (issue #14): RFC 9578 tokens bought with one ticket per batch
+    credits_path: str | None = None  # token keys + spent sets; None = credits/ by identity
+    token_epoch_s: int = 86_400  # token key lifetime; the key rotates at each epoch boundary
+    token_grace_s: int = 3_600  # the previous epoch's tokens are still accepted this long
+    token_price: int = 1  # tokens one chat request costs (1 token = one ticket price)
+    token_batch_max: int = 64  # tokens one purchase may ask for
+    # streamed answers through the gateway: "off", or "pad" (sealed chunks padded to buckets)
+    stream_shaping: str = "off"
 
     def __post_init__(self) -> None:
         checks = [
@@ -102,6 +110,14 @@ class NodeConfig:
             ),
             (self.mpc_session_timeout_s > 0, "mpc_session_timeout_s must be positive"),
             (self.mpc_link_timeout_s > 0, "mpc_link_timeout_s must be positive"),
+            (self.token_epoch_s >= 60, "token_epoch_s must be at least 60"),
+            (
+                0 <= self.token_grace_s <= self.token_epoch_s,
+                "token_grace_s must be within [0, token_epoch_s]",
+            ),
+            (1 <= self.token_price <= 64, "token_price must be 1..64"),
+            (1 <= self.token_batch_max <= 1024, "token_batch_max must be 1..1024"),
+            (self.stream_shaping in ("off", "pad"), "stream_shaping must be off or pad"),
         ]
         for ok, message in checks:
             if not ok:

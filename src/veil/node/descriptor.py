@@ -4,10 +4,10 @@
   `veil.identity` writes it); without a path, a fresh in-memory account and a warning, since its
   receipts then name an address that is gone after a restart.
 * `DescriptorIssuer`: issues the signed descriptor (address, endpoint, OHTTP key configs, served
-  models with weight hashes, software claim, evidence, and the MPC party the node hosts, if
-  any) and issues it again when the OHTTP key
-  list changes (rotation) or once half its lifetime has passed, so a served descriptor never
-  names stale keys and is never near expiry.
+  models with weight hashes, software claim, evidence, the MPC party the node hosts, if
+  any, and its accepted token key ids) and issues it again when the OHTTP key list or the
+  token key list changes (rotation) or once half its lifetime has passed, so a served
+  descriptor never names stale keys and is never near expiry.
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ class DescriptorIssuer:
         lifetime_s: int = 6 * 3600,
         clock: Callable[[], float] = time.time,
         mpc: MpcParty | None = None,
+        token_keys: Callable[[], tuple[bytes, ...]] | None = None,
     ) -> None:
         self.identity = identity
+        self._token_keys = token_keys or (lambda: ())
         self._keys = keys
         self._endpoint = endpoint
         self._models = tuple(models)
@@ -88,7 +90,9 @@ class DescriptorIssuer:
             return True
         d = signed.descriptor
         return (
-            d.ohttp_keys != self._keys.encoded_configs() or now >= d.issued_at + self._lifetime // 2
+            d.ohttp_keys != self._keys.encoded_configs()
+            or d.token_keys != self._token_keys()
+            or now >= d.issued_at + self._lifetime // 2
         )
 
     def needs_issue(self) -> bool:
@@ -110,6 +114,7 @@ class DescriptorIssuer:
                     lifetime_s=self._lifetime,
                     now=now,
                     mpc=self._mpc,
+                    token_keys=self._token_keys(),
                 )
                 log.info(
                     "issued descriptor for %s (%s evidence, valid until %d)",

@@ -55,12 +55,14 @@ from veil.wire import bhttp
 from veil.wire.errors import ReplayedRequest, WireError
 from veil.wire.http import (
     CHAT_PATH,
+    CREDITS_PATH,
     DESCRIPTOR_PATH,
     MODELS_PATH,
     MPC_PATH,
     PROBLEM_PREFIX,
     REQUEST_DIGEST_EXTENSION,
     TICKET_PARAMS_PATH,
+    TOKEN_KEYS_PATH,
     read_capped,
 )
 from veil.wire.http import REQUEST_DIGEST_HEADER as _DIGEST_HEADER
@@ -87,6 +89,7 @@ __all__ = [
     "ReplayCache",
     "create_gateway_app",
     "gateway_router",
+    "pad_sse",
     "via_gateway",
 ]
 
@@ -105,6 +108,8 @@ DEFAULT_ALLOWED_PATHS = frozenset(
         DESCRIPTOR_PATH,
         TICKET_PARAMS_PATH,
         MPC_PATH,  # MPC control frames (404 `mpc_unavailable` on a node without a party)
+        TOKEN_KEYS_PATH,  # anonymous credits: the token keys, and buying a batch
+        CREDITS_PATH,
     }
 )
 # How the gateway tells the inner app which request it answers (for the receipt).
@@ -152,6 +157,10 @@ class GatewayConfig:
     replay_capacity: int = 200_000  # entries remembered at most (32-byte keys)
     replay_path: str | None = None  # replay log file (0600) kept across restarts; None: memory
     keys_max_age_s: int = 60  # Cache-Control max-age of the key list
+    # Streamed (SSE) answers: each body piece padded with an SSE comment to a multiple of this
+    # many bytes, so sealed chunk sizes tell the relay the bucket, not the text (`pad`
+    # shaping); None: unpadded (`off`, the default until the cost is measured across services)
+    stream_pad_bytes: int | None = None
 
 
 def _problem(status: int, problem_type: str, title: str) -> Response:
@@ -318,7 +327,7 @@ def gateway_router(
         if chunked:
             assert isinstance(sealer, ChunkedResponseSealer)
             return StreamingResponse(
-                _stream_sealed(answer, sealer, cfg.max_response_chunk),
+                _stream_sealed(answer, sealer, cfg.max_response_chunk, cfg.stream_pad_bytes),
                 media_type=MEDIA_CHUNKED_RESPONSE,
                 headers={"incremental": "?1", "cache-control": "no-store"},
             )
@@ -397,10 +406,22 @@ async def _collect(answer: _Answer) -> bhttp.Response:
     return bhttp.Response(answer.status, answer.headers, body)
 
 
+def pad_sse(piece: bytes, bucket: int) -> bytes:
+    """`piece` (whole SSE lines) plus one SSE comment line (`:...`), which every SSE reader
+    ignores, making its length the next multiple of `bucket`; a piece that ends mid-line is
+    left alone (a comment there would join that line)."""
+    if not piece.endswith(b"\n"):
+        return piece
+    target = -(-(len(piece) + 2) // bucket) * bucket
+    return piece + b":" + b" " * (target - len(piece) - 2) + b"\n"
+
+
 async def _stream_sealed(
-    answer: _Answer, sealer: ChunkedResponseSealer, max_chunk: int
+    answer: _Answer, sealer: ChunkedResponseSealer, max_chunk: int, pad: int | None = None
 ) -> AsyncIterator[bytes]:
     """The chunked OHTTP answer: nonce + head, one sealed chunk per body piece, final chunk.
+
+    With `pad`, an event-stream's pieces are padded to multiples of `pad` bytes (`pad_sse`).
 
     If the inner app breaks off, the stream ends without its final chunk, which the client
     reports as a truncated answer rather than taking a partial one for complete.
@@ -409,7 +430,13 @@ async def _stream_sealed(
         yield sealer.start() + sealer.seal_chunk(
             bhttp.encode_response_head(answer.status, answer.headers)
         )
+        sse = any(
+            k.lower() == b"content-type" and v.lower().startswith(b"text/event-stream")
+            for k, v in answer.headers
+        )
         async for piece in _body_pieces(answer):
+            if pad is not None and sse:
+                piece = pad_sse(piece, pad)
             for i in range(0, len(piece), max_chunk):
                 yield sealer.seal_chunk(bhttp.encode_content_chunk(piece[i : i + max_chunk]))
         yield sealer.seal_final(bhttp.encode_response_tail())

@@ -16,6 +16,7 @@ from veil.wire.errors import PROBLEM_PREFIX, MessageTooLarge
 __all__ = [
     "ATTESTATION_HEADER",
     "CHAT_PATH",
+    "CREDITS_PATH",
     "DESCRIPTOR_PATH",
     "INVALID_BASE_URL",
     "MEDIA_DESCRIPTOR",
@@ -23,6 +24,8 @@ __all__ = [
     "MEDIA_MPC",
     "MEDIA_SSE",
     "MEDIA_TICKET_PARAMS",
+    "MEDIA_TOKEN_REQUEST",
+    "MEDIA_TOKEN_RESPONSE",
     "MODELS_PATH",
     "MODE_HEADER",
     "MPC_PATH",
@@ -39,6 +42,8 @@ __all__ = [
     "TICKET_ID_HEADER",
     "TICKET_PARAMS_HEADER",
     "TICKET_PARAMS_PATH",
+    "TOKENS_HEADER",
+    "TOKEN_KEYS_PATH",
     "VERIFICATION_HEADER",
     "OpenAIError",
     "error_body",
@@ -51,6 +56,8 @@ MODELS_PATH = "/v1/models"
 DESCRIPTOR_PATH = "/.well-known/veil-node"  # the node's signed descriptor
 TICKET_PARAMS_PATH = "/.well-known/veil-ticket-params"  # the node's current ticket offer
 MPC_PATH = "/v1/mpc"  # where a node that hosts an MPC party takes frames
+CREDITS_PATH = "/v1/credits"  # buy a batch of RFC 9578 tokens (TokenRequests in, one ticket)
+TOKEN_KEYS_PATH = "/.well-known/veil-token-keys"  # the node's accepted token keys per epoch
 
 # -- media types
 MEDIA_JSON = "application/json"
@@ -58,9 +65,12 @@ MEDIA_SSE = "text/event-stream"
 MEDIA_DESCRIPTOR = "application/vnd.veil.node-descriptor+json"
 MEDIA_TICKET_PARAMS = "application/json"
 MEDIA_MPC = "application/x-veil-mpc"  # an HTTP body that is exactly one MPC frame
+MEDIA_TOKEN_REQUEST = "application/private-token-request"  # RFC 9578; Veil: several, joined
+MEDIA_TOKEN_RESPONSE = "application/private-token-response"  # RFC 9578; Veil: several, joined
 
 # -- headers inside the sealed request (client -> node)
 TICKET_HEADER = "x-veil-ticket"
+TOKENS_HEADER = "x-veil-tokens"  # RFC 9578 tokens paying instead of a ticket (base64url, ",")
 # -- headers of a node's answer
 TICKET_PARAMS_HEADER = "x-veil-ticket-params"
 REQUEST_DIGEST_HEADER = "x-veil-request-digest"  # never believed from a client

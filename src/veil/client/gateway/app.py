@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from veil.attest.policy import PrivacyMode
+from veil.client.credits import TokenWallet
 from veil.client.discovery import (
     ChainReader,
     ChainView,
@@ -29,6 +30,7 @@ from veil.client.discovery import (
 )
 from veil.client.errors import NoPartyQuorum
 from veil.client.gateway.common import GatewayConfig, read_view, select
+from veil.client.gateway.credits import CreditPurse
 from veil.client.gateway.direct import DirectPath
 from veil.client.gateway.guard import RequestGuard
 from veil.client.gateway.mpc import MpcPath, SourceLoader
@@ -137,6 +139,7 @@ class _Gateway:
         descriptor_outer: httpx.BaseTransport | None,
         config: GatewayConfig,
         mpc_source: SourceLoader | None = None,
+        tokens: TokenWallet | None = None,
     ) -> None:
         self.chain = chain
         self.relay_url = relay_url
@@ -166,8 +169,16 @@ class _Gateway:
                 config=config.payer,
                 timeout=config.discovery.fetch_timeout(),
             )
+        self.purse: CreditPurse | None = None
+        if self.payer is not None and config.credits is not None:
+            self.purse = CreditPurse(tokens or TokenWallet(None), self.payer, config.credits)
         self.direct = DirectPath(
-            self.discovery, self.router, relay_url=relay_url, payer=self.payer, outer=outer
+            self.discovery,
+            self.router,
+            relay_url=relay_url,
+            payer=self.payer,
+            outer=outer,
+            purse=self.purse,
         )
         self.mpc = MpcPath(self.discovery, self.router, config, mpc_source)
 
@@ -176,6 +187,8 @@ class _Gateway:
         return view.chain_now() if view is not None else int(time.time())
 
     async def aclose(self) -> None:
+        if self.purse is not None:
+            await self.purse.aclose()
         await self.direct.aclose()
         if self.payer is not None:
             await self.payer.aclose()
@@ -273,6 +286,9 @@ class _Gateway:
                 wallet.update(deposit=str(funds.deposit), reserve=str(funds.reserve))
             except VeilError as err:
                 wallet["error"] = type(err).__name__
+            balance = {} if self.purse is None else self.purse.wallet.balance()
+            if balance:  # usable tokens per node (anonymous credits), when there are any
+                wallet["tokens"] = balance
         return {
             "relay": self.relay_url,
             "chain": {
@@ -353,6 +369,7 @@ def create_gateway_app(
     config: GatewayConfig | None = None,
     mpc_source: SourceLoader | None = None,
     history: Path | None = None,
+    tokens: Path | TokenWallet | None = None,
 ) -> FastAPI:
     """The gateway app.
 
@@ -363,6 +380,8 @@ def create_gateway_app(
     `mpc_source`: model id -> `veil.mpc.source.ModelSource` for `:mpc` requests (default:
     `source_for_model`, the packaged model; called once per model, in a thread).
     `history`: the chat page's conversation store (a private SQLite file; None: no history).
+    `tokens`: the token wallet (or its journal's path) for anonymous credits, used with a
+    `wallet` unless `config.credits` is None (default: in memory, lost at exit).
     """
     cfg = config or GatewayConfig()
     holder: dict[str, _Gateway] = {}
@@ -380,6 +399,7 @@ def create_gateway_app(
             descriptor_outer=descriptor_outer,
             config=cfg,
             mpc_source=mpc_source,
+            tokens=TokenWallet(tokens) if isinstance(tokens, Path) else tokens,
         )
         holder["gateway"] = gateway
         chats = ChatHistory(history) if history is not None else None

@@ -14,6 +14,10 @@ stream, the stream ends with `relay_failed_mid_stream`, and the node stays up.
 
 A 402 saying the node's ticket params moved on is retried (up to three times), with the fresh
 params it sent.
+
+With a `CreditPurse` (`veil.client.gateway.credits`), a node that commits token keys is paid
+with tokens (`x-veil-tokens`) instead of a ticket; tokens the node refuses as worthless
+(spent, expired...) are dropped and the request is sent again with others (same retry budget).
 The answer is relayed as it arrives; its receipt is checked by the session's transport, and a
 refused receipt or a failure mid-stream becomes an error event instead of `[DONE]`.
 """
@@ -30,6 +34,7 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from veil.attest.policy import PrivacyMode
+from veil.client.credits import WalletToken
 from veil.client.discovery import (
     Candidate,
     Discovery,
@@ -49,10 +54,12 @@ from veil.client.errors import (
     ResponseRefused,
 )
 from veil.client.gateway.common import read_view, select, sse_error
+from veil.client.gateway.credits import TOKEN_REFUSALS, CreditPurse
 from veil.client.gateway.routing import Router
 from veil.client.payer import Payer, Payment
 from veil.client.session import VeilSession
 from veil.errors import VeilError
+from veil.identity.credits.token import encode_token_header
 from veil.wire import boundedjson
 from veil.wire.errors import Malformed, MessageTooLarge
 from veil.wire.http import (
@@ -70,6 +77,7 @@ from veil.wire.http import (
     TICKET_ID_EXTENSION,
     TICKET_ID_HEADER,
     TICKET_PARAMS_HEADER,
+    TOKENS_HEADER,
     VERIFICATION_HEADER,
     OpenAIError,
 )
@@ -120,7 +128,9 @@ class DirectPath:
         relay_url: str,
         payer: Payer | None,
         outer: httpx.AsyncBaseTransport | None,
+        purse: CreditPurse | None = None,
     ) -> None:
+        self.purse = purse
         self.discovery = discovery
         self.router = router
         self.relay_url = relay_url
@@ -226,7 +236,12 @@ class DirectPath:
         return headers
 
     async def _send(
-        self, candidate: Candidate, payload: bytes, stream: bool, payment: Payment | None
+        self,
+        candidate: Candidate,
+        payload: bytes,
+        stream: bool,
+        payment: Payment | None,
+        tokens: list[WalletToken] | None = None,
     ) -> httpx.Response:
         """The node's answer, its head checked (a whole answer's receipt too); `_Failover`
         for what another node may not suffer, an error answer for what it would."""
@@ -235,6 +250,8 @@ class DirectPath:
         if payment is not None:
             headers[TICKET_HEADER] = payment.header_value()
             extensions[TICKET_ID_EXTENSION] = payment.ticket_id
+        if tokens is not None:
+            headers[TOKENS_HEADER] = encode_token_header([t.token for t in tokens])
         request = httpx.Request(
             "POST", _NODE_CHAT_URL, content=payload, headers=headers, extensions=extensions
         )
@@ -285,13 +302,27 @@ class DirectPath:
         """One node's answer; `_Failover` when it fails before the first byte. The node
         counts as in flight until its answer is handed over, or until the stream ends."""
         op = candidate.operator
-        payment = await self._payment(op)
+        tokens = None
+        if self.purse is not None:
+            tokens = await self.purse.take(candidate, self.client_for(candidate))
+        payment = None if tokens is not None else await self._payment(op)
         self.router.started(op)
         handed_over = False
         try:
             for attempt in range(1 + _PAYMENT_RETRIES):
                 started = time.monotonic()
-                response = await self._send(candidate, payload, stream, payment)
+                try:
+                    response = await self._send(candidate, payload, stream, payment, tokens)
+                except BaseException:
+                    if tokens is not None and self.purse is not None:  # offered again later:
+                        self.purse.wallet.settle(tokens, spent=False)  # the node drops a spent one
+                    raise
+                if tokens is not None and self.purse is not None:
+                    retry_tokens = await self._settle_tokens(candidate, response, tokens)
+                    tokens = None
+                    if retry_tokens is not None and attempt < _PAYMENT_RETRIES:
+                        tokens = retry_tokens
+                        continue
                 if self.payer is not None:
                     with contextlib.suppress(PriceAboveLimit):  # forgotten: the next request
                         # to this node fetches its offer again and fails over on it
@@ -364,6 +395,30 @@ class DirectPath:
         finally:
             if not handed_over:
                 self.router.finished(op)
+
+    async def _settle_tokens(
+        self, candidate: Candidate, response: httpx.Response, tokens: list[WalletToken]
+    ) -> list[WalletToken] | None:
+        """Settle the tokens a request carried; fresh ones when the node refused them as
+        worthless (the request is then sent again with those)."""
+        assert self.purse is not None
+        if response.status_code != 402:
+            self.purse.wallet.settle(tokens, spent=True)  # the node took them
+            return None
+        content = await response.aread()
+        try:
+            code = boundedjson.loads(content, max_bytes=_MAX_REFUSAL_BYTES)["error"]["code"]
+        except (Malformed, MessageTooLarge, KeyError, TypeError):
+            code = None
+        worthless = code in TOKEN_REFUSALS
+        self.purse.wallet.settle(tokens, spent=worthless)
+        if not worthless:
+            return None
+        log.info("node %s refused tokens (%s); sending again with others", candidate.operator, code)
+        fresh = await self.purse.take(candidate, self.client_for(candidate))
+        if fresh is not None:
+            await response.aclose()
+        return fresh
 
     async def _payment_retry(
         self, op: str, response: httpx.Response, sent: Payment | None

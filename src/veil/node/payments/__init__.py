@@ -82,8 +82,8 @@ class NodePayments:
     def params_header(self) -> dict[str, str]:
         return {TICKET_PARAMS_HEADER: self.desk.params().header_value()}
 
-    async def check(self, header: str | None) -> AcceptedTicket | None:
-        return await self.desk.check(header)
+    async def check(self, header: str | None, units: int = 1) -> AcceptedTicket | None:
+        return await self.desk.check(header, units)
 
     async def answered(self, accepted: AcceptedTicket | None) -> None:
         """The request paid with `accepted` was answered: a winner becomes redeemable."""

@@ -249,20 +249,21 @@ class TicketDesk:
 
     # --- checking a ticket
 
-    async def check(self, header: str | None) -> AcceptedTicket | None:
+    async def check(self, header: str | None, units: int = 1) -> AcceptedTicket | None:
         """Accept the ticket in `header` (None: no ticket) or raise `PaymentRefused`.
 
-        Returns None for an unpaid request to a free node. A winning ticket is in the queue
-        file before this returns.
+        `units`: how many requests' price the ticket must be worth (a token batch buys
+        `units` tokens). Returns None for an unpaid request to a free node. A winning ticket
+        is in the queue file before this returns.
         """
         try:
-            return await self._check(header)
+            return await self._check(header, units)
         except PaymentRefused as err:
             self.stats.add(refused=1)
             log.debug("ticket refused: %s", err.code)
             raise
 
-    async def _check(self, header: str | None) -> AcceptedTicket | None:
+    async def _check(self, header: str | None, units: int = 1) -> AcceptedTicket | None:
         if header is None:
             if self.free:
                 self.stats.add(unpaid=1)
@@ -272,11 +273,11 @@ class TicketDesk:
                 "this node needs a payment ticket in the x-veil-ticket header; its offer is in "
                 "the x-veil-ticket-params header of this answer",
             )
-        payment, ticket_id = self._verify(header)
+        payment, ticket_id = self._verify(header, units)
         funds = await self._funds.get(payment.ticket.sender)
         return await self._accept(payment, ticket_id, funds)
 
-    def _verify(self, header: str) -> tuple[PaymentTicket, bytes]:
+    def _verify(self, header: str, units: int = 1) -> tuple[PaymentTicket, bytes]:
         """Everything that needs no chain: form, recipient, rand, expiry, value, signature."""
         try:
             payment = PaymentTicket.from_header(header)
@@ -313,13 +314,14 @@ class TicketDesk:
         if (
             t.face_value == 0
             or t.win_prob == 0
-            or expected_value(t.face_value, t.win_prob) < (self.price)
+            or expected_value(t.face_value, t.win_prob) < self.price * units
         ):
             raise PaymentRefused(
                 "insufficient_payment",
                 f"the ticket is worth {format_veil(expected_value(t.face_value, t.win_prob))} "
                 f"on average (face value x win probability); this node asks "
-                f"{format_veil(self.price)} per request",
+                f"{format_veil(self.price)} per request"
+                + ("" if units == 1 else f", {format_veil(self.price * units)} for {units}"),
             )
         try:
             payment.check_signature_form()

@@ -1,0 +1,171 @@
+"""The client's token wallet: bought tokens per node, in a journal that survives a kill.
+
+Journal: one JSON object per line, each appended and fsynced (0600) before the call returns:
+
+    {"op": "add", "node": "0x..", "not_after": 1700000000, "token": "<base64url>"}
+    {"op": "take", "id": "<hex>"}     handed to a request, before it is sent
+    {"op": "spent", "id": "<hex>"}    the node took it (answered, or said it was spent)
+    {"op": "return", "id": "<hex>"}   the request never reached the node: usable again
+
+Why this is safe at any kill point: a line is either whole or, at the end of the file, cut and
+ignored. A token added is never lost (its `add` is written before `add` returns, and the
+purchase's blinded signatures are turned into tokens before anything else happens). A token is
+never handed to two requests at once (`take` is durable before the token leaves the wallet);
+a token taken by a process that died is "in doubt": it goes back to the end of the queue and is
+offered once more, where the node either accepts it (it was never spent) or refuses it with
+`token_spent` (then it is dropped). The node's spent set, not the wallet, is what stops a
+second payment with one token; the wallet only makes sure none is wasted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from veil.identity.credits.token import Token
+
+__all__ = ["TOKEN_WALLET_FILE", "TokenWallet", "WalletToken"]
+
+_MAX_LINE = 4096
+# The journal's name beside the wallet keystore (`veil gateway --wallet`, `veil status`).
+TOKEN_WALLET_FILE = "tokens.jsonl"
+
+
+@dataclass(frozen=True)
+class WalletToken:
+    """One token held for one node, with when its epoch's key stops being accepted."""
+
+    node: str
+    token: Token
+    not_after: int  # unix seconds: after this (plus the node's grace) the node refuses it
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(self.token.encode()).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenWallet:
+    """Tokens per node (oldest first); `path` None keeps them in memory (lost at exit)."""
+
+    def __init__(self, path: Path | None, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._free: OrderedDict[str, WalletToken] = OrderedDict()  # id -> token, usable
+        self._taken: dict[str, WalletToken] = {}
+        self.in_doubt = 0  # taken by a process that ended before it knew the outcome
+        if path is not None and path.exists():
+            self._replay(path.read_bytes())
+
+    def _replay(self, data: bytes) -> None:
+        tokens: dict[str, WalletToken] = {}
+        state: dict[str, str] = {}
+        for line in data.split(b"\n"):
+            if not line or len(line) > _MAX_LINE:
+                continue
+            try:
+                rec = json.loads(line)
+                if rec["op"] == "add":
+                    held = WalletToken(
+                        str(rec["node"]), Token.decode(_unb64(rec["token"])), int(rec["not_after"])
+                    )
+                    tokens[held.id] = held
+                    state.setdefault(held.id, "free")
+                elif rec["op"] in ("take", "spent", "return") and rec["id"] in tokens:
+                    state[rec["id"]] = {"take": "taken", "spent": "spent", "return": "free"}[
+                        rec["op"]
+                    ]
+            except (ValueError, KeyError, TypeError):
+                continue  # a line a kill cut short (only ever the last one)
+        doubt = []
+        for token_id, held in tokens.items():
+            if state[token_id] == "free":
+                self._free[token_id] = held
+            elif state[token_id] == "taken":
+                doubt.append(held)
+        for held in doubt:  # offered again, after the certainly unspent ones
+            self._free[held.id] = held
+        self.in_doubt = len(doubt)
+
+    def _write(self, records: Sequence[dict[str, object]]) -> None:
+        if self.path is None:
+            return
+        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def add(self, node: str, tokens: Sequence[Token], not_after: int) -> None:
+        """Keep newly bought tokens (durable before this returns)."""
+        held = [WalletToken(node.lower(), t, not_after) for t in tokens]
+        with self._lock:
+            self._write(
+                [
+                    {
+                        "op": "add",
+                        "node": h.node,
+                        "not_after": h.not_after,
+                        "token": _b64(t.encode()),
+                    }
+                    for h, t in zip(held, tokens, strict=True)
+                ]
+            )
+            for h in held:
+                self._free[h.id] = h
+
+    def take(self, node: str, count: int) -> list[WalletToken] | None:
+        """`count` usable tokens for `node` (oldest first), marked taken; None if too few."""
+        now = self._clock()
+        with self._lock:
+            usable = [
+                h for h in self._free.values() if h.node == node.lower() and h.not_after > now
+            ]
+            if len(usable) < count:
+                return None
+            chosen = usable[:count]
+            self._write([{"op": "take", "id": h.id} for h in chosen])
+            for h in chosen:
+                del self._free[h.id]
+                self._taken[h.id] = h
+            return chosen
+
+    def settle(self, tokens: Sequence[WalletToken], *, spent: bool) -> None:
+        """The outcome of a request paid with `tokens`: spent, or returned for another try."""
+        with self._lock:
+            self._write([{"op": "spent" if spent else "return", "id": h.id} for h in tokens])
+            for h in tokens:
+                self._taken.pop(h.id, None)
+                if not spent:
+                    self._free[h.id] = h
+
+    def balance(self) -> dict[str, int]:
+        """Usable tokens per node (not expired, not taken)."""
+        now = self._clock()
+        with self._lock:
+            counts: dict[str, int] = {}
+            for h in self._free.values():
+                if h.not_after > now:
+                    counts[h.node] = counts.get(h.node, 0) + 1
+            return counts
