@@ -446,7 +446,11 @@ def gateway(
     # anonymous credits: tokens bought with the wallet are kept beside its keystore
     token_wallet = None if wallet is None else wallet.parent / TOKEN_WALLET_FILE
     app = create_gateway_app(
-        chain_client, relay, wallet=payer, receipts=receipts, config=config,
+        chain_client,
+        relay,
+        wallet=payer,
+        receipts=receipts,
+        config=config,
         history=history,
         tokens=token_wallet,
     )
