@@ -289,10 +289,26 @@ def test_router_backoff_doubles_up_to_a_cap_and_resets_on_an_answer() -> None:
     for _ in range(4):
         router.mark_down("0xa", "test")
         spans.append(router.down_for("0xa"))
+        clock.now += spans[-1]  # down until then; it fails again on its next request
     assert spans == [10.0, 20.0, 35.0, 35.0]
     router.mark_up("0xa")
     router.mark_down("0xa", "test")
     assert router.down_for("0xa") == 10.0
+
+
+def test_requests_in_flight_when_a_node_fails_are_one_outage() -> None:
+    """The load benchmark killed a node with 32 requests in flight: each failure doubled the
+    span, and the node, back in 43 s, got no request for the rest of the run."""
+    clock = Clock()
+    router = Router(down_s=10.0, down_max_s=600.0, clock=clock)
+    for _ in range(32):
+        router.mark_down("0xa", "killed mid-stream")
+        clock.now += 0.01
+    assert 9.0 < router.down_for("0xa") <= 10.0
+    clock.now += 10.0
+    assert router.down_for("0xa") == 0.0
+    router.mark_down("0xa", "still down")  # the next outage in a row: doubled
+    assert router.down_for("0xa") == 20.0
 
 
 def test_descriptor_fetches_have_short_deadlines(nets: Nets) -> None:

@@ -113,12 +113,18 @@ class Router:
 
     def mark_down(self, operator: str, why: str) -> None:
         """Skip the operator: it failed a request (`why` goes to the log). `down_s` the first
-        time, doubled for each failure in a row, `down_max_s` at most."""
+        time, doubled for each failure in a row, `down_max_s` at most. Failures reported
+        while it is already down (requests that were in flight when it failed) are the same
+        outage: they do not double the span, so a node killed under load with 30 requests in
+        flight is skipped `down_s`, not `down_max_s`."""
         with self._lock:
             h = self._of(operator)
+            now = self._clock()
+            if h.down_until > now:
+                return
             h.failures += 1
             span = min(self.down_max_s, self.down_s * 2 ** min(h.failures - 1, 32))
-            h.down_until = self._clock() + span
+            h.down_until = now + span
         log.warning("node %s marked down for %.0f s: %s", operator, span, why)
 
     def down_for(self, operator: str) -> float:
