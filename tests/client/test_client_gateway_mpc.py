@@ -383,6 +383,13 @@ def test_a_party_failing_mid_stream_ends_with_an_error_event_and_no_done(
 
 
 def test_models_and_status_show_the_parties(net: Net, gateway: ServerThread) -> None:
+    # the listing answers within half a second with what is checked by then: on a loaded
+    # machine the first listing may come before the four checks end, so wait for them first
+    def checked() -> bool:
+        nodes = httpx.get(gateway.url + "/veil/status", timeout=30).json()["nodes"]
+        return len(nodes) == 4 and all(n["modes"]["anonymous"]["verified"] for n in nodes)
+
+    assert until(checked, 20, 0.2)
     models = httpx.get(gateway.url + "/v1/models", timeout=30).json()["data"]
     mpc = [m for m in models if m["id"] == MODEL]
     assert len(mpc) == 1 and mpc[0]["veil_mode"] == "mpc"
