@@ -151,3 +151,13 @@ def test_a_key_the_descriptor_does_not_commit_is_refused(net: Network, tmp_path:
     assert net.node.purchases == []  # nothing was paid for the uncommitted key
     [seen] = net.node.seen
     assert seen["ticket"] is not None and TOKENS_HEADER not in seen["headers"]
+
+
+def test_a_receipt_that_does_not_name_the_tokens_spent_is_refused(
+    net: Network, tmp_path: Path
+) -> None:
+    net.node.knob = "zero_ticket"  # signs receipts that name no payment
+    refused = pytest.raises(openai.InternalServerError, match="ticket_id")
+    with gateway_for(net, tmp_path / "tokens.jsonl") as server, refused:
+        ask(server)
+    assert net.node.seen and TOKENS_HEADER in net.node.seen[-1]["headers"]

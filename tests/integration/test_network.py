@@ -18,6 +18,7 @@ from rich.console import Console
 
 from support.net import Tap
 from veil.chain import ChainClient, Deployment
+from veil.client.gateway.credits import CreditConfig
 from veil.commands.up import VEIL, LocalNetwork, NetworkConfig
 from veil.engine import PACKAGED_MODEL_ID
 from veil.identity import Receipt, check_receipt
@@ -50,7 +51,7 @@ def network(tmp_path_factory):  # type: ignore[no-untyped-def]
         node_ports=(0, 0),
         relay_port=0,
         gateway_port=0,
-        win_prob=0.5,
+        win_prob=1.0,  # every ticket wins: the token purchases are on the books for sure
         withdraw_interval_s=1.0,
     )
     net = LocalNetwork(data, settings, relay_proxy=through_tap)
@@ -134,14 +135,18 @@ def test_whole_network(network) -> None:  # type: ignore[no-untyped-def]
     assert b"POST /relay/" not in bytes(tap.received[sent_before:])
     assert _relay_forwards(net) == forwarded_before > 0
 
-    # payment: every winning ticket is redeemed; the books balance exactly
+    # payment: the gateway pays with anonymous credits by default: one ticket bought each
+    # node a batch of tokens, the requests carried tokens (their receipts name the tokens'
+    # payment id, checked by the gateway). Every winning ticket is redeemed; the books balance.
     paid = _wait_redeemed(net, chain, wallet)
-    assert paid, "no winning ticket in 6 paid requests at p=0.5 (1 in 64)"
+    assert sorted(t.recipient for t in paid) == sorted(nodes)  # one purchase per node
+    assert all(t.face_value == CreditConfig().batch * VEIL for t in paid)
     for address in nodes:
         won = sum(t.face_value for t in paid if t.recipient == address)
         assert chain.token_balance(address) - balances_before[address] == won
     assert deposit_before - chain.sender_funds(wallet).deposit == sum(t.face_value for t in paid)
-    assert all(t.face_value == VEIL for t in paid)
+    for url in net.node_urls.values():
+        assert httpx.get(url + "/healthz", timeout=5).json()["credits"]["redeemed"] > 0
 
     # failover: kill one node; requests still succeed on the other
     victim = "node-a"

@@ -27,6 +27,7 @@ from veil.identity.credits.token import (
     encode_token_header,
     finish_issuance,
     node_challenge,
+    tokens_payment_id,
     verify_token,
 )
 from veil.identity.receipt import ZERO_TICKET
@@ -174,7 +175,10 @@ def test_spending_tokens_and_every_refusal(node) -> None:  # type: ignore[no-unt
     tokens = buy(node, WALLETS[0], 3)
     answer = spend(node, tokens[:1])
     assert answer.status_code == 200, answer.text
-    assert Receipt.from_json(answer.json()["veil_receipt"]).ticket_id == ZERO_TICKET
+    # the receipt names the tokens spent, as it would name a ticket: one token, one id
+    paid = Receipt.from_json(answer.json()["veil_receipt"]).ticket_id
+    assert paid == tokens_payment_id(tokens[:1]) != tokens_payment_id(tokens[1:2])
+    assert paid != ZERO_TICKET
     good = tokens[1]
     forged = Token(good.nonce, good.challenge_digest, good.token_key_id, bytes(256))
     unknown = Token(good.nonce, good.challenge_digest, bytes(32), good.authenticator)

@@ -39,10 +39,11 @@ from veil.identity import (
     NodeIdentity,
     sign_receipt,
 )
+from veil.identity.credits.token import decode_token_header, tokens_payment_id
 from veil.node.descriptor import DescriptorIssuer, software_claim
 from veil.node.gateway import gateway_router
 from veil.node.keys import NodeKeys
-from veil.wire.http import REQUEST_DIGEST_EXTENSION
+from veil.wire.http import REQUEST_DIGEST_EXTENSION, TOKENS_HEADER
 
 MODEL = "smollm2-135m-instruct"
 WEIGHTS = bytes.fromhex("ab" * 32)
@@ -181,6 +182,9 @@ class FakeNodeApi:
             ticket_id = None
             if ticket is not None and node.knob != "zero_ticket":
                 ticket_id = ticket.ticket_id(DOMAIN)
+            spent = request.headers.get(TOKENS_HEADER)  # checked by a subclass's desk, if any
+            if spent is not None and node.knob != "zero_ticket":
+                ticket_id = tokens_payment_id(decode_token_header(spent, 64))
             usage = {"prompt_tokens": 9, "completion_tokens": len(node.tokens), "total_tokens": 14}
             receipt = sign_receipt(
                 node.identity,

@@ -263,7 +263,7 @@ class _AnswerCheck:
             if receipt.ticket_id != self._ticket_id:
                 log.warning("receipt refused: ticket_id")
                 raise ReceiptRefused(
-                    "the receipt does not name the payment ticket the request carried",
+                    "the receipt does not name the payment the request carried (ticket or tokens)",
                     check="ticket_id",
                 )
             checks.append("ticket_id")

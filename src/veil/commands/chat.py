@@ -390,11 +390,12 @@ def gateway(
         help="Sign no ticket that would pay more than this if it won.",
     ),
     tokens: bool = typer.Option(
-        False,
+        True,
         "--tokens/--no-tokens",
         help="Pay anonymous/tee requests with anonymous credits (RFC 9578 tokens) where the "
         "node sells them: bought with the wallet in batches of 16 at random times, kept in "
-        "tokens.jsonl beside the wallet keystore, so a node cannot link requests to it.",
+        "tokens.jsonl beside the wallet keystore, so a node cannot link requests to it. "
+        "--no-tokens pays every request with a ticket (which names the wallet).",
     ),
 ) -> None:
     """Serve an OpenAI-compatible API on this machine: every request goes to a node verified

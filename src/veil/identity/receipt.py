@@ -138,7 +138,7 @@ class Receipt:
     prompt_tokens: int
     completion_tokens: int
     timestamp: int  # UNIX seconds at the node when the answer ended
-    ticket_id: bytes  # 32; ZERO_TICKET when none
+    ticket_id: bytes  # 32: the ticket id, or tokens_payment_id of the tokens; ZERO_TICKET: unpaid
     signature: bytes = b""  # 65 bytes r || s || v
 
     def message(self, domain: ReceiptDomain = DEFAULT_RECEIPT_DOMAIN) -> SignableMessage:

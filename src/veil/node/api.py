@@ -290,6 +290,8 @@ class _NodeApp:
         health["tokens_generated"] = self.engine.stats.tokens_generated
         if self.payments is not None:
             health["payments"] = self.payments.health()
+        if self.credits is not None:
+            health["credits"] = {"issued": self.credits.issued, "redeemed": self.credits.redeemed}
         return health
 
     async def models(self) -> dict[str, Any]:
@@ -392,12 +394,9 @@ class _NodeApp:
         messages = [ChatMessage(m.role, m.text()) for m in req.messages]
         prompt_ids = await asyncio.to_thread(engine.encode_chat, messages)
         params = _sampling(req, len(prompt_ids), engine, self.config)
-        paid = await self._check_payment(request)
+        paid, payment_id = await self._check_payment(request)
         signer = _Signer(
-            self.identity,
-            _request_digest(request, raw),
-            self.weights_sha256,
-            None if paid is None else paid.ticket_id,
+            self.identity, _request_digest(request, raw), self.weights_sha256, payment_id
         )
         try:
             handle = engine.submit(prompt_ids, params)
@@ -429,17 +428,19 @@ class _NodeApp:
             )
         return await _whole(request, handle, completion, started, signer, charge)
 
-    async def _check_payment(self, request: Request) -> AcceptedTicket | None:
-        """The request's ticket, checked; only a valid request gets here (a refused one costs
-        no ticket)."""
+    async def _check_payment(self, request: Request) -> tuple[AcceptedTicket | None, bytes | None]:
+        """The request's ticket, checked, and what its receipt names as paid: the ticket id,
+        or the tokens' payment id. Only a valid request gets here (a refused one costs no
+        ticket)."""
         if self.payments is None:
-            return None
+            return None, None
         tokens = request.headers.get(TOKENS_HEADER)
         try:
             if tokens is not None and self.credits is not None:
-                await self.credits.redeem(tokens)  # spent (fsynced) before the engine runs
-                return None
-            return await self.payments.check(request.headers.get(TICKET_HEADER))
+                spent = await self.credits.redeem(tokens)  # spent (fsynced) before the engine
+                return None, spent.payment_id
+            ticket = await self.payments.check(request.headers.get(TICKET_HEADER))
+            return ticket, None if ticket is None else ticket.ticket_id
         except PaymentRefused as err:
             raise _payment_error(err) from None
 

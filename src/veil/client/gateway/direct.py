@@ -59,7 +59,7 @@ from veil.client.gateway.routing import Router
 from veil.client.payer import Payer, Payment
 from veil.client.session import VeilSession
 from veil.errors import VeilError
-from veil.identity.credits.token import encode_token_header
+from veil.identity.credits.token import encode_token_header, tokens_payment_id
 from veil.wire import boundedjson
 from veil.wire.errors import Malformed, MessageTooLarge
 from veil.wire.http import (
@@ -251,7 +251,10 @@ class DirectPath:
             headers[TICKET_HEADER] = payment.header_value()
             extensions[TICKET_ID_EXTENSION] = payment.ticket_id
         if tokens is not None:
-            headers[TOKENS_HEADER] = encode_token_header([t.token for t in tokens])
+            spent = [t.token for t in tokens]
+            headers[TOKENS_HEADER] = encode_token_header(spent)
+            # the receipt must name exactly these tokens, as it would name a ticket
+            extensions[TICKET_ID_EXTENSION] = tokens_payment_id(spent)
         request = httpx.Request(
             "POST", _NODE_CHAT_URL, content=payload, headers=headers, extensions=extensions
         )

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +40,7 @@ __all__ = [
     "issue",
     "node_challenge",
     "token_key_id",
+    "tokens_payment_id",
     "verify_token",
 ]
 
@@ -48,6 +50,7 @@ _NID = 32  # SHA-256 output: nonce, challenge_digest, token_key_id
 TOKEN_REQUEST_LEN = 2 + 1 + NK
 TOKEN_LEN = 2 + 3 * _NID + NK
 VARIANT = blindrsa.PSS_DETERMINISTIC
+PAYMENT_ID_DOMAIN = b"veil tokens paid v1\x00"
 
 # DER of SubjectPublicKeyInfo up to the RSAPublicKey: id-RSASSA-PSS with SHA-384, MGF1-SHA-384,
 # saltLength 48 (RFC 9578 6.5), for a 2048-bit key (a 270-byte RSAPublicKey).
@@ -185,6 +188,11 @@ class Token:
     def encode(self) -> bytes:
         return self.authenticator_input() + self.authenticator
 
+    def spend_id(self) -> bytes:
+        """What the node's spent set records: the hash of the signed part, so one token has one
+        id however its authenticator is encoded."""
+        return hashlib.sha256(self.authenticator_input()).digest()
+
     @classmethod
     def decode(cls, data: bytes) -> Token:
         _type_at(data, "token")
@@ -265,6 +273,14 @@ def node_challenge(node_address: str) -> TokenChallenge:
     use (RFC 9577 2.1.1); origin_info names the node, so a token for one node fails at another.
     """
     return TokenChallenge(VEIL_ISSUER_NAME, b"", node_address.lower().encode("ascii"))
+
+
+def tokens_payment_id(tokens: Sequence[Token]) -> bytes:
+    """The 32 bytes a receipt names for a request paid with `tokens` (where a ticket-paid one
+    names its ticket id), so the payer can check that the node counted exactly its tokens. It
+    is a hash of the spend ids in order: the node saw the tokens anyway, and tells nothing more
+    by signing it."""
+    return hashlib.sha256(PAYMENT_ID_DOMAIN + b"".join(t.spend_id() for t in tokens)).digest()
 
 
 def encode_token_header(tokens: list[Token]) -> str:

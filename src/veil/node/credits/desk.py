@@ -21,7 +21,6 @@ checked the ticket that pays for it (`len(batch)` units).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from veil.identity.credits.token import (
     TokenRequest,
     decode_token_header,
     node_challenge,
+    tokens_payment_id,
     verify_token,
 )
 from veil.node.credits.keyring import EpochKey, TokenKeyring
@@ -48,10 +48,11 @@ MAX_TOKENS_PER_REQUEST = 64
 
 @dataclass(frozen=True)
 class RedeemedTokens:
-    """The tokens that paid for one request (ids only; the receipt names no ticket)."""
+    """The tokens that paid for one request: the receipt names `payment_id` for a ticket id."""
 
     epoch: int
     count: int
+    payment_id: bytes  # tokens_payment_id of the tokens, in the order sent
 
 
 class TokenDesk:
@@ -161,8 +162,7 @@ class TokenDesk:
         by_epoch: dict[int, list[bytes]] = {}
         for token in tokens:
             key = self._verify(token)
-            token_id = hashlib.sha256(token.authenticator_input()).digest()
-            by_epoch.setdefault(key.epoch, []).append(token_id)
+            by_epoch.setdefault(key.epoch, []).append(token.spend_id())
         if len(by_epoch) > 1:  # spend is atomic per epoch file: keep a payment in one epoch
             raise PaymentRefused("token_malformed", "the tokens of one request share an epoch")
         ((epoch, ids),) = by_epoch.items()
@@ -177,7 +177,7 @@ class TokenDesk:
             ) from None
         self.spent.prune([k.epoch for k in self.keyring.accepting()])
         self.redeemed += len(ids)
-        return RedeemedTokens(epoch, len(ids))
+        return RedeemedTokens(epoch, len(ids), tokens_payment_id(tokens))
 
     async def redeem(self, header: str) -> RedeemedTokens:
         """Check and spend the tokens in an `x-veil-tokens` value (off the event loop)."""
