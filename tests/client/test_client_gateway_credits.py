@@ -161,3 +161,17 @@ def test_a_receipt_that_does_not_name_the_tokens_spent_is_refused(
     with gateway_for(net, tmp_path / "tokens.jsonl") as server, refused:
         ask(server)
     assert net.node.seen and TOKENS_HEADER in net.node.seen[-1]["headers"]
+
+
+def test_the_relay_sees_sealed_requests_only_in_size_buckets(net: Network, tmp_path: Path) -> None:
+    """Prompts of 3 to 230 characters, paid with tokens: every sealed chat request the relay
+    carries has one size (the 1 KiB bucket plus OHTTP's fixed framing)."""
+    with gateway_for(net, tmp_path / "tokens.jsonl") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        for prompt in ("Hi!", "x" * 5, "A longer question? " * 12):
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": prompt}]
+            )
+    chats = [size for path, size in net.relay_app.sizes if path.startswith("/relay/")][-3:]
+    assert len(set(chats)) == 1, chats
+    assert 0 < chats[0] - 1024 < 100  # the bucket + the OHTTP header and AEAD tag

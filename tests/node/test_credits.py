@@ -148,7 +148,7 @@ def test_purchase_batches_are_checked(desk: TokenDesk) -> None:
 def test_config_checks_the_credit_and_shaping_settings() -> None:
     from veil.node.config import NodeConfig, NodeConfigError
 
-    assert NodeConfig().stream_shaping == "off" and NodeConfig().token_price == 1
+    assert NodeConfig().stream_shaping == "pad" and NodeConfig().token_price == 1
     for bad in (
         {"token_epoch_s": 10},
         {"token_grace_s": 90_000},

@@ -99,3 +99,11 @@ def test_pad_sse() -> None:
     assert len(pad_sse(b"d" * 63 + b"\n", 64)) == 128  # no room for ":\n": the next bucket
     assert pad_sse(b"data: partial", 64) == b"data: partial"  # mid-line: left alone
     assert pad_sse(b"data: x\n\n", 64).endswith(b"\n") and b"\n:" in pad_sse(b"data: x\n\n", 64)
+
+
+def test_a_node_pads_its_streams_by_default() -> None:
+    from veil.node.api import STREAM_PAD_BYTES, _gateway_config
+    from veil.node.config import NodeConfig
+
+    assert _gateway_config(NodeConfig()).stream_pad_bytes == STREAM_PAD_BYTES == BUCKET
+    assert _gateway_config(NodeConfig(stream_shaping="off")).stream_pad_bytes is None

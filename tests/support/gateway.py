@@ -261,16 +261,30 @@ class FakeNodeApi:
 
 
 class RecordingApp:
-    """ASGI wrapper that records (method, path) of every HTTP request (the relay's view)."""
+    """ASGI wrapper that records (method, path) of every HTTP request (the relay's view), and
+    in `sizes` the (path, body length) of each one."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.calls: list[tuple[str, str]] = []
+        self.sizes: list[tuple[str, int]] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            self.calls.append((scope["method"], scope["path"]))
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.calls.append((scope["method"], scope["path"]))
+        entry = len(self.sizes)
+        self.sizes.append((scope["path"], 0))
+
+        async def counted() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                path, size = self.sizes[entry]
+                self.sizes[entry] = (path, size + len(message.get("body", b"")))
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def approve(chain: FakeChainReader, weights: bytes = WEIGHTS) -> None:

@@ -68,6 +68,7 @@ from veil.wire.ohttp import (
     encapsulate_chunked_request,
     encapsulate_request,
 )
+from veil.wire.padding import pad_to_bucket
 from veil.wire.problem import RELAY_PROBLEM_PREFIX, parse_problem
 
 __all__ = [
@@ -130,8 +131,8 @@ def _bhttp_request(request: httpx.Request, body: bytes, forwarded: frozenset[str
         headers=headers,
         content=body,
     )
-    try:
-        return bhttp.encode_request(message)
+    try:  # padded to a size bucket: the sealed length says only the bucket
+        return pad_to_bucket(bhttp.encode_request(message))
     except ValueError as err:
         raise RequestNotSendable(f"request cannot be encoded as binary HTTP: {err}") from None
 

@@ -130,8 +130,8 @@ def serve(
     stream_shaping: str | None = typer.Option(
         None,
         "--stream-shaping",
-        help="Streamed answers through the OHTTP gateway: off (default) or pad (each sealed "
-        "chunk padded to a multiple of 256 bytes, so its size says nothing of the text).",
+        help="Streamed answers through the OHTTP gateway: pad (default: each sealed chunk "
+        "padded to a multiple of 256 bytes, so its size says nothing of the text) or off.",
     ),
 ) -> None:
     """Load the model and serve the node API and its OHTTP gateway until Ctrl-C."""

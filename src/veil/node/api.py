@@ -98,6 +98,7 @@ from veil.wire.http import (
     error_body,
     read_capped,
 )
+from veil.wire.padding import request_bucket
 
 __all__ = ["STREAM_PAD_BYTES", "create_app", "open_credits"]
 
@@ -447,7 +448,8 @@ class _NodeApp:
 
 def _gateway_config(config: NodeConfig) -> GatewayConfig:
     return GatewayConfig(
-        max_request_bytes=config.max_body_bytes + 4096,
+        # a whole request (body, head, OHTTP framing) is padded by the client to its bucket
+        max_request_bytes=request_bucket(config.max_body_bytes + 4096) + 256,
         bhttp_limits=bhttp.Limits(max_content_bytes=config.max_body_bytes),
         replay_window_s=replay_window_for(config.key_rotation_s or 3600),
         # keys that outlive the process need a replay memory that does too

@@ -74,7 +74,7 @@ class NodeConfig:
     token_price: int = 1  # tokens one chat request costs (1 token = one ticket price)
     token_batch_max: int = 64  # tokens one purchase may ask for
     # streamed answers through the gateway: "off", or "pad" (sealed chunks padded to buckets)
-    stream_shaping: str = "off"
+    stream_shaping: str = "pad"
 
     def __post_init__(self) -> None:
         checks = [
