@@ -361,3 +361,32 @@ def test_leaving_node_slashed_to_zero_can_still_deregister(ledger, node_op, alic
     assert ledger.token.balanceOf(node_op) == 0
     ledger.register_node(node_op)  # and may come back
     assert ledger.registry.isActive(node_op)
+
+
+def test_token_keys_change_at_most_hourly_and_keep_the_previous(ledger, node_op, alice, unchanged):  # type: ignore[no-untyped-def]
+    k1, k2, k3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    with unchanged("not registered"), boa.env.prank(alice.address):
+        ledger.registry.commitTokenKey(k1)
+    ledger.register_node(node_op)
+    assert ledger.registry.tokenKeysOf(node_op) == (b"\x00" * 32, b"\x00" * 32, 0)
+    with unchanged("zero key id"), boa.env.prank(node_op):
+        ledger.registry.commitTokenKey(b"\x00" * 32)
+    with boa.env.prank(node_op):
+        ledger.registry.commitTokenKey(k1)  # the first commit: at once
+    events = [type(e).__name__ for e in ledger.registry.get_logs()]
+    assert events == ["TokenKeyCommitted"]
+    first = boa.env.evm.patch.timestamp
+    assert ledger.registry.tokenKeysOf(node_op) == (k1, b"\x00" * 32, first)
+    with unchanged("key already committed"), boa.env.prank(node_op):
+        ledger.registry.commitTokenKey(k1)
+    boa.env.time_travel(seconds=3599)
+    with unchanged("token key changed too recently"), boa.env.prank(node_op):
+        ledger.registry.commitTokenKey(k2)  # a key per buyer would need a change per purchase
+    boa.env.time_travel(seconds=1)
+    with boa.env.prank(node_op):
+        ledger.registry.commitTokenKey(k2)
+    assert ledger.registry.tokenKeysOf(node_op)[:2] == (k2, k1)
+    boa.env.time_travel(seconds=3600)
+    with boa.env.prank(node_op):
+        ledger.registry.commitTokenKey(k3)
+    assert ledger.registry.tokenKeysOf(node_op)[:2] == (k3, k2)

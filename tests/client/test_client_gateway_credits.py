@@ -81,6 +81,7 @@ class Network:
         self.node = TokenSellingNode()
         self.server = ServerThread(self.node.app).__enter__()
         self.chain.register(self.node.address, [(MODEL, WEIGHTS)], 200 * TOKEN)
+        self.chain.token_key_ids[self.node.address] = self.node.desk.keyring.current().key_id
         directory = StaticNodeDirectory([Node(self.node.address, self.server.url)])
         self.relay_app = RecordingApp(
             create_relay_app(
@@ -144,8 +145,14 @@ def test_requests_carry_tokens_bought_in_one_batch(net: Network, tmp_path: Path)
     net.node.desk._redeem(net.node.seen[-1]["headers"][TOKENS_HEADER])
 
 
-def test_a_key_the_descriptor_does_not_commit_is_refused(net: Network, tmp_path: Path) -> None:
-    net.node.committed = lambda: (bytes(32),)
+@pytest.mark.parametrize("where", ["descriptor", "registry"])
+def test_a_key_the_descriptor_or_registry_does_not_commit_is_refused(
+    net: Network, tmp_path: Path, where: str
+) -> None:
+    if where == "descriptor":
+        net.node.committed = lambda: (bytes(32),)
+    else:  # a key for this buyer alone: in its descriptor, not the registry's current one
+        net.chain.token_key_ids[net.node.address] = bytes(range(32))
     with gateway_for(net, tmp_path / "tokens.jsonl") as server:
         assert ask(server)
     assert net.node.purchases == []  # nothing was paid for the uncommitted key

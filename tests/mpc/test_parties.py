@@ -18,7 +18,7 @@ import pytest
 from support.net import Tap, until
 from veil.mpc.channel import recv_frame, send_frame
 from veil.mpc.client import RemoteSession, generate, prefill_prompt
-from veil.mpc.errors import PartyFailure
+from veil.mpc.errors import PartyBusy, PartyFailure
 from veil.mpc.launch import PartyProcess, start_parties, start_party, wait_ready
 from veil.mpc.local import PlainSession
 from veil.mpc.runtime import MpcConfig
@@ -37,13 +37,26 @@ def _addrs(parties: list[PartyProcess]) -> list[str]:
     return [p.control for p in parties]
 
 
+def _session(addrs: list[str], tiny: ModelSource, wait_s: float = 90.0) -> RemoteSession:
+    """A session on `addrs`; a party still starting its next session worker (each session
+    gets a fresh one, which takes long on a loaded machine) says PartyBusy: ask again."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return RemoteSession(addrs, SETTINGS, tiny.weights_sha256)
+        except PartyBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_three_processes_match_plaintext(parties: list[PartyProcess], tiny: ModelSource) -> None:
     for prompt in (PROMPT_A, PROMPT_B):
-        with RemoteSession(_addrs(parties), SETTINGS, tiny.weights_sha256) as s:
+        with _session(_addrs(parties), tiny) as s:
             logits = prefill_prompt(s, tiny.head, prompt)
         plain = prefill_prompt(PlainSession(tiny.shape, tiny.weights), tiny.head, prompt)
         assert np.abs(logits - plain).max() < 0.05 * np.abs(plain).max()
-        with RemoteSession(_addrs(parties), SETTINGS, tiny.weights_sha256) as s:
+        with _session(_addrs(parties), tiny) as s:
             got = list(generate(s, tiny.head, prompt, 4))
         assert_greedy_agrees(got, tiny, prompt)
 
@@ -53,7 +66,7 @@ def _received(parties: list[PartyProcess], tiny: ModelSource, prompt: list[int])
     tap = Tap(parties[0].control)
     try:
         addrs = [tap.address, *_addrs(parties)[1:]]
-        with RemoteSession(addrs, SETTINGS, tiny.weights_sha256) as s:
+        with _session(addrs, tiny) as s:
             list(generate(s, tiny.head, prompt, 3))
         time.sleep(0.2)
         return bytes(tap.received)

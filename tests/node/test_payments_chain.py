@@ -83,6 +83,29 @@ def test_registration(node_client: ChainClient) -> None:
     assert info.endpoint == "http://node.example:9000" and info.stake == min_stake + 50 * TOKEN
 
 
+def test_the_token_key_is_committed_once_per_key_and_at_most_hourly(
+    node_client: ChainClient,
+) -> None:
+    """After `test_registration`: the keyring's current key goes on chain once; a new epoch's
+    key within the hour is refused by the registry with its reason, and kept for later."""
+    from veil.chain.errors import ChainError
+    from veil.node.credits import TokenKeyring
+    from veil.node.credits.commit import commit_token_key
+
+    now = [time.time()]
+    keyring = TokenKeyring(None, epoch_s=3600, grace_s=600, clock=lambda: now[0])
+    address = node_client.address
+    assert commit_token_key(keyring, node_client, address)
+    first = keyring.current().key_id
+    assert node_client.token_keys(address).current == first
+    assert not commit_token_key(keyring, node_client, address)  # already there: nothing sent
+    now[0] += 3600  # the next epoch's key, but the chain's clock has not moved an hour
+    with pytest.raises(ChainError, match="token key changed too recently"):
+        commit_token_key(keyring, node_client, address)
+    keys = node_client.token_keys(address)
+    assert keys.current == first and keys.names(first)
+
+
 def test_registration_without_veil_names_the_problem(deployment_path) -> None:  # type: ignore[no-untyped-def]
     poor = ChainClient(Deployment.load(deployment_path), NodeIdentity.generate().private_key)
     devnet_top_up(poor, 0)  # gas only

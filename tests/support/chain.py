@@ -138,6 +138,7 @@ def observable_state(ledger: Ledger) -> dict[str, Any]:
         "balances": [ledger.token.balanceOf(h) for h in holders],
         "allowances": [ledger.token.allowance(a, h) for a in actors for h in holders[-3:]],
         "nodes": [ledger.registry.getNode(a) for a in actors],
+        "token_keys": [ledger.registry.tokenKeysOf(a) for a in actors],
         "registry": (ledger.registry.totalStaked(), ledger.registry.operatorCount()),
         "senders": [ledger.broker.getSender(a) for a in actors],
         "earnings": [(ledger.broker.earned(a), ledger.broker.withdrawn(a)) for a in actors],

@@ -31,7 +31,7 @@ from veil.chain.payment import (
 )
 from veil.chain.tickets import TicketDomain
 from veil.chain.types import ModelEntry as ChainModelEntry
-from veil.chain.types import NodeInfo, SenderFunds
+from veil.chain.types import NodeInfo, SenderFunds, TokenKeys
 from veil.identity import (
     DESCRIPTOR_PATH,
     MEDIA_DESCRIPTOR,
@@ -64,6 +64,7 @@ class FakeChainReader:
     time_offset: int = 0
     deposits: dict[str, int] = field(default_factory=dict)
     reads: int = 0
+    token_key_ids: dict[str, bytes] = field(default_factory=dict)  # operator -> committed key
 
     def register(self, operator: str, models: list[tuple[str, bytes]], stake: int) -> None:
         self.nodes[operator] = NodeInfo(
@@ -103,6 +104,10 @@ class FakeChainReader:
 
     def sender_funds(self, sender: str | None = None) -> SenderFunds:
         return SenderFunds(deposit=self.deposits.get(sender or "", 0), reserve=0, withdraw_at=0)
+
+    def token_keys(self, operator: str) -> TokenKeys:
+        key_id = self.token_key_ids.get(operator)
+        return TokenKeys(key_id or bytes(32), bytes(32), 0 if key_id is None else 1)
 
 
 class FakeNodeApi:

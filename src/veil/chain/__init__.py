@@ -28,6 +28,7 @@ __all__ = [
     "SenderFunds",
     "Ticket",
     "TicketDomain",
+    "TokenKeys",
     "TxReceipt",
     "ValidatorInfo",
     "default_deployment_path",
@@ -69,6 +70,7 @@ _HOME = {
     "ReleaseAction": "veil.chain.types",
     "ReleaseEntry": "veil.chain.types",
     "SenderFunds": "veil.chain.types",
+    "TokenKeys": "veil.chain.types",
     "TxReceipt": "veil.chain.types",
     "ValidatorInfo": "veil.chain.types",
 }
@@ -98,6 +100,7 @@ if TYPE_CHECKING:
         ReleaseAction,
         ReleaseEntry,
         SenderFunds,
+        TokenKeys,
         TxReceipt,
         ValidatorInfo,
     )

@@ -25,6 +25,7 @@ from veil.chain.types import (
     ReleaseAction,
     ReleaseEntry,
     SenderFunds,
+    TokenKeys,
     TxReceipt,
     ValidatorInfo,
 )
@@ -207,6 +208,14 @@ class ChainClient:
 
     def update_models(self, models: Sequence[ModelEntry]) -> TxReceipt:
         return self._transact(self.registry, "updateModels", [m.as_abi_tuple() for m in models])
+
+    def commit_token_key(self, key_id: bytes) -> TxReceipt:
+        """Commit the token key this node issues under now (at most once an hour)."""
+        return self._transact(self.registry, "commitTokenKey", key_id)
+
+    def token_keys(self, operator: str) -> TokenKeys:
+        current, previous, committed_at = self._call(self.registry, "tokenKeysOf", operator)
+        return TokenKeys(bytes(current), bytes(previous), int(committed_at))
 
     def add_stake(self, amount: int) -> TxReceipt:
         self._ensure_allowance(self.registry, amount)

@@ -14,6 +14,7 @@ __all__ = [
     "ReleaseAction",
     "ReleaseEntry",
     "SenderFunds",
+    "TokenKeys",
     "TxReceipt",
     "ValidatorInfo",
 ]
@@ -53,6 +54,19 @@ class NodeInfo:
     registered: bool
     active: bool  # registered with at least the minimum bonded stake
     models: tuple[ModelEntry, ...]
+
+
+@dataclass(frozen=True)
+class TokenKeys:
+    """A node's committed anonymous-credit key ids (sha256 of the RFC 9578 public key)."""
+
+    current: bytes  # 32; the key it issues under now (zero: none committed)
+    previous: bytes  # 32; the key before, whose tokens it may still accept in a grace window
+    committed_at: int  # unix time of the last commit (0: never)
+
+    def names(self, key_id: bytes) -> bool:
+        """Whether `key_id` is the node's current committed key (what a buyer may buy under)."""
+        return self.committed_at != 0 and key_id == self.current
 
 
 @dataclass(frozen=True)

@@ -167,25 +167,30 @@ class _AnswerCheck:
 
     # -- streamed answers (server-sent events) --
     def feed(self, data: bytes) -> bytes:
-        """The bytes that may pass now: whole events; `[DONE]` only once the receipt verified."""
-        if self._done:
-            return data
+        """The bytes that may pass now: whole events; `[DONE]` only once the receipt verified.
+
+        SSE comment lines (a node's stream padding) are dropped: padding hides sizes on the
+        way from the node, and has nothing to say to the local caller."""
+        if self._done:  # nothing follows [DONE] but a node's padding
+            return b""
         self._buffer += data.replace(b"\r\n", b"\n")
         out = bytearray()
         while b"\n\n" in self._buffer:
             event, self._buffer = self._buffer.split(b"\n\n", 1)
+            event = _without_comments(event, whole=True)
             payload = b"\n".join(
                 line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
             )
             if payload == b"[DONE]":
                 self._verify(streamed=True)
                 self._done = True
-                out += event + b"\n\n" + self._buffer
-                self._buffer = b""
+                out += event + b"\n\n"
+                self._buffer = b""  # nothing follows [DONE] but a node's padding
                 break
             if payload:
                 self._event(payload)
-            out += event + b"\n\n"
+            if event.strip():
+                out += event + b"\n\n"
         if len(self._buffer) > MAX_EVENT_BYTES:  # an event that never ends
             raise ReceiptRefused(
                 f"an answer event is larger than {MAX_EVENT_BYTES} bytes", check="malformed"
@@ -212,7 +217,7 @@ class _AnswerCheck:
             self._verify(streamed=True)
             self._done = True
         rest, self._buffer = self._buffer, b""
-        return rest
+        return _without_comments(rest)
 
     # -- whole answers --
     def whole(self, body: bytes) -> None:
@@ -270,6 +275,18 @@ class _AnswerCheck:
         self._verified = True
         result = VerifiedReceipt(receipt, self._model_id, streamed, tuple(checks))
         self._checker._accept(result, self._messages, answer)
+
+
+def _without_comments(data: bytes, *, whole: bool = False) -> bytes:
+    """`data` less its SSE comment lines (`:...`); the last line counts only if `whole`."""
+    if b":" not in data:
+        return data
+    lines = data.split(b"\n")
+    last = lines.pop()
+    kept = [line for line in lines if not line.startswith(b":")]
+    if not (whole and last.startswith(b":")):
+        kept.append(last)
+    return b"\n".join(kept)
 
 
 def _checked_response(

@@ -58,7 +58,7 @@ from veil.wire.endpoint import is_canonical_endpoint
 
 if TYPE_CHECKING:
     from veil.chain.tickets import TicketDomain
-    from veil.chain.types import NodeInfo, SenderFunds
+    from veil.chain.types import NodeInfo, SenderFunds, TokenKeys
 
 __all__ = [
     "Candidate",
@@ -85,6 +85,7 @@ class ChainReader(Protocol):
     def is_release_approved(self, model_hash: bytes, measurement: bytes) -> bool: ...
     def ticket_domain(self) -> TicketDomain: ...
     def sender_funds(self, sender: str | None = None) -> SenderFunds: ...
+    def token_keys(self, operator: str) -> TokenKeys: ...
 
 
 @dataclass(frozen=True)

@@ -62,10 +62,12 @@ from veil.engine import (
     SamplingParams,
     TokenDelta,
 )
+from veil.errors import VeilError
 from veil.identity import ModelEntry, NodeIdentity, request_digest, sign_receipt
 from veil.identity.credits.token import TOKEN_REQUEST_LEN
 from veil.node.config import NodeConfig
 from veil.node.credits import SpentSet, TokenDesk, TokenKeyring
+from veil.node.credits.commit import commit_token_key, keep_token_key_committed
 from veil.node.descriptor import DescriptorIssuer, load_node_identity
 from veil.node.errors import PaymentRefused
 from veil.node.gateway import GatewayConfig, gateway_router, via_gateway
@@ -262,9 +264,25 @@ class _NodeApp:
             )
         if self.payments is not None:
             self.payments.start()
+        committing = None
+        if self.credits is not None and self.payments is not None and self.payments.client:
+            # the token key goes on chain before the first buyer can ask for it
+            keyring, registry = self.credits.keyring, self.payments.client
+            address = self.identity.address
+            with contextlib.suppress(VeilError):  # logged and retried by the loop
+                await asyncio.to_thread(commit_token_key, keyring, registry, address)
+            committing = asyncio.create_task(
+                keep_token_key_committed(
+                    keyring, registry, address, self.config.reconcile_interval_s
+                )
+            )
         if self.party is not None:
             self.party.start()
         yield
+        if committing is not None:
+            committing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committing
         if self.party is not None:
             self.party.stop()
         if self.payments is not None:

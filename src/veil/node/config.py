@@ -110,7 +110,11 @@ class NodeConfig:
             ),
             (self.mpc_session_timeout_s > 0, "mpc_session_timeout_s must be positive"),
             (self.mpc_link_timeout_s > 0, "mpc_link_timeout_s must be positive"),
-            (self.token_epoch_s >= 60, "token_epoch_s must be at least 60"),
+            (
+                self.token_epoch_s >= 3600,  # NodeRegistry.MIN_TOKEN_KEY_INTERVAL
+                "token_epoch_s must be at least 3600 (the registry lets a token key change "
+                "at most hourly)",
+            ),
             (
                 0 <= self.token_grace_s <= self.token_epoch_s,
                 "token_grace_s must be within [0, token_epoch_s]",

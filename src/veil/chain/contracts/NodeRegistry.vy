@@ -18,6 +18,9 @@ interface Slasher:
     def openChallengesAgainst(node: address) -> uint256: view
 
 MAX_MODELS: constant(uint256) = 8
+# A node's anonymous-credit (token) key may change at most this often, so a node cannot hand
+# each buyer a key of their own: clients buy only under the key committed here last.
+MIN_TOKEN_KEY_INTERVAL: constant(uint256) = 3600
 MAX_PAGE: constant(uint256) = 64
 MAX_NODES: constant(uint256) = 2**32
 # The bytes an endpoint may hold after "http://" or "https://" (bit c set: byte c allowed):
@@ -108,6 +111,16 @@ event NodeSlashed:
     reward: uint256
     beneficiary: indexed(address)
 
+struct TokenKeys:
+    current: bytes32
+    previous: bytes32
+    committedAt: uint256
+
+event TokenKeyCommitted:
+    operator: indexed(address)
+    keyId: bytes32
+    previous: bytes32
+
 event SlasherSet:
     slasher: indexed(address)
 
@@ -121,6 +134,7 @@ nodes: HashMap[address, Node]
 models: HashMap[address, DynArray[ModelInfo, MAX_MODELS]]
 operators: DynArray[address, MAX_NODES]
 listed: HashMap[address, bool]
+tokenKeys: HashMap[address, TokenKeys]
 totalStaked: public(uint256)
 
 
@@ -245,6 +259,25 @@ def updateModels(models_: DynArray[ModelInfo, MAX_MODELS]):
 
 
 @external
+def commitTokenKey(keyId: bytes32):
+    """
+    @notice Commit the key id (sha256 of the RFC 9578 public key) a node now issues tokens
+            under; the one before stays readable as `previous` (its tokens are spent in a
+            grace window). At most one change per MIN_TOKEN_KEY_INTERVAL.
+    """
+    assert self.nodes[msg.sender].registered, "not registered"
+    assert keyId != empty(bytes32), "zero key id"
+    keys: TokenKeys = self.tokenKeys[msg.sender]
+    assert keyId != keys.current, "key already committed"
+    if keys.committedAt != 0:
+        assert block.timestamp >= keys.committedAt + MIN_TOKEN_KEY_INTERVAL, "token key changed too recently"
+    self.tokenKeys[msg.sender] = TokenKeys(
+        current=keyId, previous=keys.current, committedAt=block.timestamp
+    )
+    log TokenKeyCommitted(operator=msg.sender, keyId=keyId, previous=keys.current)
+
+
+@external
 def addStake(amount: uint256):
     assert self.nodes[msg.sender].registered, "not registered"
     assert amount > 0, "zero amount"
@@ -365,6 +398,12 @@ def getNode(operator: address) -> NodeInfo:
         active=self._isActive(operator),
         models=self.models[operator],
     )
+
+
+@view
+@external
+def tokenKeysOf(operator: address) -> TokenKeys:
+    return self.tokenKeys[operator]
 
 
 @view

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from veil.chain.types import TokenKeys
 from veil.client.credits.wallet import TokenWallet
 from veil.client.errors import ClientError
 from veil.identity.credits.errors import CreditError
@@ -87,12 +88,21 @@ async def buy_tokens(
     count: int,
     ticket_for: Callable[[int], str],
     wallet: TokenWallet,
+    *,
+    on_chain: TokenKeys | None = None,
 ) -> int:
-    """Buy `count` tokens from `node` with one ticket worth `count` requests; returns count."""
+    """Buy `count` tokens from `node` with one ticket worth `count` requests; returns count.
+
+    `on_chain`: the node's token keys as the registry names them; the offered key must then
+    be the current one there too (the gateway always passes it)."""
     answer = await http.get(_KEYS_URL)
     if answer.status_code != 200:
         raise PurchaseFailed(f"the node's token key list: HTTP {answer.status_code}")
     key = offered_key(answer.content, committed)
+    if on_chain is not None and not on_chain.names(key.key_id):
+        raise TokenKeyNotCommitted(
+            "the node offers a token key the registry does not name as its current one", "key"
+        )
     challenge = node_challenge(node)
     try:
         pending = [begin_issuance(key.public_key, challenge) for _ in range(count)]

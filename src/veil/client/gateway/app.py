@@ -171,7 +171,7 @@ class _Gateway:
             )
         self.purse: CreditPurse | None = None
         if self.payer is not None and config.credits is not None:
-            self.purse = CreditPurse(tokens or TokenWallet(None), self.payer, config.credits)
+            self.purse = CreditPurse(tokens or TokenWallet(None), self.payer, chain, config.credits)
         self.direct = DirectPath(
             self.discovery,
             self.router,

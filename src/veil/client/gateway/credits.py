@@ -8,8 +8,10 @@ scheduled after a uniform random delay of up to `jitter_s`, so purchases do not 
 requests. Only the first purchase for a node is made while a request waits (there is nothing
 to spend yet): that one purchase is tied in time to a request.
 
-A purchase's ticket is worth the batch: the node's offer with `batch` times its face value
-(within the payer's `max_face_value`, else fewer tokens per purchase).
+The offered key must be the node's current key in the registry as well as in its descriptor
+(`veil.client.credits.buy_tokens`). A purchase's ticket is worth the batch: the node's offer
+with `batch` times its face value (within the payer's `max_face_value`, else fewer tokens per
+purchase).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 
+from veil.chain.types import TokenKeys
 from veil.client.credits import PurchaseFailed, TokenWallet, WalletToken, buy_tokens
 from veil.client.discovery import Candidate
 from veil.client.errors import ClientError, PriceAboveLimit
@@ -40,6 +44,12 @@ TOKEN_REFUSALS = frozenset(
 )
 
 
+class TokenKeyReader(Protocol):
+    """The registry's committed token keys of a node (`veil.chain.ChainClient`)."""
+
+    def token_keys(self, operator: str) -> TokenKeys: ...
+
+
 @dataclass(frozen=True)
 class CreditConfig:
     batch: int = 16  # tokens per purchase: every purchase has this size
@@ -52,8 +62,14 @@ class CreditConfig:
 class CreditPurse:
     """Tokens per node: takes them for requests and keeps the balances topped up."""
 
-    def __init__(self, wallet: TokenWallet, payer: Payer, config: CreditConfig | None = None):
-        self.wallet, self.payer = wallet, payer
+    def __init__(
+        self,
+        wallet: TokenWallet,
+        payer: Payer,
+        chain: TokenKeyReader,
+        config: CreditConfig | None = None,
+    ) -> None:
+        self.wallet, self.payer, self.chain = wallet, payer, chain
         self.config = config or CreditConfig()
         self._buying: dict[str, asyncio.Task[None]] = {}
         self._failed_until: dict[str, float] = {}
@@ -106,6 +122,7 @@ class CreditPurse:
             if cap is not None:
                 units = max(1, min(units, cap // params.face_value))
             scaled = dataclasses.replace(params, face_value=params.face_value * units)
+            on_chain = await asyncio.to_thread(self.chain.token_keys, op)
             await buy_tokens(
                 client,
                 op,
@@ -113,6 +130,7 @@ class CreditPurse:
                 units,
                 lambda _n: self.payer.pay(scaled).header_value(),
                 self.wallet,
+                on_chain=on_chain,
             )
         except (ClientError, PriceAboveLimit, VeilError, httpx.HTTPError) as err:
             self._failed_until[op] = time.monotonic() + self.config.retry_s
