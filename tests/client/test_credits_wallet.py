@@ -75,3 +75,24 @@ def test_a_kill_at_any_byte_loses_no_token_and_never_offers_a_spent_one(tmp_path
     os.remove(tmp_path / "cut")
     final = TokenWallet(path)
     assert final.in_doubt == 1 and final.balance() == {NODE_A: 3}
+
+
+def test_the_journal_is_compacted_and_keeps_what_is_live(tmp_path: Path) -> None:
+    path = tmp_path / "wallet.jsonl"
+    wallet = TokenWallet(path)
+    for batch in range(40):  # 40 purchases of 16, all but the last spent: 1,920 lines or so
+        wallet.add(NODE_A, tokens(16, batch), NOT_AFTER)
+        for _ in range(16 if batch < 39 else 10):
+            held = wallet.take(NODE_A, 1)
+            assert held is not None
+            wallet.settle(held, spent=True)
+    open_ = wallet.take(NODE_A, 2)  # handed out when the process dies: in doubt afterwards
+    assert open_ is not None
+    lines = path.read_bytes().count(b"\n")
+    assert lines < 4 * 6 + 1024 + 64, lines  # compacted as it went, not 1,900 lines
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not path.with_name(path.name + ".compact").exists()
+    again = TokenWallet(path)
+    assert again.balance() == {NODE_A: 6} and again.in_doubt == 2
+    ids = [h.id for h in again.take(NODE_A, 6) or []]
+    assert ids[-2:] == [h.id for h in open_]  # the ones in doubt are offered last

@@ -15,6 +15,12 @@ a token taken by a process that died is "in doubt": it goes back to the end of t
 offered once more, where the node either accepts it (it was never spent) or refuses it with
 `token_spent` (then it is dropped). The node's spent set, not the wallet, is what stops a
 second payment with one token; the wallet only makes sure none is wasted.
+
+Compaction: once the journal holds many more lines than live tokens (at open, and after a
+settle), it is rewritten with only the live ones (an `add` each, plus a `take` for each token
+in doubt or handed out), into a temporary file that is fsynced and renamed over the journal,
+then the directory is fsynced: a kill leaves either the old journal or the new one, whole.
+Expired tokens are dropped then.
 """
 
 from __future__ import annotations
@@ -60,6 +66,32 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_COMPACT_SLACK = 1024  # journal lines beyond four per live token before a compaction
+
+
+def _add_record(held: WalletToken) -> dict[str, object]:
+    return {
+        "op": "add",
+        "node": held.node,
+        "not_after": held.not_after,
+        "token": _b64(held.token.encode()),
+    }
+
+
+def _append(path: Path, records: Sequence[dict[str, object]]) -> None:
+    """Append `records` as JSON lines to `path` (0600, created if missing) and fsync."""
+    data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class TokenWallet:
     """Tokens per node (oldest first); `path` None keeps them in memory (lost at exit)."""
 
@@ -70,8 +102,12 @@ class TokenWallet:
         self._free: OrderedDict[str, WalletToken] = OrderedDict()  # id -> token, usable
         self._taken: dict[str, WalletToken] = {}
         self.in_doubt = 0  # taken by a process that ended before it knew the outcome
+        self._doubt: set[str] = set()  # ids in doubt: written as taken again on compaction
+        self.lines = 0  # journal lines, to know when to compact
         if path is not None and path.exists():
             self._replay(path.read_bytes())
+            with self._lock:
+                self._maybe_compact()
 
     def _replay(self, data: bytes) -> None:
         tokens: dict[str, WalletToken] = {}
@@ -79,6 +115,7 @@ class TokenWallet:
         for line in data.split(b"\n"):
             if not line or len(line) > _MAX_LINE:
                 continue
+            self.lines += 1
             try:
                 rec = json.loads(line)
                 if rec["op"] == "add":
@@ -102,36 +139,44 @@ class TokenWallet:
         for held in doubt:  # offered again, after the certainly unspent ones
             self._free[held.id] = held
         self.in_doubt = len(doubt)
+        self._doubt = {h.id for h in doubt}
+
+    def _maybe_compact(self) -> None:
+        """Rewrite the journal with the live tokens alone when it has grown (lock held)."""
+        live = len(self._free) + len(self._taken)
+        if self.path is None or self.lines <= 4 * live + _COMPACT_SLACK:
+            return
+        now = self._clock()
+        records: list[dict[str, object]] = []
+        for held in [*self._free.values(), *self._taken.values()]:
+            if held.not_after <= now:
+                continue
+            records.append(_add_record(held))
+            if held.id in self._taken or held.id in self._doubt:
+                records.append({"op": "take", "id": held.id})
+        temp = self.path.with_name(self.path.name + ".compact")
+        temp.unlink(missing_ok=True)
+        _append(temp, records)
+        os.replace(temp, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._free = OrderedDict((k, h) for k, h in self._free.items() if h.not_after > now)
+        self.lines = len(records)
 
     def _write(self, records: Sequence[dict[str, object]]) -> None:
         if self.path is None:
             return
-        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _append(self.path, records)
+        self.lines += len(records)
 
     def add(self, node: str, tokens: Sequence[Token], not_after: int) -> None:
         """Keep newly bought tokens (durable before this returns)."""
         held = [WalletToken(node.lower(), t, not_after) for t in tokens]
         with self._lock:
-            self._write(
-                [
-                    {
-                        "op": "add",
-                        "node": h.node,
-                        "not_after": h.not_after,
-                        "token": _b64(t.encode()),
-                    }
-                    for h, t in zip(held, tokens, strict=True)
-                ]
-            )
+            self._write([_add_record(h) for h in held])
             for h in held:
                 self._free[h.id] = h
 
@@ -157,8 +202,10 @@ class TokenWallet:
             self._write([{"op": "spent" if spent else "return", "id": h.id} for h in tokens])
             for h in tokens:
                 self._taken.pop(h.id, None)
+                self._doubt.discard(h.id)
                 if not spent:
                     self._free[h.id] = h
+            self._maybe_compact()
 
     def balance(self) -> dict[str, int]:
         """Usable tokens per node (not expired, not taken)."""
