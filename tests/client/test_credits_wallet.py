@@ -31,6 +31,7 @@ def test_add_take_settle_and_reopen(tmp_path: Path) -> None:
     wallet.settle(first[:1], spent=True)
     wallet.settle(first[1:], spent=False)
     assert wallet.balance() == {NODE_A: 2, NODE_B: 1}
+    wallet.close()  # the process ends: its lock goes with it
     again = TokenWallet(path)
     assert again.balance() == {NODE_A: 2, NODE_B: 1} and again.in_doubt == 0
     held = again.take(NODE_A, 2)
@@ -72,7 +73,9 @@ def test_a_kill_at_any_byte_loses_no_token_and_never_offers_a_spent_one(tmp_path
         assert len(offered) == added - spent, (cut, lines[:whole])
         if spent:
             assert spent_id not in offered
+        reopened.close()
     os.remove(tmp_path / "cut")
+    wallet.close()
     final = TokenWallet(path)
     assert final.in_doubt == 1 and final.balance() == {NODE_A: 3}
 
@@ -92,7 +95,28 @@ def test_the_journal_is_compacted_and_keeps_what_is_live(tmp_path: Path) -> None
     assert lines < 4 * 6 + 1024 + 64, lines  # compacted as it went, not 1,900 lines
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not path.with_name(path.name + ".compact").exists()
+    wallet.close()
     again = TokenWallet(path)
     assert again.balance() == {NODE_A: 6} and again.in_doubt == 2
     ids = [h.id for h in again.take(NODE_A, 6) or []]
     assert ids[-2:] == [h.id for h in open_]  # the ones in doubt are offered last
+
+
+def test_one_process_owns_a_journal_and_readers_change_nothing(tmp_path: Path) -> None:
+    import pytest
+
+    from veil.client.credits import TokenWalletBusy
+
+    path = tmp_path / "wallet.jsonl"
+    owner = TokenWallet(path)
+    owner.add(NODE_A, tokens(2), NOT_AFTER)
+    with pytest.raises(TokenWalletBusy, match="another process"):
+        TokenWallet(path)  # a second gateway on this wallet
+    before = path.read_bytes()
+    reader = TokenWallet(path, readonly=True)  # what `veil status` opens
+    assert reader.balance() == {NODE_A: 2}
+    with pytest.raises(TokenWalletBusy, match="read-only"):
+        reader.take(NODE_A, 1)
+    assert path.read_bytes() == before
+    owner.close()
+    TokenWallet(path).close()  # free again

@@ -212,6 +212,9 @@ def test_status_and_chat_commands(network) -> None:  # type: ignore[no-untyped-d
     for address in net.node_addresses.values():
         assert address in result.output
     assert "release log" in result.output and "redeemed tickets" in result.output
+    # node-b's descriptor came through the relay (the running network's): it hosts no party
+    [row] = [line for line in result.output.splitlines() if net.node_addresses["node-b"] in line]
+    assert "│ no " in row, row
 
     chat = runner.invoke(
         app, ["chat", "--gateway", net.gateway_url, "-p", "Say hi.", "--max-tokens", "6"]

@@ -1,8 +1,10 @@
 """`veil status`: what the chain says about a Veil network, as an auditor would read it.
 
 The one thing not on chain is whether a node hosts an MPC party: that is in its signed
-descriptor, fetched from its registered endpoint (signature and address checked; a node that
-does not answer shows `?`)."""
+descriptor, fetched through the relay (`--relay`, or the running `veil up`'s), never from the
+node itself, so no node learns this machine's address; size-capped, a few at a time, with a
+deadline (signature and address checked; without a relay, or a node that does not answer:
+`?`)."""
 
 from __future__ import annotations
 
@@ -35,17 +37,28 @@ def _wallet_address(path: Path) -> str | None:
     return address if address.startswith("0x") else "0x" + address
 
 
-def _mpc_party(endpoint: str, operator: str) -> str:
+def _mpc_party(relay: str | None, operator: str) -> str:
     """What the node's signed descriptor says of its MPC party: `aby3: <model>`, `no`, or
-    `?` (no descriptor, or one not signed by the operator)."""
+    `?` (no relay, no descriptor, or one not signed by the operator)."""
     import httpx
 
     from veil.errors import VeilError
-    from veil.identity import DESCRIPTOR_PATH, SignedDescriptor
+    from veil.identity import SignedDescriptor
+    from veil.identity.descriptor import MAX_DESCRIPTOR_BYTES
 
+    if relay is None:
+        return "?"
+    url = f"{relay.rstrip('/')}/relay/{operator}/descriptor"
     try:
-        response = httpx.get(endpoint.rstrip("/") + DESCRIPTOR_PATH, timeout=3.0)
-        signed = SignedDescriptor.parse(response.content)
+        with httpx.stream("GET", url, timeout=httpx.Timeout(3.0, connect=2.0)) as response:
+            body = bytearray()
+            for piece in response.iter_bytes():
+                body += piece
+                if len(body) > MAX_DESCRIPTOR_BYTES:
+                    return "?"
+        if response.status_code != 200:
+            return "?"
+        signed = SignedDescriptor.parse(bytes(body))
         signed.verify_signature()
     except (httpx.HTTPError, VeilError):
         return "?"
@@ -55,8 +68,25 @@ def _mpc_party(endpoint: str, operator: str) -> str:
     return "no" if party is None else f"{party.protocol}: {party.model_id}"
 
 
-def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str]) -> int:
+def _relay_of(data_dir: Path, relay: str | None) -> str | None:
+    """`relay`, else the running `veil up`'s (from its network file), else None."""
+    if relay:
+        return relay
+    from veil.home import load_network_info
+
+    try:
+        found = load_network_info(data_dir).get("relay_url")
+    except RuntimeError:
+        return None
+    return found if isinstance(found, str) and found else None
+
+
+def print_status(
+    data_dir: Path, deployment_path: Path | None, senders: list[str], relay: str | None = None
+) -> int:
     """Print the chain's view; returns the exit code (1 when the chain cannot be read)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from veil.chain import ChainClient, Deployment
     from veil.chain.errors import ChainError
 
@@ -85,7 +115,10 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
             "tickets won",
             title="nodes (registry; amounts in VEIL)",
         )
-        for node in active:
+        relay = _relay_of(data_dir, relay)
+        with ThreadPoolExecutor(8) as pool:  # each fetch has its own deadline
+            parties = list(pool.map(lambda n: _mpc_party(relay, n.operator), active))
+        for node, party in zip(active, parties, strict=True):
             operator = node.operator
             won = [t for t in redeemed if t.recipient == operator]
             nodes.add_row(
@@ -94,12 +127,15 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
                 _veil(node.stake),
                 "yes" if node.active else "no",
                 ", ".join(f"{m.model_id} ({m.weights_hash.hex()[:8]})" for m in node.models),
-                _mpc_party(node.endpoint, operator),
+                party,
                 _veil(client.token_balance(operator)),
                 _veil(client.earnings(operator)),
                 str(len(won)),
             )
         console.print(nodes)
+        if relay is None:
+            console.print("MPC party: ? (no relay given, and no running `veil up`: descriptors")
+            console.print("are fetched only through a relay, so no node sees this machine)")
 
         releases = Table(
             "entry", "action", "model hash", "measurement", "in force", "note", title="release log"
@@ -141,7 +177,8 @@ def print_status(data_dir: Path, deployment_path: Path | None, senders: list[str
         tokens_path = data_dir / "wallet" / TOKEN_WALLET_FILE
         if tokens_path.exists():  # the gateway's anonymous credits, read without changing them
             tokens = Table("node", "tokens", title=f"token balance ({tokens_path})")
-            for node_address, count in sorted(TokenWallet(tokens_path).balance().items()):
+            balance = TokenWallet(tokens_path, readonly=True).balance()
+            for node_address, count in sorted(balance.items()):
                 tokens.add_row(node_address, str(count))
             console.print(tokens)
         console.print(
@@ -164,6 +201,12 @@ def status(
     sender: list[str] = typer.Option(
         [], "--sender", help="Also show this payer's deposit (default: the data dir's wallet)."
     ),
+    relay: str | None = typer.Option(
+        None,
+        "--relay",
+        help="Relay to fetch node descriptors through (their MPC party); default: the running "
+        "`veil up`'s. Nodes are never asked directly.",
+    ),
 ) -> None:
     """Nodes, stakes, releases, balances, deposits and redeemed tickets, read from the chain."""
-    raise typer.Exit(print_status(data_dir or default_data_dir(), deployment, sender))
+    raise typer.Exit(print_status(data_dir or default_data_dir(), deployment, sender, relay))

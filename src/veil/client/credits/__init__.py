@@ -7,7 +7,7 @@ from veil.client.credits.buyer import (
     buy_tokens,
     offered_key,
 )
-from veil.client.credits.wallet import TOKEN_WALLET_FILE, TokenWallet, WalletToken
+from veil.client.credits.wallet import TOKEN_WALLET_FILE, TokenWallet, TokenWalletBusy, WalletToken
 
 __all__ = [
     "TOKEN_WALLET_FILE",
@@ -15,6 +15,7 @@ __all__ = [
     "PurchaseFailed",
     "TokenKeyNotCommitted",
     "TokenWallet",
+    "TokenWalletBusy",
     "WalletToken",
     "buy_tokens",
     "offered_key",

@@ -21,11 +21,17 @@ settle), it is rewritten with only the live ones (an `add` each, plus a `take` f
 in doubt or handed out), into a temporary file that is fsynced and renamed over the journal,
 then the directory is fsynced: a kill leaves either the old journal or the new one, whole.
 Expired tokens are dropped then.
+
+One process owns a journal: it holds an exclusive lock (`flock` on `<journal>.lock`) for the
+wallet's lifetime, so a second gateway on the same wallet fails at start instead of handing
+out tokens the first one holds. `readonly=True` (what `veil status` uses) takes no lock and
+never writes or compacts.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
@@ -36,9 +42,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from veil.client.errors import ClientError
 from veil.identity.credits.token import Token
 
-__all__ = ["TOKEN_WALLET_FILE", "TokenWallet", "WalletToken"]
+__all__ = ["TOKEN_WALLET_FILE", "TokenWallet", "TokenWalletBusy", "WalletToken"]
 
 _MAX_LINE = 4096
 # The journal's name beside the wallet keystore (`veil gateway --wallet`, `veil status`).
@@ -69,6 +76,24 @@ def _unb64(text: str) -> bytes:
 _COMPACT_SLACK = 1024  # journal lines beyond four per live token before a compaction
 
 
+class TokenWalletBusy(ClientError):
+    """Another process owns this token wallet (or it was opened read-only)."""
+
+
+def _own(path: Path) -> int:
+    """An exclusive lock on `path`'s lock file, or `TokenWalletBusy`."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise TokenWalletBusy(
+            f"another process (a second gateway?) uses the token wallet {path}"
+        ) from None
+    return fd
+
+
 def _add_record(held: WalletToken) -> dict[str, object]:
     return {
         "op": "add",
@@ -95,10 +120,20 @@ def _append(path: Path, records: Sequence[dict[str, object]]) -> None:
 class TokenWallet:
     """Tokens per node (oldest first); `path` None keeps them in memory (lost at exit)."""
 
-    def __init__(self, path: Path | None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        readonly: bool = False,
+    ) -> None:
         self.path = path
+        self.readonly = readonly
         self._clock = clock
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the lock file's descriptor, held while open
+        if path is not None and not readonly:
+            self._owner = _own(path)
         self._free: OrderedDict[str, WalletToken] = OrderedDict()  # id -> token, usable
         self._taken: dict[str, WalletToken] = {}
         self.in_doubt = 0  # taken by a process that ended before it knew the outcome
@@ -108,6 +143,12 @@ class TokenWallet:
             self._replay(path.read_bytes())
             with self._lock:
                 self._maybe_compact()
+
+    def close(self) -> None:
+        """Let another process own the journal (the lock is released)."""
+        if self._owner is not None:
+            os.close(self._owner)
+            self._owner = None
 
     def _replay(self, data: bytes) -> None:
         tokens: dict[str, WalletToken] = {}
@@ -144,7 +185,7 @@ class TokenWallet:
     def _maybe_compact(self) -> None:
         """Rewrite the journal with the live tokens alone when it has grown (lock held)."""
         live = len(self._free) + len(self._taken)
-        if self.path is None or self.lines <= 4 * live + _COMPACT_SLACK:
+        if self.path is None or self.readonly or self.lines <= 4 * live + _COMPACT_SLACK:
             return
         now = self._clock()
         records: list[dict[str, object]] = []
@@ -169,6 +210,8 @@ class TokenWallet:
     def _write(self, records: Sequence[dict[str, object]]) -> None:
         if self.path is None:
             return
+        if self.readonly:
+            raise TokenWalletBusy("this token wallet was opened read-only")
         _append(self.path, records)
         self.lines += len(records)
 

@@ -390,6 +390,11 @@ def create_gateway_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         store = ReceiptStore.open(receipts) if isinstance(receipts, Path) else receipts
+        journal: TokenWallet | None  # opened (and locked) from a path only with credits on
+        if isinstance(tokens, Path):
+            journal = TokenWallet(tokens) if cfg.credits is not None else None
+        else:
+            journal = tokens
         gateway = _Gateway(
             chain,
             relay_url,
@@ -399,7 +404,7 @@ def create_gateway_app(
             descriptor_outer=descriptor_outer,
             config=cfg,
             mpc_source=mpc_source,
-            tokens=TokenWallet(tokens) if isinstance(tokens, Path) else tokens,
+            tokens=journal,
         )
         holder["gateway"] = gateway
         chats = ChatHistory(history) if history is not None else None
@@ -417,6 +422,8 @@ def create_gateway_app(
                 chats.close()
             if isinstance(receipts, Path) and store is not None:
                 store.close()
+            if isinstance(tokens, Path) and journal is not None:
+                journal.close()
             holder.clear()
             stores.clear()
 
