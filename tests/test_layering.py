@@ -21,9 +21,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # The root package (VeilError, __version__), the error base, where a local network keeps its
-# state, and the lifeline that ties a child process to its parent (home.py and lifeline.py
-# import no Veil module): anyone may use them.
-BASE = frozenset({"veil", "errors", "home", "lifeline"})
+# state, crash-safe private files, and the lifeline that ties a child process to its parent
+# (home.py, durable.py and lifeline.py import no Veil module): anyone may use them.
+BASE = frozenset({"veil", "errors", "home", "durable", "lifeline"})
 # Formats and identities: the wire formats, then the keys and signed documents built on them.
 BOTTOM = BASE | {"wire", "identity"}
 # What a node runs and what a client checks: beside one another, except that the MPC parties
@@ -36,6 +36,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "veil": frozenset({"errors"}),
     "errors": frozenset(),
     "home": frozenset(),
+    "durable": frozenset(),
     "lifeline": frozenset(),
     "wire": BASE,
     "identity": BASE | {"wire"},

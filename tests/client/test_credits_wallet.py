@@ -94,7 +94,7 @@ def test_the_journal_is_compacted_and_keeps_what_is_live(tmp_path: Path) -> None
     lines = path.read_bytes().count(b"\n")
     assert lines < 4 * 6 + 1024 + 64, lines  # compacted as it went, not 1,900 lines
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert not path.with_name(path.name + ".compact").exists()
+    assert not path.with_name(f".{path.name}.tmp").exists()
     wallet.close()
     again = TokenWallet(path)
     assert again.balance() == {NODE_A: 6} and again.in_doubt == 2

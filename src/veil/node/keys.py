@@ -9,7 +9,7 @@ import stat
 import time
 from pathlib import Path
 
-from veil.node.durable import write_private
+from veil.durable import write_private
 from veil.node.errors import NodeSetupError
 from veil.wire.ohttp import KeyConfig, KeyPair, encode_key_configs
 

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from veil.node.durable import append_private, write_private
+from veil.durable import append_private, write_private
 from veil.node.errors import NodeSetupError
 
 __all__ = ["ReplayCache", "ReplayLog", "replay_log_path"]

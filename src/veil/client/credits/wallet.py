@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from veil.client.errors import ClientError
+from veil.durable import append_private, write_private
 from veil.identity.credits.token import Token
 
 __all__ = ["TOKEN_WALLET_FILE", "TokenWallet", "TokenWalletBusy", "WalletToken"]
@@ -103,18 +104,8 @@ def _add_record(held: WalletToken) -> dict[str, object]:
     }
 
 
-def _append(path: Path, records: Sequence[dict[str, object]]) -> None:
-    """Append `records` as JSON lines to `path` (0600, created if missing) and fsync."""
-    data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _lines(records: Sequence[dict[str, object]]) -> bytes:
+    return b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
 
 
 class TokenWallet:
@@ -195,15 +186,7 @@ class TokenWallet:
             records.append(_add_record(held))
             if held.id in self._taken or held.id in self._doubt:
                 records.append({"op": "take", "id": held.id})
-        temp = self.path.with_name(self.path.name + ".compact")
-        temp.unlink(missing_ok=True)
-        _append(temp, records)
-        os.replace(temp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_private(self.path, _lines(records))
         self._free = OrderedDict((k, h) for k, h in self._free.items() if h.not_after > now)
         self.lines = len(records)
 
@@ -212,7 +195,8 @@ class TokenWallet:
             return
         if self.readonly:
             raise TokenWalletBusy("this token wallet was opened read-only")
-        _append(self.path, records)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        append_private(self.path, _lines(records))
         self.lines += len(records)
 
     def add(self, node: str, tokens: Sequence[Token], not_after: int) -> None:

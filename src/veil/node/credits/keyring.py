@@ -5,7 +5,7 @@ epoch's key only; it accepts tokens of the current epoch and, for `grace_s` afte
 ends, of the previous one, so tokens bought just before a rotation stay spendable. Keys of
 older epochs are deleted: their tokens are then refused as of an unknown epoch.
 
-Files: `token-key-<epoch>.pem` (PKCS#8, unencrypted, 0600 via `veil.node.durable`) in the
+Files: `token-key-<epoch>.pem` (PKCS#8, unencrypted, 0600 via `veil.durable`) in the
 credits directory; None keeps keys in memory (they die with the process, as do their tokens).
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from veil.durable import write_private
 from veil.identity.credits.blindrsa import BlindSigner
 from veil.identity.credits.token import encode_public_key, token_key_id
-from veil.node.durable import write_private
 
 __all__ = ["EpochKey", "TokenKeyring"]
 

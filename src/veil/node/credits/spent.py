@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from veil.node.durable import append_private
+from veil.durable import append_private
 
 __all__ = ["AlreadySpent", "SpentSet"]
 

@@ -24,7 +24,7 @@ from typing import Any
 from veil.chain.errors import InvalidTicket
 from veil.chain.payment import PaymentTicket
 from veil.chain.tickets import Ticket, recipient_rand_hash
-from veil.node.durable import append_private, write_private
+from veil.durable import append_private, write_private
 from veil.node.errors import NodeSetupError
 
 __all__ = ["TicketQueue", "WinningTicket"]

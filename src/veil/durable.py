@@ -1,4 +1,5 @@
-"""The node's durable, private files: key file, ticket queue, replay log.
+"""Durable, private files: a node's key files, ticket queue, replay log and spent tokens, a
+client's token wallet.
 
 Each must survive a crash as either its old or its new content (never half-written) and be
 readable by the node's account only, even when a crash left a temporary file with a looser
@@ -39,8 +40,9 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def append_private(path: Path, data: bytes) -> None:
-    """Append `data` to `path` (created 0600) and fsync before returning."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    """Append `data` to `path` (created 0600; a symbolic link is refused) and fsync before
+    returning."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         view = memoryview(data)
         while view:
