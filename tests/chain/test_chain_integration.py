@@ -162,6 +162,12 @@ def test_register_fund_redeem_challenge_slash(devnet, deployment, actors) -> Non
     assert reader.get_node(node.address).stake == 450 * TOKEN
     assert v1.token_balance() == v1_balance + 25 * TOKEN + PARAMS.min_bond
     assert reader.token_total_burned() == 25 * TOKEN
+    # what `veil status` lists: every validator and every challenge
+    assert list(reader.validators()) == [v1.address, v2.address]
+    assert reader.validators()[v2.address].stake == PARAMS.min_validator_stake
+    [listed] = reader.challenges()
+    assert listed.challenge_id == challenge and listed.status is ChallengeStatus.SLASHED
+    assert listed.slashed == 50 * TOKEN and listed.node == node.address
 
     # leave: unbond everything, withdrawal waits for the unbonding period
     node.unbond(450 * TOKEN)

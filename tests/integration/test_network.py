@@ -9,6 +9,7 @@ prompt or an answer.
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -215,6 +216,15 @@ def test_status_and_chat_commands(network) -> None:  # type: ignore[no-untyped-d
     # node-b's descriptor came through the relay (the running network's): it hosts no party
     [row] = [line for line in result.output.splitlines() if net.node_addresses["node-b"] in line]
     assert "│ no " in row, row
+    # --json: the same, machine-readable (fields in docs/status.md)
+    result = runner.invoke(app, ["status", "--data-dir", str(net.data_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {n["operator"] for n in data["nodes"]} == set(net.node_addresses.values())
+    by = {n["operator"]: n for n in data["nodes"]}
+    assert by[net.node_addresses["node-b"]]["mpc_party"] == "no"
+    assert data["validators"] == [] and data["challenges"] == []
+    assert data["redeemed_tickets"]["count"] >= 2 and data["token_wallet"]["tokens"]
 
     chat = runner.invoke(
         app, ["chat", "--gateway", net.gateway_url, "-p", "Say hi.", "--max-tokens", "6"]

@@ -368,6 +368,21 @@ class ChainClient:
         s, b, u = self._call(self.slasher, "getValidator", validator or self.address)
         return ValidatorInfo(stake=s, since_block=b, unbonding_ends_at=u)
 
+    def validators(self) -> dict[str, ValidatorInfo]:
+        """Every account that ever registered as a validator, with its record now (stake 0:
+        withdrawn)."""
+        event = self.slasher.events.ValidatorRegistered()
+        logs = self._read(
+            "ValidatorRegistered logs",
+            lambda: event.get_logs(from_block=self.deployment.block_number),
+        )
+        seen = dict.fromkeys(str(e["args"]["validator"]) for e in logs)
+        return {address: self.get_validator(address) for address in seen}
+
+    def challenges(self) -> list[ChallengeInfo]:
+        """Every challenge ever opened, oldest first."""
+        return [self.get_challenge(i) for i in range(self.challenge_count())]
+
     def open_challenge(self, node: str, evidence_hash: bytes, bond: int) -> int:
         """Challenge `node` with the hash of the evidence; returns the challenge id."""
         self._ensure_allowance(self.slasher, bond)
