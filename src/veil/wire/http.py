@@ -32,6 +32,7 @@ __all__ = [
     "MPC_PROTOCOL_HEADER",
     "NODES_HEADER",
     "NODE_HEADER",
+    "PAYMENT_HEADER",
     "PROBLEM_PREFIX",
     "RECEIPT_HEADER",
     "RECEIPT_ID_HEADER",
@@ -84,6 +85,9 @@ VERIFICATION_HEADER = "x-veil-verification"
 RECEIPT_HEADER = "x-veil-receipt"
 RECEIPT_ID_HEADER = "x-veil-receipt-id"
 TICKET_ID_HEADER = "x-veil-ticket-id"
+# How the gateway paid for an answer: "ticket 0x<ticket id>" or "tokens <n> 0x<payment id>"
+# (the id the receipt names, checked).
+PAYMENT_HEADER = "x-veil-payment"
 
 # -- names in httpx / ASGI `extensions`
 REQUEST_DIGEST_EXTENSION = "veil.request_digest"  # sha256 of the sealed request (bytes)

@@ -70,6 +70,7 @@ from veil.wire.http import (
     MEDIA_SSE,
     MODE_HEADER,
     NODE_HEADER,
+    PAYMENT_HEADER,
     RECEIPT_HEADER,
     RECEIPT_ID_HEADER,
     REQUEST_DIGEST_EXTENSION,
@@ -320,6 +321,7 @@ class DirectPath:
                     if tokens is not None and self.purse is not None:  # offered again later:
                         self.purse.wallet.settle(tokens, spent=False)  # the node drops a spent one
                     raise
+                paid_with = tokens  # what this answer (if it is the one) was paid with
                 if tokens is not None and self.purse is not None:
                     retry_tokens = await self._settle_tokens(candidate, response, tokens)
                     tokens = None
@@ -339,8 +341,12 @@ class DirectPath:
                         continue
                 break
             headers = self._headers(candidate, min_stake, response)
-            if payment is not None:
+            if paid_with is not None:
+                payment_id = tokens_payment_id([t.token for t in paid_with])
+                headers[PAYMENT_HEADER] = f"tokens {len(paid_with)} 0x{payment_id.hex()}"
+            elif payment is not None:
                 headers[TICKET_ID_HEADER] = "0x" + payment.ticket_id.hex()
+                headers[PAYMENT_HEADER] = f"ticket 0x{payment.ticket_id.hex()}"
             status = response.status_code
             if status >= 500:
                 await response.aclose()

@@ -41,6 +41,7 @@ _META_KEYS = frozenset(
         "receipt",
         "receipt_id",
         "ticket_id",
+        "payment",
         "incomplete",
         "error",
         "model",

@@ -71,6 +71,7 @@ const VERIFY_HEADERS = {
   verification: "x-veil-verification",
   receipt_id: "x-veil-receipt-id",
   ticket_id: "x-veil-ticket-id",
+  payment: "x-veil-payment",
   receipt: "x-veil-receipt",
   protocol: "x-veil-mpc-protocol",
 };

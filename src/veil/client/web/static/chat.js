@@ -179,10 +179,22 @@ function verificationPanel(message) {
   row(dl, "Checks", meta.verification);
   row(dl, "Receipt", meta.receipt);
   row(dl, "Receipt id", meta.receipt_id, true);
-  row(dl, "Ticket paid", meta.ticket_id || (meta.node && !meta.error ? "none (no wallet)" : ""), !!meta.ticket_id);
+  row(dl, "Paid", paidWith(meta), !!(meta.payment || meta.ticket_id));
   row(dl, "Validator score", "no validators on this network yet");
   panel.append(dl);
   return panel;
+}
+
+// "ticket 0x…" or "tokens N 0x…" (x-veil-payment: the id the receipt names, checked).
+function paidWith(meta) {
+  const parts = (meta.payment || "").split(" ");
+  if (parts[0] === "tokens") {
+    const n = parts[1] === "1" ? "1 anonymous token" : `${parts[1]} anonymous tokens`;
+    return `${n}, payment ${parts[2]}`;
+  }
+  if (parts[0] === "ticket") return `ticket ${parts[1]}`;
+  if (meta.ticket_id) return `ticket ${meta.ticket_id}`;
+  return meta.node && !meta.error ? "none (no wallet)" : "";
 }
 
 function renderMessage(message, index) {
@@ -321,7 +333,7 @@ async function regenerate(index) {
 
 // The stored shape (see veil.client.web.history): only the verification fields.
 const STORED_META = ["node", "mode", "attestation", "verification", "receipt", "receipt_id",
-  "ticket_id", "incomplete", "error", "model"];
+  "ticket_id", "payment", "incomplete", "error", "model"];
 function forHistory(conversation) {
   return {
     id: conversation.id,
