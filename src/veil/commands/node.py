@@ -340,7 +340,7 @@ def _register(cfg, app, payments, keys, console) -> None:
             endpoint=cfg.endpoint or f"http://{cfg.host}:{cfg.port}",
             ohttp_keys=keys.encoded_configs(),
             evidence_data=descriptor.evidence.data,
-            models=[ModelEntry(engine.model_id, bytes.fromhex(engine.loaded.weights_sha256))],
+            models=[ModelEntry(engine.model_id, bytes.fromhex(engine.weights_sha256))],
             stake=cfg.stake,
             progress=say,
         )

@@ -50,9 +50,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.attest.producer import EvidenceProducer
 from veil.engine import (
+    Backend,
     ChatMessage,
     ContextLengthExceeded,
-    Engine,
     EngineClosed,
     EngineOverloaded,
     Failed,
@@ -114,7 +114,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _sampling(
-    req: ChatCompletionRequest, prompt_tokens: int, engine: Engine, config: NodeConfig
+    req: ChatCompletionRequest, prompt_tokens: int, engine: Backend, config: NodeConfig
 ) -> SamplingParams:
     try:
         checked = req.to_sampling(max_tokens_limit=config.max_tokens_limit)
@@ -212,7 +212,7 @@ class _NodeApp:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Backend,
         config: NodeConfig,
         identity: NodeIdentity,
         *,
@@ -225,7 +225,7 @@ class _NodeApp:
         self.engine, self.config, self.identity = engine, config, identity
         self.keys, self.payments, self.party = keys, payments, party
         self.credits = credits
-        self.weights_sha256 = engine.loaded.weights_sha256
+        self.weights_sha256 = engine.weights_sha256
         self.model_info = {
             "id": engine.model_id,
             "object": "model",
@@ -233,6 +233,8 @@ class _NodeApp:
             "owned_by": "veil-node",
             "weights_sha256": self.weights_sha256,
             "context_length": engine.context_length,
+            "engine": engine.kind,
+            "weights_scope": engine.weights_scope,
         }
         self.keys_path = Path(config.keys_path) if config.keys_path else None
         if keys is not None and config.key_rotation_s:  # before the descriptor states them
@@ -243,7 +245,14 @@ class _NodeApp:
                 identity,
                 keys,
                 endpoint=config.endpoint or f"http://{config.host}:{config.port}",
-                models=[ModelEntry(engine.model_id, bytes.fromhex(self.weights_sha256))],
+                models=[
+                    ModelEntry(
+                        engine.model_id,
+                        bytes.fromhex(self.weights_sha256),
+                        engine=engine.kind,
+                        weights_scope=engine.weights_scope,
+                    )
+                ],
                 producer=producer,
                 lifetime_s=config.descriptor_lifetime_s,
                 mpc=None if party is None else party.descriptor_entry(engine.model_id),
@@ -400,7 +409,7 @@ class _NodeApp:
             None if paid is None else paid.ticket_id,
         )
         try:
-            handle = engine.submit(prompt_ids, params)
+            handle = engine.submit_chat(messages, prompt_ids, params)
         except EngineOverloaded as exc:
             raise OpenAIError(503, str(exc), type_="server_error", code="overloaded") from None
         except EngineClosed:
@@ -481,7 +490,7 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(
-    engine: Engine,
+    engine: Backend,
     config: NodeConfig | None = None,
     keys: NodeKeys | None = None,
     identity: NodeIdentity | None = None,
@@ -491,8 +500,8 @@ def create_app(
     party: NodeParty | None = None,
     credits: TokenDesk | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving `engine`; with `keys`, also the OHTTP gateway in front of it
-    and the signed descriptor.
+    """The FastAPI app serving `engine` (any `veil.engine.Backend`); with `keys`, also the
+    OHTTP gateway in front of it and the signed descriptor.
 
     `identity` signs receipts and the descriptor (default: the keystore at
     `config.identity_path`, else an in-memory one, with a warning). `producer` makes the
