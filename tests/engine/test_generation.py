@@ -1,4 +1,5 @@
-"""The engine on the real packaged model: determinism, batching, cancellation, usage, stops."""
+"""Each in-process backend on the real packaged model: determinism, batching, cancellation,
+usage, stops. `builtin` is the reference; `ctranslate2` runs the same tests (parametrized)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,29 @@ QUESTIONS = [
     "Name three primary colors.",
     "Write one sentence about the sea.",
 ]
+
+
+BACKENDS = ["builtin", "ctranslate2"]
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request):  # type: ignore[no-untyped-def]
+    """Each in-process backend (session-scoped underneath: loaded once)."""
+    return request.getfixturevalue("builtin_engine" if request.param == "builtin" else "ct2_engine")
+
+
+@pytest.fixture(params=BACKENDS)
+def make_engine(request):  # type: ignore[no-untyped-def]
+    """A factory of fresh engines of each backend over the session's loaded model."""
+    if request.param == "builtin":
+        from veil.engine import Engine
+
+        loaded = request.getfixturevalue("loaded_model")
+        return lambda **kw: Engine(loaded, **kw)
+    from veil.engine.ct2 import Ct2Engine
+
+    model = request.getfixturevalue("ct2_model")
+    return lambda **kw: Ct2Engine(model, **kw)
 
 
 def run(engine, prompt_ids, params):  # type: ignore[no-untyped-def]
@@ -94,7 +118,7 @@ def test_usage_counts_every_sampled_token(engine) -> None:  # type: ignore[no-un
     assert fin.prompt_tokens == len(ids)
     assert fin.completion_tokens == 12 == len(tokens)
     assert fin.reason == "length"
-    assert text == engine.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert text == engine.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 def test_end_of_sequence_counts_and_stops(engine) -> None:  # type: ignore[no-untyped-def]
@@ -131,10 +155,10 @@ def test_cancel_stops_decoding(engine) -> None:  # type: ignore[no-untyped-def]
     assert engine.stats.tokens_generated == generated
 
 
-def test_context_limit_clamps_completion(loaded_model) -> None:  # type: ignore[no-untyped-def]
-    from veil.engine import ContextLengthExceeded, Engine
+def test_context_limit_clamps_completion(make_engine) -> None:  # type: ignore[no-untyped-def]
+    from veil.engine import ContextLengthExceeded
 
-    small = Engine(loaded_model, context_length=40)
+    small = make_engine(context_length=40)
     try:
         ids = prompt(small, "Hi")
         assert len(ids) < 40
@@ -148,10 +172,8 @@ def test_context_limit_clamps_completion(loaded_model) -> None:  # type: ignore[
         small.submit(ids, SamplingParams())
 
 
-def test_closed_engine_fails_waiting_requests(loaded_model) -> None:  # type: ignore[no-untyped-def]
-    from veil.engine import Engine
-
-    eng = Engine(loaded_model)
+def test_closed_engine_fails_waiting_requests(make_engine) -> None:  # type: ignore[no-untyped-def]
+    eng = make_engine()
     handle = eng.submit(prompt(eng, "Count to one hundred."), SamplingParams(max_tokens=300))
     next(iter(handle))
     eng.close()
