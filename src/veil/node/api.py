@@ -62,6 +62,7 @@ from veil.engine import (
     SamplingParams,
     TokenDelta,
 )
+from veil.engine.errors import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from veil.identity import ModelEntry, NodeIdentity, request_digest, sign_receipt
 from veil.identity.credits.token import TOKEN_REQUEST_LEN
 from veil.node.config import NodeConfig
@@ -192,9 +193,22 @@ def _usage(fin: Finished) -> dict[str, int]:
 
 
 def _failure(event: Failed) -> OpenAIError:
-    if isinstance(event.error, EngineClosed):
+    error = event.error
+    if isinstance(error, EngineClosed):
         return OpenAIError(
             503, "the node is shutting down", type_="server_error", code="unavailable"
+        )
+    if isinstance(error, UpstreamTimeout):
+        return OpenAIError(504, str(error), type_="server_error", code="upstream_timeout")
+    if isinstance(error, UpstreamUnavailable):
+        return OpenAIError(502, str(error), type_="server_error", code="upstream_unavailable")
+    if isinstance(error, UpstreamFailed):
+        overloaded = error.status in (429, 503)
+        return OpenAIError(
+            503 if overloaded else 502,
+            str(error),
+            type_="server_error",
+            code="overloaded" if overloaded else "upstream_error",
         )
     return OpenAIError(500, str(event.error), type_="server_error", code="inference_failed")
 
