@@ -24,7 +24,7 @@ from typing import Any
 from veil.engine.errors import ModelLoadError
 from veil.engine.model import ModelFiles, cache_dir
 
-__all__ = ["CT2_QUANTIZATIONS", "converted_model"]
+__all__ = ["CT2_QUANTIZATIONS", "converted_model", "save_dequantized"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def converted_model(
         if files.gguf_file is not None:
             say(f"converting {files.gguf_file} for CTranslate2 (once; about a minute): loading")
             source = work / "hf"
-            _save_dequantized(files, source)
+            save_dequantized(files, source)
         else:
             say(f"converting {files.directory.name} for CTranslate2 (once)")
         say(f"converting to CTranslate2 {quantization}")
@@ -69,7 +69,8 @@ def converted_model(
     return target
 
 
-def _save_dequantized(files: ModelFiles, out: Path) -> None:
+def save_dequantized(files: ModelFiles, out: Path) -> None:
+    """A GGUF model saved as a Hugging Face directory of fp32 safetensors (with tokenizer)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
