@@ -1,12 +1,16 @@
 """The `ctranslate2` backend: the model converted once to CTranslate2 int8, fast on CPUs.
 
-Each request runs on its own worker thread (at most `max_batch` at once; CTranslate2 runs them
-in parallel, one replica slot each) with CTranslate2's greedy decoding loop, fed through its
-per-step callback, which streams each token and stops the loop on cancel, stop strings, end of
-sequence or `max_tokens`. Sampling with a temperature is Veil's own `Sampler` (its per-request
-seeded generator) on the logits CTranslate2 returns: when the sampled token differs from
-CTranslate2's greedy pick the loop is stopped and restarted from the prompt plus the tokens so
-far, so a seed fixes the tokens whatever else runs at the same time.
+A dispatcher thread groups the waiting greedy requests (up to `max_batch`) into one CTranslate2
+`generate_batch` call, run on one of `PARALLEL_BATCHES` batch threads, so a newcomer waits at
+most for a slot rather than for a running batch to end. CTranslate2's per-step callback
+streams each token and stops a row on cancel, stop strings, end of sequence or `max_tokens`.
+Sampling with a temperature is Veil's own `Sampler` (its per-request seeded generator) on the
+logits CTranslate2 returns: when the sampled token differs from CTranslate2's greedy pick the
+row is stopped and the request queued again from its prompt plus the tokens so far, so a
+seed fixes the tokens whatever else runs at the same time (sampled requests run alone).
+Greedy rows batched together may part from their solo run at a near tie (the batch shape
+changes int8 rounding), unlike `builtin`, which decodes the same tokens alone or batched.
+A request left unfinished by its batch for any other reason is queued again the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,8 @@ from veil.engine.sampling import Sampler, SamplingParams
 __all__ = ["Ct2Engine", "Ct2Model", "load_ct2_model"]
 
 log = logging.getLogger(__name__)
+
+PARALLEL_BATCHES = 2  # batches CTranslate2 runs at once (its inter_threads)
 
 
 @dataclass
@@ -57,7 +64,7 @@ def load_ct2_model(
     model_id: str | None = None,
     *,
     threads: int | None = None,  # intra-op threads per request; None = all cores
-    max_batch: int = 8,  # requests run in parallel
+    max_batch: int = 8,  # unused; kept so callers can size both backends alike
     quantization: str = "int8_float32",
     progress: Callable[[str], None] | None = None,
 ) -> Ct2Model:
@@ -77,7 +84,7 @@ def load_ct2_model(
             str(folder / "model"),
             device="cpu",
             compute_type=quantization,
-            inter_threads=max_batch,
+            inter_threads=PARALLEL_BATCHES,
             intra_threads=threads or 0,
         )
     except (OSError, ValueError, RuntimeError) as exc:
@@ -140,13 +147,12 @@ class Ct2Engine(Backend):
         self._inbox: queue.Queue[_Request | None] = queue.Queue()
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self._running = 0
-        self._workers = [
-            threading.Thread(target=self._work, name=f"veil-ct2-{i}", daemon=True)
-            for i in range(max_batch)
-        ]
-        for w in self._workers:
-            w.start()
+        self._running = 0  # requests inside a running batch
+        self._inflight = 0  # requests submitted and not yet ended
+        self._slots = threading.Semaphore(PARALLEL_BATCHES)
+        self._batches: set[threading.Thread] = set()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="veil-ct2", daemon=True)
+        self._dispatcher.start()
 
     # --- Backend -------------------------------------------------------------------------------
     @property
@@ -187,6 +193,8 @@ class Ct2Engine(Backend):
             raise EngineOverloaded("too many requests are waiting; retry later")
         handle = GenerationHandle(prompt_tokens=n)
         self.stats.requests += 1
+        with self._lock:
+            self._inflight += 1
         self._inbox.put(
             _Request(
                 handle=handle,
@@ -198,85 +206,144 @@ class Ct2Engine(Backend):
         )
         return handle
 
+    def next_logits(self, ids: list[int]) -> Any:
+        """The logits of the token after `ids` (a numpy row), from one full forward pass:
+        what re-scoring an answer, or telling a near tie, needs."""
+        import numpy as np
+
+        out = self.model.generator.forward_batch([self.model.tokenizer.convert_ids_to_tokens(ids)])
+        return np.asarray(out)[0, -1]
+
     @property
     def idle(self) -> bool:
-        return self._running == 0 and self._inbox.empty()
+        return self._inflight == 0
 
     def close(self, timeout: float = 10.0) -> None:
         self._closed.set()
-        for _ in self._workers:
-            self._inbox.put(None)
-        for w in self._workers:
-            w.join(timeout)
+        self._inbox.put(None)
+        self._dispatcher.join(timeout)
+        for t in list(self._batches):
+            t.join(timeout)
         while True:
             try:
                 req = self._inbox.get_nowait()
             except queue.Empty:
                 break
             if req is not None:
-                req.handle.push(Failed(EngineClosed("the engine is shut down")))
+                self._fail(req, EngineClosed("the engine is shut down"))
 
-    # --- worker threads ------------------------------------------------------------------------
-    def _work(self) -> None:
+    # --- dispatcher and batch threads ----------------------------------------------------------
+    def _dispatch(self) -> None:
+        waiting: deque[_Request] = deque()
         while not self._closed.is_set():
-            req = self._inbox.get()
-            if req is None:
-                return
+            if not waiting:
+                first = self._inbox.get()
+                if first is None:
+                    return
+                waiting.append(first)
+            self._slots.acquire()
+            while True:  # everything that arrived meanwhile
+                try:
+                    more = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._inbox.put(None)
+                    break
+                waiting.append(more)
             if self._closed.is_set():
-                req.handle.push(Failed(EngineClosed("the engine is shut down")))
+                self._inbox.queue.extendleft(reversed(waiting))  # close() fails them
+                return
+            batch = self._take_batch(waiting)
+            if not batch:
+                self._slots.release()
                 continue
+            thread = threading.Thread(target=self._run_batch, args=(batch,), daemon=True)
             with self._lock:
-                self._running += 1
+                self._running += len(batch)
                 self.stats.max_batch_seen = max(self.stats.max_batch_seen, self._running)
-            try:
-                self._generate(req)
-            except Exception as exc:  # a failed generation must not kill the worker
-                log.exception("generation %d failed", req.handle.id)
-                if not req.finished:
-                    req.finished = True
-                    req.handle.push(Failed(EngineError(f"inference failed: {type(exc).__name__}")))
-            finally:
-                with self._lock:
-                    self._running -= 1
+                self._batches.add(thread)
+            thread.start()
 
-    def _generate(self, req: _Request) -> None:
-        handle, sampler = req.handle, req.sampler
-        tok = self.model.tokenizer
-        greedy = sampler.params.greedy
-        failure: list[BaseException] = []
+    def _take_batch(self, waiting: deque[_Request]) -> list[_Request]:
+        """The next batch: greedy requests together (up to `max_batch`), a sampled one alone
+        (CTranslate2 4.8 hands a step's logits of every row to row 0's callback only, so rows
+        of a batch cannot each be sampled from their own logits)."""
+        batch: list[_Request] = []
+        kept: deque[_Request] = deque()
+        sampled = not waiting[0].sampler.params.greedy
+        while waiting:
+            req = waiting.popleft()
+            if req.handle.cancelled:
+                self._finish(req, "cancelled")
+            elif len(batch) < (1 if sampled else self.max_batch) and (
+                req.sampler.params.greedy != sampled
+            ):
+                batch.append(req)
+            else:
+                kept.append(req)
+        waiting.extend(kept)
+        return batch
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        before = [len(r.generated) for r in batch]
+        steps = [-1]  # the last decoding step counted
 
         def on_step(step: Any) -> bool:
-            """Called by CTranslate2 per token; True stops its loop."""
+            """Called by CTranslate2 per row and token; True stops that row."""
+            req = batch[step.batch_id]
             try:
-                return self._step(req, step, greedy)
-            except BaseException as exc:  # surfaced after the loop
-                failure.append(exc)
+                if step.step > steps[0]:
+                    steps[0] = step.step
+                    size = sum(not r.finished for r in batch)
+                    self.stats.decode_steps += 1
+                    self.stats.batch_sizes[size] = self.stats.batch_sizes.get(size, 0) + 1
+                return self._step(req, step, req.sampler.params.greedy)
+            except Exception:
+                log.exception("generation %d failed", req.handle.id)
+                self._fail(req, EngineError("inference failed"))
                 return True
 
-        while not req.finished:
-            if handle.cancelled:
-                self._finish(req, "cancelled")
-                return
-            if self._closed.is_set():
-                req.finished = True
-                handle.push(Failed(EngineClosed("the engine is shut down")))
-                return
-            before = len(req.generated)
-            tokens = tok.convert_ids_to_tokens(req.prompt_ids + req.generated)
-            self.stats.prefills += 1
+        try:
+            tok = self.model.tokenizer
+            self.stats.prefills += len(batch)
             self.model.generator.generate_batch(
-                [tokens],
-                max_length=req.max_new - len(req.generated) + 1,
+                [tok.convert_ids_to_tokens(r.prompt_ids + r.generated) for r in batch],
+                max_length=max(r.max_new - len(r.generated) for r in batch) + 1,
                 sampling_topk=1,
                 end_token=[],
-                return_logits_vocab=not greedy,
+                return_logits_vocab=any(not r.sampler.params.greedy for r in batch),
                 include_prompt_in_result=False,
                 callback=on_step,
             )
-            if failure:
-                raise failure[0]
-            if len(req.generated) == before and not req.finished:
-                raise EngineError("the engine produced no token")
+        except Exception as exc:  # a failed batch must not kill the engine
+            log.exception("a batch of %d failed", len(batch))
+            for req in batch:
+                self._fail(req, EngineError(f"inference failed: {type(exc).__name__}"))
+        finally:
+            with self._lock:
+                self._running -= len(batch)
+                self._batches.discard(threading.current_thread())
+            self._slots.release()
+        for req, had in zip(batch, before, strict=True):
+            if req.finished:
+                continue
+            if self._closed.is_set():
+                self._fail(req, EngineClosed("the engine is shut down"))
+            elif len(req.generated) == had:
+                self._fail(req, EngineError("the engine produced no token"))
+            else:
+                self._inbox.put(req)  # sampled off CTranslate2's path: go on from here
+
+    def _fail(self, req: _Request, error: EngineError) -> None:
+        if not req.finished:
+            self._end(req)
+            req.handle.push(Failed(error))
+
+    def _end(self, req: _Request) -> None:
+        req.finished = True
+        with self._lock:
+            self._inflight -= 1
 
     def _step(self, req: _Request, step: Any, greedy: bool) -> bool:
         if req.finished:
@@ -285,8 +352,7 @@ class Ct2Engine(Backend):
             self._finish(req, "cancelled")
             return True
         if self._closed.is_set():
-            req.finished = True
-            req.handle.push(Failed(EngineClosed("the engine is shut down")))
+            self._fail(req, EngineClosed("the engine is shut down"))
             return True
         token = int(step.token_id)
         diverged = False
@@ -298,10 +364,6 @@ class Ct2Engine(Backend):
             picked = req.sampler(logits)
             diverged = picked != token
             token = picked
-        self.stats.decode_steps += 1
-        with self._lock:
-            running = self._running
-            self.stats.batch_sizes[running] = self.stats.batch_sizes.get(running, 0) + 1
         return not self._accept(req, token) or diverged
 
     def _accept(self, req: _Request, token: int) -> bool:
@@ -323,7 +385,7 @@ class Ct2Engine(Backend):
         return True
 
     def _finish(self, req: _Request, reason: str) -> None:
-        req.finished = True
+        self._end(req)
         tail = "" if reason == "cancelled" or req.text.stopped else req.text.flush()
         req.handle.push(
             Finished(reason, req.handle.prompt_tokens, req.handle.completion_tokens, tail)
