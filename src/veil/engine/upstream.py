@@ -137,7 +137,7 @@ class UpstreamEngine(Backend):
     def weights_source(self) -> str:
         files = self.files.weight_files
         where = files[0] if len(files) == 1 else self.files.directory
-        return f"{where} (declared; served by {self.config.url})"
+        return f"{where}, served by {self.config.url}"
 
     def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
         return encode_chat(self.tokenizer, messages)
