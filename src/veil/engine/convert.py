@@ -81,7 +81,7 @@ def save_dequantized(files: ModelFiles, out: Path) -> None:
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load model from {files.directory}: {exc}") from exc
     # The tensors are plain fp32 once loaded; the GGUF marker only blocks saving them.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010  (typed as a module attribute)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
