@@ -177,7 +177,7 @@ def main() -> None:
     n, reps = args.tokens, args.repeats
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; loading models...")
 
-    ct2_model = load_ct2_model(max_batch=8, progress=print)
+    ct2_model = load_ct2_model(progress=print)
     tok = ct2_model.tokenizer
     p50 = prompt_ids(tok, 50)
     prompts = [prompt_ids(tok, 40 + 3 * i, shift=i) for i in range(8)]

@@ -68,7 +68,7 @@ def ct2_model():  # type: ignore[no-untyped-def]
     """The packaged model converted for CTranslate2 (about a minute the first time, cached)."""
     from veil.engine.ct2 import load_ct2_model
 
-    return load_ct2_model(max_batch=8)
+    return load_ct2_model()
 
 
 @pytest.fixture(scope="session")

@@ -319,7 +319,6 @@ def open_engine(cfg, console):
                 cfg.model_path,
                 cfg.model_id,
                 threads=cfg.threads,
-                max_batch=cfg.max_batch,
                 progress=lambda message: status.update(message),
             )
         return Ct2Engine(

@@ -64,7 +64,6 @@ def load_ct2_model(
     model_id: str | None = None,
     *,
     threads: int | None = None,  # intra-op threads per request; None = all cores
-    max_batch: int = 8,  # unused; kept so callers can size both backends alike
     quantization: str = "int8_float32",
     progress: Callable[[str], None] | None = None,
 ) -> Ct2Model:
@@ -126,7 +125,8 @@ class _Request:
 
 
 class Ct2Engine(Backend):
-    """Runs up to `max_batch` requests at once on a CTranslate2 generator; thread-safe."""
+    """Runs waiting requests in batches of up to `max_batch`, `PARALLEL_BATCHES` batches at
+    once, on a CTranslate2 generator; `submit` is thread-safe."""
 
     kind: ClassVar[str] = "ctranslate2"
     weights_scope: ClassVar[str] = "converted"
@@ -135,7 +135,7 @@ class Ct2Engine(Backend):
         self,
         model: Ct2Model,
         *,
-        max_batch: int = 8,  # requests decoding at once at most
+        max_batch: int = 8,  # requests in one batch at most
         max_queue: int = 64,  # requests waiting for a slot at most
         context_length: int | None = None,  # tokens per sequence (prompt + completion) at most
     ) -> None:
