@@ -148,6 +148,27 @@ def test_seeded_streams_side_by_side_match_solo_runs(engine) -> None:  # type: i
     assert results == solo
 
 
+def test_unseeded_sampled_streams_side_by_side_count_what_they_stream(engine) -> None:  # type: ignore[no-untyped-def]
+    prompts = [prompt(engine, q) for q in QUESTIONS]
+    params = SamplingParams(max_tokens=16, temperature=0.8, top_p=0.9)
+    results: list = [None] * len(prompts)  # type: ignore[type-arg]
+    barrier = threading.Barrier(len(prompts))
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        results[i] = run(engine, prompts[i], params)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for tokens, text, fin in results:
+        ended = 1 if fin.reason == "stop" and len(tokens) < 16 else 0  # the unstreamed EOS
+        assert fin.completion_tokens == len(tokens) + ended <= 16
+        assert text == engine.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
 def test_usage_counts_every_sampled_token(engine) -> None:  # type: ignore[no-untyped-def]
     ids = prompt(engine, QUESTIONS[3])
     tokens, text, fin = run(engine, ids, SamplingParams(max_tokens=12, temperature=0))

@@ -1,13 +1,20 @@
 """The `ctranslate2` backend: the model converted once to CTranslate2 int8, fast on CPUs.
 
-A dispatcher thread groups the waiting greedy requests (up to `max_batch`) into one CTranslate2
-`generate_batch` call, run on one of `PARALLEL_BATCHES` batch threads, so a newcomer waits at
-most for a slot rather than for a running batch to end. CTranslate2's per-step callback
-streams each token and stops a row on cancel, stop strings, end of sequence or `max_tokens`.
-Sampling with a temperature is Veil's own `Sampler` (its per-request seeded generator) on the
-logits CTranslate2 returns: when the sampled token differs from CTranslate2's greedy pick the
-row is stopped and the request queued again from its prompt plus the tokens so far, so a
-seed fixes the tokens whatever else runs at the same time (sampled requests run alone).
+A dispatcher thread groups waiting requests that decode alike (up to `max_batch`) into one
+CTranslate2 `generate_batch` call, run on one of `PARALLEL_BATCHES` batch threads, so a
+newcomer waits at most for a slot rather than for a running batch to end. CTranslate2's
+per-step callback streams each token and stops a row on cancel, stop strings, end of
+sequence or `max_tokens`. Three kinds of batch:
+
+* greedy requests (temperature 0), together: CTranslate2's own argmax;
+* unseeded sampled requests with the same temperature and top_p, together: CTranslate2's own
+  sampler (random, as no seed was asked for);
+* a request with a seed, alone: Veil's own `Sampler` (its per-request seeded generator) on
+  the logits CTranslate2 returns; when the sampled token differs from CTranslate2's greedy
+  pick the row stops and the request is queued again from its prompt plus the tokens so far,
+  so a seed fixes the tokens whatever else runs at the same time. (CTranslate2 4.8 hands the
+  logits of every row to row 0's callback only, so such rows are not batched.)
+
 Greedy rows batched together may part from their solo run at a near tie (the batch shape
 changes int8 rounding), unlike `builtin`, which decodes the same tokens alone or batched.
 A request left unfinished by its batch for any other reason is queued again the same way.
@@ -266,19 +273,16 @@ class Ct2Engine(Backend):
             thread.start()
 
     def _take_batch(self, waiting: deque[_Request]) -> list[_Request]:
-        """The next batch: greedy requests together (up to `max_batch`), a sampled one alone
-        (CTranslate2 4.8 hands a step's logits of every row to row 0's callback only, so rows
-        of a batch cannot each be sampled from their own logits)."""
+        """The next batch: the first waiting request and those that decode like it."""
         batch: list[_Request] = []
         kept: deque[_Request] = deque()
-        sampled = not waiting[0].sampler.params.greedy
+        key = _decoding(waiting[0])
+        room = 1 if key[0] == "seeded" else self.max_batch
         while waiting:
             req = waiting.popleft()
             if req.handle.cancelled:
                 self._finish(req, "cancelled")
-            elif len(batch) < (1 if sampled else self.max_batch) and (
-                req.sampler.params.greedy != sampled
-            ):
+            elif len(batch) < room and _decoding(req) == key:
                 batch.append(req)
             else:
                 kept.append(req)
@@ -288,6 +292,7 @@ class Ct2Engine(Backend):
     def _run_batch(self, batch: list[_Request]) -> None:
         before = [len(r.generated) for r in batch]
         steps = [-1]  # the last decoding step counted
+        seeded = _decoding(batch[0])[0] == "seeded"
 
         def on_step(step: Any) -> bool:
             """Called by CTranslate2 per row and token; True stops that row."""
@@ -298,7 +303,7 @@ class Ct2Engine(Backend):
                     size = sum(not r.finished for r in batch)
                     self.stats.decode_steps += 1
                     self.stats.batch_sizes[size] = self.stats.batch_sizes.get(size, 0) + 1
-                return self._step(req, step, req.sampler.params.greedy)
+                return self._step(req, step, seeded)
             except Exception:
                 log.exception("generation %d failed", req.handle.id)
                 self._fail(req, EngineError("inference failed"))
@@ -307,12 +312,16 @@ class Ct2Engine(Backend):
         try:
             tok = self.model.tokenizer
             self.stats.prefills += len(batch)
+            kind, temperature, top_p = _decoding(batch[0])
+            native = kind == "sampled"
             self.model.generator.generate_batch(
                 [tok.convert_ids_to_tokens(r.prompt_ids + r.generated) for r in batch],
                 max_length=max(r.max_new - len(r.generated) for r in batch) + 1,
-                sampling_topk=1,
+                sampling_topk=0 if native else 1,  # 0: the whole vocabulary
+                sampling_temperature=temperature if native else 1.0,
+                sampling_topp=top_p if native else 1.0,
                 end_token=[],
-                return_logits_vocab=any(not r.sampler.params.greedy for r in batch),
+                return_logits_vocab=seeded,
                 include_prompt_in_result=False,
                 callback=on_step,
             )
@@ -345,7 +354,7 @@ class Ct2Engine(Backend):
         with self._lock:
             self._inflight -= 1
 
-    def _step(self, req: _Request, step: Any, greedy: bool) -> bool:
+    def _step(self, req: _Request, step: Any, seeded: bool) -> bool:
         if req.finished:
             return True
         if req.handle.cancelled:
@@ -356,7 +365,7 @@ class Ct2Engine(Backend):
             return True
         token = int(step.token_id)
         diverged = False
-        if not greedy:
+        if seeded:
             import numpy as np
             import torch
 
@@ -390,3 +399,12 @@ class Ct2Engine(Backend):
         req.handle.push(
             Finished(reason, req.handle.prompt_tokens, req.handle.completion_tokens, tail)
         )
+
+
+def _decoding(req: _Request) -> tuple[str, float, float]:
+    """How a request decodes: ("greedy" | "sampled" | "seeded", temperature, top_p); requests
+    with the same value share a batch (a seeded one never does)."""
+    p = req.sampler.params
+    if p.greedy:
+        return ("greedy", 0.0, 1.0)
+    return ("sampled" if p.seed is None else "seeded", float(p.temperature), float(p.top_p))
