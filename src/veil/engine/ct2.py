@@ -46,7 +46,7 @@ __all__ = ["Ct2Engine", "Ct2Model", "load_ct2_model"]
 
 log = logging.getLogger(__name__)
 
-PARALLEL_BATCHES = 2  # batches CTranslate2 runs at once (its inter_threads)
+PARALLEL_BATCHES = 4  # batches CTranslate2 runs at once (its inter_threads)
 
 
 @dataclass
