@@ -49,10 +49,33 @@ def loaded_model():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def engine(loaded_model):  # type: ignore[no-untyped-def]
+def builtin_engine(loaded_model):  # type: ignore[no-untyped-def]
     from veil.engine import Engine
 
     eng = Engine(loaded_model, max_batch=8, context_length=2048)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def engine(builtin_engine):  # type: ignore[no-untyped-def]
+    """The reference (`builtin`) engine; tests/engine parametrizes over every backend."""
+    return builtin_engine
+
+
+@pytest.fixture(scope="session")
+def ct2_model():  # type: ignore[no-untyped-def]
+    """The packaged model converted for CTranslate2 (about a minute the first time, cached)."""
+    from veil.engine.ct2 import load_ct2_model
+
+    return load_ct2_model()
+
+
+@pytest.fixture(scope="session")
+def ct2_engine(ct2_model):  # type: ignore[no-untyped-def]
+    from veil.engine.ct2 import Ct2Engine
+
+    eng = Ct2Engine(ct2_model, max_batch=8, context_length=2048)
     yield eng
     eng.close()
 

@@ -79,7 +79,9 @@ def _stub_engine() -> Any:
     return SimpleNamespace(
         model_id=NODE_MODEL,
         context_length=2048,
-        loaded=SimpleNamespace(weights_sha256=NODE_WEIGHTS.hex()),
+        weights_sha256=NODE_WEIGHTS.hex(),
+        kind="builtin",
+        weights_scope="loaded",
         stats=SimpleNamespace(requests=0, tokens_generated=0),
     )
 

@@ -235,6 +235,26 @@ def test_a_descriptor_without_mpc_is_unchanged_and_one_with_it_round_trips() -> 
         load_descriptor(json.dumps(dropped), NOW)
 
 
+def test_model_entries_state_engine_and_weights_scope_when_given() -> None:
+    assert set(_body()["models"][0]) == {"id", "weights_sha256"}  # old descriptors stay valid
+    entry = ModelEntry(
+        "smollm2-135m-instruct",
+        bytes.fromhex("ab" * 32),
+        engine="upstream",
+        weights_scope="declared",
+    )
+    wire = dev_descriptor(IDENTITY, KEYS, now=NOW, models=(entry,)).encode()
+    stated = json.loads(wire)["descriptor"]["models"][0]
+    assert (stated["engine"], stated["weights_scope"]) == ("upstream", "declared")
+    loaded = load_descriptor(wire, NOW)
+    assert loaded.descriptor.models == (entry,) and loaded.encode() == wire
+    bad = json.loads(wire)
+    bad["descriptor"]["models"][0]["engine"] = "Not A Kind!"
+    with pytest.raises(DescriptorMalformed) as refused:
+        load_descriptor(json.dumps(bad), NOW)
+    assert refused.value.check == "descriptor.models[0].engine"
+
+
 model_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,20}", fullmatch=True)
 
 

@@ -72,7 +72,9 @@ def _stub_engine(tiny: ModelSource) -> Any:
     return SimpleNamespace(
         model_id="tiny-mpc",
         context_length=2048,
-        loaded=SimpleNamespace(weights_sha256=tiny.weights_sha256),
+        weights_sha256=tiny.weights_sha256,
+        kind="builtin",
+        weights_scope="loaded",
         stats=SimpleNamespace(requests=0, tokens_generated=0),
     )
 

@@ -28,6 +28,10 @@ def test_file_then_flags(tmp_path: Path) -> None:
         ("[node]\nmax_batch = 0\n", "max_batch"),
         ("[node]\ndefault_max_tokens = 5000\n", "default_max_tokens"),
         ("[node\n", "cannot read config"),
+        ('[node]\nengine = "llama"\n', "engine must be one of builtin, ctranslate2, upstream"),
+        ('[node]\nengine = "upstream"\n', "upstream_url is needed"),
+        ('[node]\nupstream_url = "http://h:1/v1"\n', "upstream_url is needed"),
+        ('[node]\nengine = "upstream"\nupstream_url = "ftp://h"\n', "http:// or https://"),
     ],
 )
 def test_bad_config_is_named(tmp_path: Path, text: str, message: str) -> None:
@@ -35,6 +39,23 @@ def test_bad_config_is_named(tmp_path: Path, text: str, message: str) -> None:
     path.write_text(text)
     with pytest.raises(NodeConfigError, match=message):
         NodeConfig.load(path)
+
+
+def test_engine_from_file_and_flags(tmp_path: Path) -> None:
+    assert NodeConfig().engine == "ctranslate2"  # the fast backend by default
+    path = tmp_path / "node.toml"
+    path.write_text(
+        '[node]\nengine = "upstream"\nupstream_url = "http://127.0.0.1:8000/v1"\n'
+        'upstream_model = "Qwen/Qwen3-8B"\nupstream_read_timeout_s = 30.0\n'
+    )
+    cfg = NodeConfig.load(path)
+    assert (cfg.engine, cfg.upstream_url, cfg.upstream_model, cfg.upstream_read_timeout_s) == (
+        "upstream",
+        "http://127.0.0.1:8000/v1",
+        "Qwen/Qwen3-8B",
+        30.0,
+    )
+    assert NodeConfig.load(None, engine="builtin").engine == "builtin"
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -25,7 +25,9 @@ def node() -> tuple[httpx.AsyncClient, NodeKeys]:
     engine = SimpleNamespace(
         model_id="stub-model",
         context_length=2048,
-        loaded=SimpleNamespace(weights_sha256="ab" * 32),
+        weights_sha256="ab" * 32,
+        kind="builtin",
+        weights_scope="loaded",
         stats=SimpleNamespace(requests=41, tokens_generated=9000),
     )
     queue = TicketQueue(None)

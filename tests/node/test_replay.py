@@ -28,7 +28,9 @@ def stub_engine() -> Any:
     return SimpleNamespace(
         model_id="stub-model",
         context_length=2048,
-        loaded=SimpleNamespace(weights_sha256="ab" * 32),
+        weights_sha256="ab" * 32,
+        kind="builtin",
+        weights_scope="loaded",
         stats=SimpleNamespace(requests=0, tokens_generated=0),
     )
 

@@ -35,6 +35,20 @@ def serve(
         None, "--model", help="GGUF file or model directory (default: packaged SmolLM2-135M)."
     ),
     model_id: str | None = typer.Option(None, help="Model name clients ask for."),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="Inference backend: ctranslate2 (default: fast CPU, the model converted once to "
+        "int8 and cached), builtin (the fp32 reference engine) or upstream (an "
+        "OpenAI-compatible server at --upstream-url: vLLM, SGLang, llama-server, Ollama; "
+        "--model names the weights it runs, whose hash the node declares).",
+    ),
+    upstream_url: str | None = typer.Option(
+        None, "--upstream-url", help="With --engine upstream: its base URL, e.g. http://h:8000/v1"
+    ),
+    upstream_model: str | None = typer.Option(
+        None, "--upstream-model", help="The model name the upstream knows (default: --model-id)."
+    ),
     context_length: int | None = typer.Option(None, help="Tokens per sequence at most."),
     max_tokens_limit: int | None = typer.Option(None, help="Largest max_tokens accepted."),
     max_batch: int | None = typer.Option(None, help="Sequences decoded together."),
@@ -147,6 +161,9 @@ def serve(
             port=port,
             model_path=model,
             model_id=model_id,
+            engine=engine,
+            upstream_url=upstream_url,
+            upstream_model=upstream_model,
             context_length=context_length,
             max_tokens_limit=max_tokens_limit,
             max_batch=max_batch,
@@ -200,7 +217,7 @@ def run_node(cfg, console) -> None:
 
     import uvicorn
 
-    from veil.engine import Engine, ModelLoadError, load_model
+    from veil.engine import ModelLoadError
     from veil.node.api import create_app
     from veil.node.descriptor import load_node_identity
     from veil.node.errors import NodeSetupError
@@ -210,15 +227,15 @@ def run_node(cfg, console) -> None:
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     producer = _evidence_producer(cfg, console)  # before the model: fail fast, fail closed
-    with console.status("loading model (about 20 s on 2 CPU cores)..."):
-        try:
-            loaded = load_model(cfg.model_path, cfg.model_id, threads=cfg.threads)
-        except ModelLoadError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise SystemExit(2) from None
+    try:
+        engine = open_engine(cfg, console)
+    except ModelLoadError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None
     console.print(
-        f"model [bold]{loaded.model_id}[/] sha256:{loaded.weights_sha256[:16]}... "
-        f"context {cfg.context_length} tokens"
+        f"model [bold]{engine.model_id}[/] on engine [bold]{engine.kind}[/] "
+        f"sha256:{engine.weights_sha256[:16]}... ({engine.weights_scope} weights: "
+        f"{engine.weights_source}) context {engine.context_length} tokens"
     )
     try:
         keys = load_or_create_keys(Path(cfg.keys_path) if cfg.keys_path else None)
@@ -229,16 +246,10 @@ def run_node(cfg, console) -> None:
     except NodeSetupError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
-    engine = Engine(
-        loaded,
-        max_batch=cfg.max_batch,
-        max_queue=cfg.max_queue,
-        context_length=cfg.context_length,
-    )
     payments = party = None
     try:
         if cfg.mpc_link:
-            party = _open_party(cfg, loaded, console)
+            party = _open_party(cfg, _party_model(cfg, engine, console), console)
         if cfg.deployment_path:
             payments = _open_chain(cfg, identity, console)
         app = create_app(
@@ -279,6 +290,64 @@ def run_node(cfg, console) -> None:
         )
     finally:
         engine.close()
+
+
+def open_engine(cfg, console):
+    """The backend `cfg.engine` names, loaded (a first ctranslate2 start converts the model)."""
+    if cfg.engine == "upstream":
+        from veil.engine.upstream import UpstreamConfig, UpstreamEngine
+
+        with console.status(f"reading the tokenizer and hashing the weights for {cfg.engine}..."):
+            return UpstreamEngine.open(
+                UpstreamConfig(
+                    url=cfg.upstream_url,
+                    model=cfg.upstream_model,
+                    connect_timeout_s=cfg.upstream_connect_timeout_s,
+                    read_timeout_s=cfg.upstream_read_timeout_s,
+                    max_queue=cfg.max_queue,
+                    max_running=cfg.max_batch,
+                ),
+                cfg.model_path,
+                cfg.model_id,
+                context_length=cfg.context_length,
+            )
+    if cfg.engine == "ctranslate2":
+        from veil.engine.ct2 import Ct2Engine, load_ct2_model
+
+        with console.status("loading model (ctranslate2)...") as status:
+            model = load_ct2_model(
+                cfg.model_path,
+                cfg.model_id,
+                threads=cfg.threads,
+                progress=lambda message: status.update(message),
+            )
+        return Ct2Engine(
+            model,
+            max_batch=cfg.max_batch,
+            max_queue=cfg.max_queue,
+            context_length=cfg.context_length,
+        )
+    from veil.engine import Engine, load_model
+
+    with console.status("loading model (about 20 s on 2 CPU cores)..."):
+        loaded = load_model(cfg.model_path, cfg.model_id, threads=cfg.threads)
+    return Engine(
+        loaded,
+        max_batch=cfg.max_batch,
+        max_queue=cfg.max_queue,
+        context_length=cfg.context_length,
+    )
+
+
+def _party_model(cfg, engine, console):
+    """The fp32 model an MPC party computes: the builtin engine's, else loaded for it."""
+    loaded = getattr(engine, "loaded", None)
+    if loaded is None and cfg.mpc_model is None:
+        from veil.engine import load_model
+
+        with console.status("loading the fp32 model for the MPC party..."):
+            loaded = load_model(cfg.model_path, cfg.model_id, threads=cfg.threads)
+    return loaded
 
 
 def _open_party(cfg, loaded, console):
@@ -340,7 +409,7 @@ def _register(cfg, app, payments, keys, console) -> None:
             endpoint=cfg.endpoint or f"http://{cfg.host}:{cfg.port}",
             ohttp_keys=keys.encoded_configs(),
             evidence_data=descriptor.evidence.data,
-            models=[ModelEntry(engine.model_id, bytes.fromhex(engine.loaded.weights_sha256))],
+            models=[ModelEntry(engine.model_id, bytes.fromhex(engine.weights_sha256))],
             stake=cfg.stake,
             progress=say,
         )

@@ -109,6 +109,7 @@ class NetworkConfig:
     # CPU threads per node: the machine's cores shared out, so two busy nodes do not thrash
     # (on 2 cores, two nodes with 2 threads each decode at a third of the speed).
     node_threads: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
+    engine: str = "ctranslate2"  # the nodes' inference backend (builtin: the fp32 reference)
 
 
 class LocalNetwork:
@@ -151,6 +152,7 @@ class LocalNetwork:
             with console.status("starting the devnet chain..."):
                 chain = self._start_chain(console)
             self._prepare_accounts(chain, console)
+            self._prepare_engine(console)
             self._start_nodes(console)
             self._start_relay(console)
             self._start_gateway(console)
@@ -234,6 +236,20 @@ class LocalNetwork:
             f"reserve {funds.reserve / VEIL:g} VEIL"
         )
 
+    def _prepare_engine(self, console: Console) -> None:
+        """Convert the model for ctranslate2 once, here, rather than in each node at once."""
+        if self.settings.engine != "ctranslate2":
+            return
+        from veil.engine.convert import converted_model
+        from veil.engine.model import locate_model, weights_digest
+
+        files = locate_model(None)
+        with console.status("preparing the model for the ctranslate2 engine...") as status:
+            folder = converted_model(
+                files, weights_digest(files), progress=lambda message: status.update(message)
+            )
+        console.print(f"[green]✓[/] model ready for ctranslate2 ({folder.name[:16]}...)")
+
     def _start_nodes(self, console: Console) -> None:
         s = self.settings
         logs = self.data_dir / "logs"
@@ -265,6 +281,8 @@ class LocalNetwork:
                     str(s.win_prob),
                     "--threads",
                     str(s.node_threads),
+                    "--engine",
+                    s.engine,
                     "--tickets",
                     str(node_dir / "tickets.jsonl"),
                     "--withdraw-interval",
@@ -501,7 +519,9 @@ def up(
     signal.signal(signal.SIGTERM, _stop_on_term)
     os.umask(0o077)  # what veil up and its services write (keys, receipts, logs) is private
     console = Console()
-    net = LocalNetwork(data_dir or default_data_dir(), NetworkConfig(mpc=mpc))
+    # MPC party nodes compute the fp32 model anyway: they serve with it too (builtin)
+    settings = NetworkConfig(mpc=mpc, engine="builtin" if mpc else "ctranslate2")
+    net = LocalNetwork(data_dir or default_data_dir(), settings)
     if interactive is None:
         interactive = sys.stdin.isatty()
     failed = False

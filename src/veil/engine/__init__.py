@@ -3,7 +3,8 @@
 Importing this package imports torch and transformers.
 """
 
-from veil.engine.batching import Engine, EngineStats
+from veil.engine.backend import BACKEND_KINDS, WEIGHTS_SCOPES, Backend, EngineStats
+from veil.engine.batching import Engine
 from veil.engine.chat import ROLES, ChatMessage, encode_chat
 from veil.engine.errors import (
     ContextLengthExceeded,
@@ -26,8 +27,11 @@ from veil.engine.model import (
 from veil.engine.sampling import Sampler, SamplingParams
 
 __all__ = [
+    "BACKEND_KINDS",
     "PACKAGED_MODEL_ID",
     "ROLES",
+    "WEIGHTS_SCOPES",
+    "Backend",
     "ChatMessage",
     "ContextLengthExceeded",
     "Engine",

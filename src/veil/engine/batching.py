@@ -11,19 +11,15 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import DynamicCache
 
+from veil.engine.backend import Backend, EngineStats, check_prompt_fits
 from veil.engine.chat import ChatMessage, encode_chat
 from veil.engine.detokenize import IncrementalText
-from veil.engine.errors import (
-    ContextLengthExceeded,
-    EngineClosed,
-    EngineError,
-    EngineOverloaded,
-)
+from veil.engine.errors import EngineClosed, EngineError, EngineOverloaded
 from veil.engine.handle import Failed, Finished, GenerationHandle, TokenDelta
 from veil.engine.model import LoadedModel
 from veil.engine.sampling import Sampler, SamplingParams
@@ -31,18 +27,6 @@ from veil.engine.sampling import Sampler, SamplingParams
 __all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EngineStats:
-    """Counters for health checks, tests and benchmarks (never any text)."""
-
-    requests: int = 0
-    prefills: int = 0
-    decode_steps: int = 0
-    tokens_generated: int = 0
-    max_batch_seen: int = 0
-    batch_sizes: dict[int, int] = field(default_factory=dict)  # batch size -> decode steps
 
 
 @dataclass
@@ -56,8 +40,11 @@ class _Seq:
     position: int = 0  # position id of the next input token
 
 
-class Engine:
-    """Owns the model and the decode thread; `submit` is thread-safe."""
+class Engine(Backend):
+    """The `builtin` backend: owns the model and the decode thread; `submit` is thread-safe."""
+
+    kind: ClassVar[str] = "builtin"
+    weights_scope: ClassVar[str] = "loaded"
 
     def __init__(
         self,
@@ -70,7 +57,7 @@ class Engine:
         self.loaded = loaded
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.context_length = min(context_length or loaded.context_length, loaded.context_length)
+        self._context_length = min(context_length or loaded.context_length, loaded.context_length)
         self.stats = EngineStats()
         self._inbox: queue.Queue[_Seq] = queue.Queue()
         self._closed = threading.Event()
@@ -86,21 +73,36 @@ class Engine:
     def model_id(self) -> str:
         return self.loaded.model_id
 
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.loaded.weights_sha256
+
+    @property
+    def weights_source(self) -> str:
+        return ", ".join(str(p) for p in self.loaded.files.weight_files)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
     def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
         return encode_chat(self.loaded.tokenizer, messages)
+
+    def submit_chat(
+        self, messages: list[ChatMessage], prompt_ids: list[int], params: SamplingParams
+    ) -> GenerationHandle:
+        return self.submit(prompt_ids, params)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
         """Queue a generation; raises at once if it cannot be served."""
         if self._closed.is_set():
             raise EngineClosed("the engine is shut down")
         n = len(prompt_ids)
-        if n == 0:
-            raise ContextLengthExceeded("the prompt is empty")
-        if n >= self.context_length:
-            raise ContextLengthExceeded(
-                f"the prompt has {n} tokens; this node's context window is "
-                f"{self.context_length} tokens and must leave room for at least one more"
-            )
+        check_prompt_fits(n, self.context_length)
         if self._inbox.qsize() >= self.max_queue:
             raise EngineOverloaded("too many requests are waiting; retry later")
         handle = GenerationHandle(prompt_tokens=n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["IncrementalText"]
+__all__ = ["IncrementalText", "StreamedText"]
 
 _REPLACEMENT = "\ufffd"
 
@@ -65,3 +65,38 @@ class IncrementalText:
     @property
     def text(self) -> str:
         return self._text
+
+
+class StreamedText:
+    """Text pieces (an upstream's deltas) to safe deltas: like `IncrementalText`, a tail that
+    could still become a stop sequence is held back, and the text ends before a stop string."""
+
+    def __init__(self, stop: tuple[str, ...] = ()) -> None:
+        self._stop = stop
+        self._holdback = max((len(s) for s in stop), default=1) - 1
+        self._text = ""
+        self._emitted = 0
+        self.stopped = False
+
+    def add(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        text = self._text = self._text + piece
+        if not self._stop:
+            delta, self._emitted = text[self._emitted :], len(text)
+            return delta
+        search_from = max(0, self._emitted - self._holdback)
+        cut = min(
+            (i for i in (text.find(s, search_from) for s in self._stop) if i >= 0), default=-1
+        )
+        if cut >= 0:
+            self.stopped = True
+            delta, self._emitted, self._text = text[self._emitted : cut], cut, text[:cut]
+            return delta
+        safe = max(self._emitted, len(text) - self._holdback)
+        delta, self._emitted = text[self._emitted : safe], safe
+        return delta
+
+    def flush(self) -> str:
+        delta, self._emitted = self._text[self._emitted :], len(self._text)
+        return delta

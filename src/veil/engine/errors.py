@@ -9,6 +9,10 @@ __all__ = [
     "EngineOverloaded",
     "InvalidGenerationRequest",
     "ModelLoadError",
+    "UpstreamError",
+    "UpstreamFailed",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
 ]
 
 
@@ -41,3 +45,23 @@ class EngineOverloaded(EngineError):
 
 class EngineClosed(EngineError):
     """The engine was shut down."""
+
+
+class UpstreamError(EngineError):
+    """The upstream OpenAI-compatible server failed this request (`veil.engine.upstream`)."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream cannot be reached, or it closed the connection mid-answer."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not connect, or went silent mid-answer, within its deadline."""
+
+
+class UpstreamFailed(UpstreamError):
+    """The upstream answered with an error status or a malformed stream; `status` when HTTP."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -94,7 +94,8 @@ def locate_model(
     raise ModelLoadError(f"{p} is neither a .gguf file nor a model directory with config.json")
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """$VEIL_CACHE_DIR, else $XDG_CACHE_HOME/veil, else ~/.cache/veil."""
     base = os.environ.get("VEIL_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "veil"
     )
@@ -115,7 +116,7 @@ def weights_digest(files: ModelFiles) -> str:
     The cache key is (path, size, mtime_ns), so a changed file is hashed again.
     """
     weight_files = files.weight_files
-    cache_path = _cache_dir() / "weights-digests.json"
+    cache_path = cache_dir() / "weights-digests.json"
     try:
         cache: dict[str, str] = json.loads(cache_path.read_text())
     except (OSError, ValueError):

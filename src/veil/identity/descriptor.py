@@ -107,14 +107,39 @@ _BODY_FIELDS = frozenset(
 _OPTIONAL_FIELDS = frozenset({"mpc", "token_keys"})
 MAX_TOKEN_KEYS = 4
 _MPC_FIELDS = frozenset({"protocol", "model", "weights_sha256"})
+_MODEL_FIELDS = frozenset({"id", "weights_sha256"})
+_MODEL_OPTIONAL_FIELDS = frozenset({"engine", "weights_scope"})
+
+
+def _optional_kind(entry: dict[str, Any], name: str, where: str) -> str | None:
+    if name not in entry:
+        return None
+    return get_str(
+        entry, name, DescriptorMalformed, check=f"{where}.{name}", max_len=32, pattern=_KIND
+    )
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model the node serves: the id clients ask for, and the sha256 of its weights."""
+    """A model the node serves: the id clients ask for, and the sha256 of its weights.
+
+    `engine` names the backend kind that serves it and `weights_scope` what the hash covers
+    (`veil.engine.backend.WEIGHTS_SCOPES`: "loaded", "converted" or "declared"); both are
+    optional in the JSON, and absent in descriptors from nodes that predate them.
+    """
 
     model_id: str
     weights_hash: bytes  # 32 bytes (veil.engine.model.weights_digest, as bytes)
+    engine: str | None = None  # "builtin", "ctranslate2", "upstream"; None: not stated
+    weights_scope: str | None = None  # "loaded", "converted", "declared"; None: not stated
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": self.model_id, "weights_sha256": hex0x(self.weights_hash)}
+        if self.engine is not None:
+            entry["engine"] = self.engine
+        if self.weights_scope is not None:
+            entry["weights_scope"] = self.weights_scope
+        return entry
 
 
 @dataclass(frozen=True)
@@ -180,9 +205,7 @@ class Descriptor:
             "address": self.address,
             "endpoint": self.endpoint,
             "ohttp_keys": b64(self.ohttp_keys),
-            "models": [
-                {"id": m.model_id, "weights_sha256": hex0x(m.weights_hash)} for m in self.models
-            ],
+            "models": [m.to_json() for m in self.models],
             "software": hex0x(self.software),
             "evidence": {"kind": self.evidence.kind, "data": b64(self.evidence.data)},
             "issued_at": self.issued_at,
@@ -252,13 +275,15 @@ class Descriptor:
         for i, entry in enumerate(models_raw):
             where = f"descriptor.models[{i}]"
             _check(isinstance(entry, dict), "not an object", where)
-            require_fields(entry, frozenset({"id", "weights_sha256"}), err, check=where)
+            require_fields(entry, _MODEL_FIELDS, err, check=where, optional=_MODEL_OPTIONAL_FIELDS)
             models.append(
                 ModelEntry(
                     get_str(entry, "id", err, check=where + ".id", max_len=128, pattern=_MODEL_ID),
                     get_hex(
                         entry, "weights_sha256", err, check=f"{where}.weights_sha256", length=32
                     ),
+                    engine=_optional_kind(entry, "engine", where),
+                    weights_scope=_optional_kind(entry, "weights_scope", where),
                 )
             )
         _check(

@@ -50,9 +50,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veil.attest.producer import EvidenceProducer
 from veil.engine import (
+    Backend,
     ChatMessage,
     ContextLengthExceeded,
-    Engine,
     EngineClosed,
     EngineOverloaded,
     Failed,
@@ -62,6 +62,7 @@ from veil.engine import (
     SamplingParams,
     TokenDelta,
 )
+from veil.engine.errors import UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from veil.errors import VeilError
 from veil.identity import ModelEntry, NodeIdentity, request_digest, sign_receipt
 from veil.identity.credits.token import TOKEN_REQUEST_LEN
@@ -117,7 +118,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _sampling(
-    req: ChatCompletionRequest, prompt_tokens: int, engine: Engine, config: NodeConfig
+    req: ChatCompletionRequest, prompt_tokens: int, engine: Backend, config: NodeConfig
 ) -> SamplingParams:
     try:
         checked = req.to_sampling(max_tokens_limit=config.max_tokens_limit)
@@ -195,9 +196,22 @@ def _usage(fin: Finished) -> dict[str, int]:
 
 
 def _failure(event: Failed) -> OpenAIError:
-    if isinstance(event.error, EngineClosed):
+    error = event.error
+    if isinstance(error, EngineClosed):
         return OpenAIError(
             503, "the node is shutting down", type_="server_error", code="unavailable"
+        )
+    if isinstance(error, UpstreamTimeout):
+        return OpenAIError(504, str(error), type_="server_error", code="upstream_timeout")
+    if isinstance(error, UpstreamUnavailable):
+        return OpenAIError(502, str(error), type_="server_error", code="upstream_unavailable")
+    if isinstance(error, UpstreamFailed):
+        overloaded = error.status in (429, 503)
+        return OpenAIError(
+            503 if overloaded else 502,
+            str(error),
+            type_="server_error",
+            code="overloaded" if overloaded else "upstream_error",
         )
     return OpenAIError(500, str(event.error), type_="server_error", code="inference_failed")
 
@@ -215,7 +229,7 @@ class _NodeApp:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Backend,
         config: NodeConfig,
         identity: NodeIdentity,
         *,
@@ -228,7 +242,7 @@ class _NodeApp:
         self.engine, self.config, self.identity = engine, config, identity
         self.keys, self.payments, self.party = keys, payments, party
         self.credits = credits
-        self.weights_sha256 = engine.loaded.weights_sha256
+        self.weights_sha256 = engine.weights_sha256
         self.model_info = {
             "id": engine.model_id,
             "object": "model",
@@ -236,6 +250,8 @@ class _NodeApp:
             "owned_by": "veil-node",
             "weights_sha256": self.weights_sha256,
             "context_length": engine.context_length,
+            "engine": engine.kind,
+            "weights_scope": engine.weights_scope,
         }
         self.keys_path = Path(config.keys_path) if config.keys_path else None
         if keys is not None and config.key_rotation_s:  # before the descriptor states them
@@ -246,7 +262,14 @@ class _NodeApp:
                 identity,
                 keys,
                 endpoint=config.endpoint or f"http://{config.host}:{config.port}",
-                models=[ModelEntry(engine.model_id, bytes.fromhex(self.weights_sha256))],
+                models=[
+                    ModelEntry(
+                        engine.model_id,
+                        bytes.fromhex(self.weights_sha256),
+                        engine=engine.kind,
+                        weights_scope=engine.weights_scope,
+                    )
+                ],
                 producer=producer,
                 lifetime_s=config.descriptor_lifetime_s,
                 mpc=None if party is None else party.descriptor_entry(engine.model_id),
@@ -418,7 +441,7 @@ class _NodeApp:
             self.identity, _request_digest(request, raw), self.weights_sha256, payment_id
         )
         try:
-            handle = engine.submit(prompt_ids, params)
+            handle = engine.submit_chat(messages, prompt_ids, params)
         except EngineOverloaded as exc:
             raise OpenAIError(503, str(exc), type_="server_error", code="overloaded") from None
         except EngineClosed:
@@ -502,7 +525,7 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(
-    engine: Engine,
+    engine: Backend,
     config: NodeConfig | None = None,
     keys: NodeKeys | None = None,
     identity: NodeIdentity | None = None,
@@ -512,8 +535,8 @@ def create_app(
     party: NodeParty | None = None,
     credits: TokenDesk | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving `engine`; with `keys`, also the OHTTP gateway in front of it
-    and the signed descriptor.
+    """The FastAPI app serving `engine` (any `veil.engine.Backend`); with `keys`, also the
+    OHTTP gateway in front of it and the signed descriptor.
 
     `identity` signs receipts and the descriptor (default: the keystore at
     `config.identity_path`, else an in-memory one, with a warning). `producer` makes the

@@ -9,11 +9,14 @@ from typing import Any
 
 from veil.errors import VeilError
 
-__all__ = ["NodeConfig", "NodeConfigError"]
+__all__ = ["ENGINES", "NodeConfig", "NodeConfigError"]
 
 
 class NodeConfigError(VeilError):
     """The configuration file or a flag is invalid."""
+
+
+ENGINES = ("builtin", "ctranslate2", "upstream")  # veil.engine.BACKEND_KINDS (no torch here)
 
 
 def _host_port(addr: str) -> bool:
@@ -27,6 +30,14 @@ class NodeConfig:
     port: int = 8700  # TCP port of the node API
     model_path: str | None = None  # GGUF file or HF model directory; None = packaged SmolLM2
     model_id: str | None = None  # name clients ask for; default derives from the model
+    # the inference backend (docs/operators.md): "ctranslate2" (fast CPU, default), "builtin"
+    # (the fp32 reference engine) or "upstream" (an OpenAI-compatible server at upstream_url,
+    # whose weights are `model_path`: the node declares their hash, "declared" scope)
+    engine: str = "ctranslate2"
+    upstream_url: str | None = None  # base URL of the upstream server, e.g. http://host:8000/v1
+    upstream_model: str | None = None  # the model name the upstream knows; None = model_id
+    upstream_connect_timeout_s: float = 5.0  # to connect to the upstream, at most
+    upstream_read_timeout_s: float = 60.0  # between two pieces of the upstream's answer
     context_length: int = 2048  # tokens per sequence (prompt + completion), at most
     max_tokens_limit: int = 1024  # largest max_tokens a request may ask for
     default_max_tokens: int = 256  # completion budget when a request names none
@@ -79,6 +90,17 @@ class NodeConfig:
     def __post_init__(self) -> None:
         checks = [
             (1 <= self.port <= 65535, "port must be 1..65535"),
+            (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
+            (
+                (self.engine == "upstream") == (self.upstream_url is not None),
+                "upstream_url is needed with engine upstream, and only with it",
+            ),
+            (
+                self.upstream_url is None or self.upstream_url.startswith(("http://", "https://")),
+                "upstream_url must be an http:// or https:// URL",
+            ),
+            (self.upstream_connect_timeout_s > 0, "upstream_connect_timeout_s must be positive"),
+            (self.upstream_read_timeout_s > 0, "upstream_read_timeout_s must be positive"),
             (self.context_length >= 16, "context_length must be at least 16"),
             (self.max_tokens_limit >= 1, "max_tokens_limit must be positive"),
             (
