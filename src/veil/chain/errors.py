@@ -14,7 +14,7 @@
             ├── AlreadyExists       already registered / approved / a validator
             ├── NotFound            no such node, validator, challenge or release entry
             ├── WrongState          the action does not fit the current state
-            ├── TooEarly            a delay (unbonding, unlock, voting) has not passed
+            ├── TooEarly            a delay (unbonding, unlock, voting, token key) has not passed
             ├── TicketRejected      the broker refused a ticket
             │   ├── InvalidTicketSignature, TicketReplayed, TicketExpired,
             │   ├── WrongTicketRecipient, TicketNotWinning, RecipientRandMismatch,
@@ -210,6 +210,7 @@ REVERT_REASONS: dict[str, type[ContractRevert]] = {
     "reward exceeds slash": InvalidArgument,
     "slash exceeds slashable": InvalidArgument,
     "cannot challenge self": InvalidArgument,
+    "zero key id": InvalidArgument,
     # funds
     "insufficient balance": InsufficientFunds,
     "insufficient allowance": InsufficientFunds,
@@ -227,6 +228,7 @@ REVERT_REASONS: dict[str, type[ContractRevert]] = {
     "already approved": AlreadyExists,
     "earnings already open": AlreadyExists,
     "slasher already set": AlreadyExists,
+    "key already committed": AlreadyExists,
     "not registered": NotFound,
     "not a validator": NotFound,
     "no such challenge": NotFound,
@@ -244,6 +246,7 @@ REVERT_REASONS: dict[str, type[ContractRevert]] = {
     "unlock period not over": TooEarly,
     "challenge pending": TooEarly,
     "voting still open": TooEarly,
+    "token key changed too recently": TooEarly,
     # tickets
     "invalid signature": InvalidTicketSignature,
     "ticket already redeemed": TicketReplayed,
