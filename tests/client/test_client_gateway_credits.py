@@ -182,3 +182,28 @@ def test_the_relay_sees_sealed_requests_only_in_size_buckets(net: Network, tmp_p
     chats = [size for path, size in net.relay_app.sizes if path.startswith("/relay/")][-3:]
     assert len(set(chats)) == 1, chats
     assert 0 < chats[0] - 1024 < 100  # the bucket + the OHTTP header and AEAD tag
+
+
+def test_the_relay_sees_streamed_chunks_of_one_size(net: Network, tmp_path: Path) -> None:
+    """Two answers with tokens of very different lengths, streamed: every sealed chunk of a
+    token the relay carries has one size, the same for both (the node pads to its bucket)."""
+    net.node.knob = "slow"  # one token a tenth of a second apart: one chunk each on the wire
+    chunks = []
+    with gateway_for(net, tmp_path / "tokens.jsonl") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        for tokens in (["a", "b", "c"], ["a much longer piece", " of answer text", "!" * 40]):
+            net.node.tokens = tokens
+            stream = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Hi"}], stream=True
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            assert text == "".join(tokens)  # the SDK reads the padded stream as ever
+            [sent] = [
+                pieces
+                for (path, _), pieces in zip(net.relay_app.sizes, net.relay_app.sent, strict=True)
+                if path.startswith("/relay/")
+            ][-1:]
+            chunks.append(sent)
+    # head, then the role chunk and the three tokens, then the receipt and [DONE] (bigger)
+    assert chunks[0][1:5] == chunks[1][1:5], chunks
+    assert len(set(chunks[0][1:5])) == 1, chunks

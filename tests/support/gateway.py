@@ -40,8 +40,9 @@ from veil.identity import (
     sign_receipt,
 )
 from veil.identity.credits.token import decode_token_header, tokens_payment_id
+from veil.node.api import STREAM_PAD_BYTES
 from veil.node.descriptor import DescriptorIssuer, software_claim
-from veil.node.gateway import gateway_router
+from veil.node.gateway import GatewayConfig, gateway_router
 from veil.node.keys import NodeKeys
 from veil.wire.http import REQUEST_DIGEST_EXTENSION, TOKENS_HEADER
 
@@ -261,18 +262,22 @@ class FakeNodeApi:
                 return JSONResponse({"error": "no"}, status_code=404)
             return Response(node.params().encode(), media_type="application/json")
 
-        app.include_router(gateway_router(app, self.keys))
+        # streams padded as a real node's are by default (`NodeConfig.stream_shaping`)
+        padded = GatewayConfig(stream_pad_bytes=STREAM_PAD_BYTES)
+        app.include_router(gateway_router(app, self.keys, padded))
         return app
 
 
 class RecordingApp:
-    """ASGI wrapper that records (method, path) of every HTTP request (the relay's view), and
-    in `sizes` the (path, body length) of each one."""
+    """ASGI wrapper that records (method, path) of every HTTP request (the relay's view), in
+    `sizes` the (path, body length) of each one, and in `sent` the sizes of the body pieces
+    it answered with."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.calls: list[tuple[str, str]] = []
         self.sizes: list[tuple[str, int]] = []
+        self.sent: list[list[int]] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -289,7 +294,15 @@ class RecordingApp:
                 self.sizes[entry] = (path, size + len(message.get("body", b"")))
             return message
 
-        await self.app(scope, counted, send)
+        pieces: list[int] = []
+        self.sent.append(pieces)
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                pieces.append(len(message["body"]))
+            await send(message)
+
+        await self.app(scope, counted, sending)
 
 
 def approve(chain: FakeChainReader, weights: bytes = WEIGHTS) -> None:
