@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
-from veil.engine.chat import ChatMessage
+from veil.engine.chat import ChatMessage, encode_chat
 from veil.engine.errors import ContextLengthExceeded
 from veil.engine.handle import GenerationHandle
+from veil.engine.model import ModelFiles
 from veil.engine.sampling import SamplingParams
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "WEIGHTS_SCOPES",
     "Backend",
     "EngineStats",
+    "LocalBackend",
+    "LocalWeights",
     "check_prompt_fits",
 ]
 
@@ -101,6 +104,62 @@ class Backend(ABC):
     @abstractmethod
     def close(self, timeout: float = 10.0) -> None:
         """Stop; requests still running end with `Failed(EngineClosed)`."""
+
+
+class LocalWeights(Protocol):
+    """What an in-process backend runs: a model's files, their hash and its tokenizer
+    (`veil.engine.model.LoadedModel`, `veil.engine.ct2.Ct2Model`)."""
+
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def weights_sha256(self) -> str: ...
+    @property
+    def files(self) -> ModelFiles: ...
+    @property
+    def tokenizer(self) -> Any: ...
+
+
+class LocalBackend(Backend):
+    """A backend that runs `local` in this process: it tokenizes with the model's own
+    tokenizer and states the hash of the files it loaded (or converted)."""
+
+    local: LocalWeights
+    _context_length: int
+
+    @property
+    def model_id(self) -> str:
+        return self.local.model_id
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.local.weights_sha256
+
+    @property
+    def weights_source(self) -> str:
+        return ", ".join(str(p) for p in self.local.files.weight_files)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.local.tokenizer
+
+    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+        return encode_chat(self.local.tokenizer, messages)
+
+    def submit_chat(
+        self, messages: list[ChatMessage], prompt_ids: list[int], params: SamplingParams
+    ) -> GenerationHandle:
+        return self.submit(prompt_ids, params)
+
+    @abstractmethod
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
+        """Queue a generation of `prompt_ids`; raises at once if it cannot be served."""
 
 
 def check_prompt_fits(n: int, context_length: int) -> None:

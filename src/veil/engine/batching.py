@@ -16,8 +16,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import DynamicCache
 
-from veil.engine.backend import Backend, EngineStats, check_prompt_fits
-from veil.engine.chat import ChatMessage, encode_chat
+from veil.engine.backend import EngineStats, LocalBackend, check_prompt_fits
 from veil.engine.detokenize import IncrementalText
 from veil.engine.errors import EngineClosed, EngineError, EngineOverloaded
 from veil.engine.handle import Failed, Finished, GenerationHandle, TokenDelta
@@ -40,7 +39,7 @@ class _Seq:
     position: int = 0  # position id of the next input token
 
 
-class Engine(Backend):
+class Engine(LocalBackend):
     """The `builtin` backend: owns the model and the decode thread; `submit` is thread-safe."""
 
     kind: ClassVar[str] = "builtin"
@@ -54,7 +53,7 @@ class Engine(Backend):
         max_queue: int = 64,  # requests waiting for a batch slot at most
         context_length: int | None = None,  # tokens per sequence (prompt + completion) at most
     ) -> None:
-        self.loaded = loaded
+        self.loaded = self.local = loaded
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._context_length = min(context_length or loaded.context_length, loaded.context_length)
@@ -69,34 +68,6 @@ class Engine(Backend):
         self._thread.start()
 
     # --- public API ----------------------------------------------------------------------------
-    @property
-    def model_id(self) -> str:
-        return self.loaded.model_id
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
-    @property
-    def weights_sha256(self) -> str:
-        return self.loaded.weights_sha256
-
-    @property
-    def weights_source(self) -> str:
-        return ", ".join(str(p) for p in self.loaded.files.weight_files)
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.loaded.tokenizer
-
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
-        return encode_chat(self.loaded.tokenizer, messages)
-
-    def submit_chat(
-        self, messages: list[ChatMessage], prompt_ids: list[int], params: SamplingParams
-    ) -> GenerationHandle:
-        return self.submit(prompt_ids, params)
-
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
         """Queue a generation; raises at once if it cannot be served."""
         if self._closed.is_set():

@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from veil.engine.backend import Backend, EngineStats, check_prompt_fits
-from veil.engine.chat import ChatMessage, encode_chat
+from veil.engine.backend import EngineStats, LocalBackend, check_prompt_fits
 from veil.engine.convert import converted_model
 from veil.engine.detokenize import IncrementalText
 from veil.engine.errors import EngineClosed, EngineError, EngineOverloaded, ModelLoadError
@@ -131,7 +130,7 @@ class _Request:
     finished: bool = False
 
 
-class Ct2Engine(Backend):
+class Ct2Engine(LocalBackend):
     """Runs waiting requests in batches of up to `max_batch`, `PARALLEL_BATCHES` batches at
     once, on a CTranslate2 generator; `submit` is thread-safe."""
 
@@ -146,7 +145,7 @@ class Ct2Engine(Backend):
         max_queue: int = 64,  # requests waiting for a slot at most
         context_length: int | None = None,  # tokens per sequence (prompt + completion) at most
     ) -> None:
-        self.model = model
+        self.model = self.local = model
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._context_length = min(context_length or model.context_length, model.context_length)
@@ -162,34 +161,6 @@ class Ct2Engine(Backend):
         self._dispatcher.start()
 
     # --- Backend -------------------------------------------------------------------------------
-    @property
-    def model_id(self) -> str:
-        return self.model.model_id
-
-    @property
-    def context_length(self) -> int:
-        return self._context_length
-
-    @property
-    def weights_sha256(self) -> str:
-        return self.model.weights_sha256
-
-    @property
-    def weights_source(self) -> str:
-        return ", ".join(str(p) for p in self.model.files.weight_files)
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.model.tokenizer
-
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
-        return encode_chat(self.model.tokenizer, messages)
-
-    def submit_chat(
-        self, messages: list[ChatMessage], prompt_ids: list[int], params: SamplingParams
-    ) -> GenerationHandle:
-        return self.submit(prompt_ids, params)
-
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
         """Queue a generation; raises at once if it cannot be served."""
         if self._closed.is_set():
