@@ -1,0 +1,27 @@
+"""The validator role: re-score a node's answer with the approved reference model and say,
+step by step, whether the node served the model it claims (see `check_answer`)."""
+
+from veil.validator.rescore import TokenScore, rescore
+from veil.validator.verdict import (
+    Answer,
+    ChatRequest,
+    Report,
+    Step,
+    Tolerances,
+    ValidatorError,
+    check_answer,
+    load_reference,
+)
+
+__all__ = [
+    "Answer",
+    "ChatRequest",
+    "Report",
+    "Step",
+    "TokenScore",
+    "Tolerances",
+    "ValidatorError",
+    "check_answer",
+    "load_reference",
+    "rescore",
+]
