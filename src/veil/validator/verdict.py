@@ -121,7 +121,7 @@ def check_answer(
         return report
     prompt = encode_chat(tok, list(request.messages))
     eos_implied = answer.finish_reason == "stop" and answer.completion_tokens == len(ids) + 1
-    scored_ids = ids + [min(reference.eos_token_ids)] if eos_implied else ids
+    scored_ids = [*ids, min(reference.eos_token_ids)] if eos_implied else ids
     scores = rescore(model or reference.model, prompt, scored_ids, request.temperature)
     if eos_implied:
         _check_eos(report, request, scores[-1], tol)
