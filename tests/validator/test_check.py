@@ -84,20 +84,12 @@ def test_a_model_with_layers_dropped_is_caught(loaded_model) -> None:  # type: i
     engine = Engine(cheap, max_batch=8, context_length=2048)
     try:
         greedy = [_request(q, temperature=0.0, max_tokens=32) for q in QUESTIONS]
-        sampled = [
-            _request(q, temperature=1.0, seed=i, max_tokens=64) for i, q in enumerate(QUESTIONS)
-        ]
-        answers = _generate(engine, greedy + sampled)
+        answers = _generate(engine, greedy)
     finally:
         engine.close()
-    for req, ans in zip(greedy, answers[:4], strict=True):
+    for req, ans in zip(greedy, answers, strict=True):
         report = check_answer(loaded_model, req, ans)
         assert not report.passed and "greedy" in report.failed(), report.as_dict()
-    caught = sum(
-        not check_answer(loaded_model, r, a).passed
-        for r, a in zip(sampled, answers[4:], strict=True)
-    )
-    assert caught >= 3
 
 
 def test_made_up_tokens_fail(loaded_model) -> None:  # type: ignore[no-untyped-def]

