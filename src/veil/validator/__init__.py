@@ -1,6 +1,7 @@
 """The validator role: re-score a node's answer with the approved reference model and say,
 step by step, whether the node served the model it claims (see `check_answer`)."""
 
+from veil.validator.receipt_steps import RECEIPT_STEPS, check_receipt_steps
 from veil.validator.rescore import TokenScore, rescore
 from veil.validator.verdict import (
     Answer,
@@ -14,6 +15,7 @@ from veil.validator.verdict import (
 )
 
 __all__ = [
+    "RECEIPT_STEPS",
     "Answer",
     "ChatRequest",
     "Report",
@@ -22,6 +24,7 @@ __all__ = [
     "Tolerances",
     "ValidatorError",
     "check_answer",
+    "check_receipt_steps",
     "load_reference",
     "rescore",
 ]
