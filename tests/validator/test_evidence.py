@@ -76,6 +76,7 @@ def _mutate(node: NodeIdentity, edit) -> bytes:  # type: ignore[no-untyped-def]
         lambda o: o.update(version=2),
         lambda o: o["receipt"].update(signature="0x12"),
         lambda o: o["request"].update(messages=[]),
+        lambda o: o["request"].update(messages=[{"role": "root", "content": "hi"}]),
         lambda o: o["request"].update(max_tokens="8"),
         lambda o: o["request"].update(temperature=True),
         lambda o: o["answer"].update(token_ids=[1, "2"]),
@@ -161,3 +162,6 @@ def test_recheck_passes_honest_and_fails_cheat(loaded_model, builtin_engine, nod
     assert recheck(other_ticket, loaded_model).failed() == ["payment"]
     with pytest.raises(ValidatorError):
         recheck(dataclasses.replace(honest, model_hash=MODEL), loaded_model)
+    # a request the reference cannot read is a failed step, not a crash
+    odd = dataclasses.replace(req, messages=(ChatMessage("root", "hi"),))
+    assert recheck(dataclasses.replace(honest, request=odd), loaded_model).failed() == ["request"]

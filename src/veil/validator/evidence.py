@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from veil.engine import ChatMessage, LoadedModel, encode_chat
+from veil.engine import ROLES, ChatMessage, LoadedModel, encode_chat
+from veil.errors import VeilError
 from veil.identity.codec import to_bytes32
 from veil.identity.errors import ReceiptError
 from veil.identity.receipt import Receipt
@@ -118,9 +119,10 @@ def check_with_receipt(
     the payment made, then the answer re-scored. Never raises on a bad answer or receipt."""
     report = Report()
     try:
-        prompt_tokens: int | None = len(encode_chat(reference.tokenizer, list(request.messages)))
-    except Exception:
-        prompt_tokens = None
+        prompt_tokens = len(encode_chat(reference.tokenizer, list(request.messages)))
+    except VeilError as err:  # the reference cannot read the request: nothing to re-score
+        report.add("request", False, f"the request is not a chat the model takes: {err}")
+        return report
     check_receipt_steps(
         report,
         receipt,
@@ -178,7 +180,10 @@ def parse_bundle(data: bytes | str) -> EvidenceBundle:
     msgs = []
     for m in messages:
         m = _obj(m, "request.messages[]")
-        msgs.append(ChatMessage(_str(m, "role"), _str(m, "content")))
+        role = _str(m, "role")
+        if role not in ROLES:
+            raise EvidenceMalformed(f"request.messages[].role must be one of {', '.join(ROLES)}")
+        msgs.append(ChatMessage(role, _str(m, "content")))
     stop = req.get("stop")
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise EvidenceMalformed("request.stop must be a list of strings")
