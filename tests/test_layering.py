@@ -29,8 +29,8 @@ BOTTOM = BASE | {"wire", "identity"}
 # What a node runs and what a client checks: beside one another, except that the MPC parties
 # run the engine's model layers (secret-shared).
 MIDDLE = frozenset({"engine", "chain", "attest", "mpc"})
-# The three roles, each built from the floors below, never from one another.
-ROLES = frozenset({"node", "relay", "client"})
+# The roles, each built from the floors below, never from one another.
+ROLES = frozenset({"node", "relay", "client", "validator"})
 
 LAYERS: dict[str, frozenset[str]] = {
     "veil": frozenset({"errors"}),
@@ -47,6 +47,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "node": BOTTOM | MIDDLE,
     "relay": BOTTOM | {"chain"},  # a blind forwarder: no engine, attestation or MPC
     "client": BOTTOM | {"chain", "attest", "mpc"},  # the gateway is the MPC client; no engine
+    "validator": BOTTOM | {"engine", "chain", "attest"},  # re-scores answers with the engine
     # The top floor: each command wires rooms together; veil.cli assembles the commands.
     "commands": BOTTOM | MIDDLE | ROLES,
     "cli": BASE | {"commands"},
